@@ -1,0 +1,40 @@
+//! The Cloudbox runner: the HTTP server the Container image runs. The
+//! CloudboxRunner Durable Object talks to it over the container's port (or,
+//! under `wrangler dev`, over loopback).
+//!
+//! Listens on `RUNNER_LISTEN` (default `0.0.0.0:8080`).
+
+mod server;
+
+use std::net::SocketAddr;
+
+#[tokio::main]
+async fn main() {
+    let listen = std::env::var("RUNNER_LISTEN")
+        .unwrap_or_else(|_| format!("0.0.0.0:{}", cloudbox::wire::RUNNER_PORT));
+    let addr: SocketAddr = match listen.parse() {
+        Ok(addr) => addr,
+        Err(err) => {
+            eprintln!("cloudbox-runner: bad RUNNER_LISTEN {listen:?}: {err}");
+            std::process::exit(2);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("cloudbox-runner: cannot listen on {addr}: {err}");
+            std::process::exit(1);
+        }
+    };
+    eprintln!("cloudbox-runner: listening on {addr}");
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    if let Err(err) = axum::serve(listener, server::router())
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        eprintln!("cloudbox-runner: server error: {err}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The run command (`make dev`): the full local stack. Installs what is
+# missing, builds, applies D1 migrations, starts the runner natively and
+# `wrangler dev` on 127.0.0.1:8787, and prints how to mint a first key.
+#
+# Environment:
+#   PORT=8787           Worker port
+#   RUNNER_PORT=8788    runner port (the Container's stand-in)
+#   CLOUDBOX_STATE=.cloudbox/state   local D1/R2/DO state (kept between runs)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PORT=${PORT:-8787}
+RUNNER_PORT=${RUNNER_PORT:-8788}
+STATE=${CLOUDBOX_STATE:-.cloudbox/state}
+
+bash scripts/setup.sh
+bash scripts/build-worker.sh
+cargo build --quiet -p cloudbox-runner
+mkdir -p .cloudbox
+
+# A dev admin key, made once and kept in .dev.vars (git-ignored), which
+# wrangler dev reads for secrets.
+if ! grep -q '^ADMIN_API_KEY=' .dev.vars 2>/dev/null; then
+  echo "ADMIN_API_KEY=dev-admin-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" >> .dev.vars
+fi
+ADMIN_API_KEY=$(sed -n 's/^ADMIN_API_KEY=//p' .dev.vars | head -1)
+
+CI=true scripts/wrangler d1 migrations apply DB --local --persist-to "$STATE" >/dev/null
+
+RUNNER_LISTEN="127.0.0.1:$RUNNER_PORT" target/debug/cloudbox-runner > .cloudbox/runner.log 2>&1 &
+runner_pid=$!
+trap 'kill $runner_pid 2>/dev/null' EXIT
+
+cat <<MSG
+
+Cloudbox is starting on http://127.0.0.1:$PORT (runner on 127.0.0.1:$RUNNER_PORT, log .cloudbox/runner.log).
+Mint a first API key with the dev admin key (kept in .dev.vars):
+
+  curl -s -X POST http://127.0.0.1:$PORT/admin/keys \\
+    -H 'authorization: Bearer $ADMIN_API_KEY' \\
+    -H 'content-type: application/json' -d '{"name":"me"}'
+
+MSG
+CLOUDBOX_SKIP_BUILD=1 scripts/wrangler dev --local --ip 127.0.0.1 --port "$PORT" \
+  --persist-to "$STATE" --var "RUNNER_URL:http://127.0.0.1:$RUNNER_PORT"

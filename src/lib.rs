@@ -1,0 +1,31 @@
+//! Cloudbox: a Cloudflare Worker (Rust → wasm) where AI coding agents run
+//! repos, execute tasks on persistent workspaces and get evaluated.
+//!
+//! Pure modules (no JS needed, tested natively) come first; the workers-rs
+//! glue behind the `worker-runtime` feature is a thin layer over them. The
+//! runner in `container/` depends on this crate without that feature to
+//! share the wire types.
+
+pub mod error;
+pub mod ids;
+pub mod keys;
+pub mod openapi;
+pub mod route;
+pub mod runner_link;
+pub mod time;
+pub mod wire;
+
+#[cfg(feature = "worker-runtime")]
+mod auth;
+#[cfg(feature = "worker-runtime")]
+mod computer_do;
+#[cfg(feature = "worker-runtime")]
+mod config;
+#[cfg(feature = "worker-runtime")]
+mod entry;
+#[cfg(feature = "worker-runtime")]
+mod http;
+#[cfg(feature = "worker-runtime")]
+mod routes;
+#[cfg(feature = "worker-runtime")]
+mod runner_do;

@@ -1,0 +1,29 @@
+//! `GET /health`, `GET /api/health`, `GET /openapi.json`.
+
+use serde_json::json;
+use worker::Response;
+
+use super::Ctx;
+use crate::error::ApiError;
+use crate::http;
+
+pub fn health(ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    http::json(
+        200,
+        &json!({
+            "status": "healthy",
+            "ok": true,
+            "name": "cloudbox",
+            "version": ctx.cfg.version,
+            "timestamp": crate::time::rfc3339(ctx.now_ms),
+        }),
+    )
+}
+
+pub fn openapi() -> Result<Response, ApiError> {
+    let headers = worker::Headers::new();
+    headers.set("content-type", "application/json")?;
+    Ok(Response::builder()
+        .with_headers(headers)
+        .fixed(crate::openapi::DOCUMENT.as_bytes().to_vec()))
+}

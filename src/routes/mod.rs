@@ -1,0 +1,75 @@
+//! Request handling: resolve the route (`crate::route::ROUTES`), then call
+//! its handler. Handlers live one file per API surface.
+
+mod admin_keys;
+mod diagnostics;
+mod health;
+
+use worker::{Env, Request, Response};
+
+use crate::auth;
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::route::{self, Params, Resolution, Route};
+
+/// What every handler gets besides the request.
+#[allow(dead_code)] // params/request_id: for the routes with ids
+pub struct Ctx<'a> {
+    pub env: &'a Env,
+    pub cfg: Config,
+    pub params: Params,
+    pub now_ms: i64,
+    pub request_id: &'a str,
+}
+
+#[allow(dead_code)]
+impl Ctx<'_> {
+    /// A path parameter the route pattern guarantees.
+    pub fn param(&self, name: &str) -> Result<&str, ApiError> {
+        self.params
+            .get(name)
+            .ok_or_else(|| ApiError::Internal(format!("route has no param {name}")))
+    }
+}
+
+/// Handles one request. Returns the route pattern (for the log line) and the
+/// handler's result.
+pub async fn handle(
+    req: Request,
+    env: &Env,
+    request_id: &str,
+    now_ms: i64,
+) -> (&'static str, Result<Response, ApiError>) {
+    let path = req.path();
+    let method = req.method().to_string();
+    let (spec, params) = match route::resolve(&method, &path) {
+        Resolution::Found(spec, params) => (spec, params),
+        Resolution::MethodNotAllowed(allowed) => {
+            return (
+                "(method not allowed)",
+                Err(ApiError::MethodNotAllowed { allowed }),
+            )
+        }
+        Resolution::NotFound => return ("(no route)", Err(ApiError::NotFound)),
+    };
+    if let Err(err) = auth::reject_key_in_query(&req) {
+        return (spec.pattern, Err(err));
+    }
+    let ctx = Ctx {
+        env,
+        cfg: Config::from_env(env),
+        params,
+        now_ms,
+        request_id,
+    };
+    (spec.pattern, dispatch(spec.route, req, ctx).await)
+}
+
+async fn dispatch(route: Route, req: Request, ctx: Ctx<'_>) -> Result<Response, ApiError> {
+    match route {
+        Route::Health | Route::ApiHealth => health::health(&ctx),
+        Route::OpenApi => health::openapi(),
+        Route::AdminCreateKey => admin_keys::create(req, &ctx).await,
+        Route::AdminRunnerHealth => diagnostics::runner_health(req, &ctx).await,
+    }
+}

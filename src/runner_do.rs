@@ -1,0 +1,246 @@
+//! The CloudboxRunner Durable Object: one per workspace or repo run. It owns
+//! the link to the runner server — the Container's port in production, a
+//! dev-only `RUNNER_URL` under `wrangler dev` — and records every lifecycle
+//! step (`runnerReceipts`) in its SQLite storage.
+
+use std::time::Duration;
+
+use futures_util::future::{select, Either};
+use serde_json::json;
+use worker::{
+    durable_object, Container, ContainerStartupOptions, Date, Delay, DurableObject, Env, Fetch,
+    Method, Request, RequestInit, Response, SqlStorage, State,
+};
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::http;
+use crate::runner_link::{RunnerEvent, RunnerReceipt, READINESS};
+use crate::wire::{RunnerHealth, RUNNER_PORT};
+
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS runner_receipts (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    op TEXT NOT NULL,
+    body TEXT NOT NULL
+)";
+
+/// Asks the CloudboxRunner named `name` to check its runner end to end.
+pub async fn probe(env: &Env, name: &str) -> Result<serde_json::Value, ApiError> {
+    let stub = env
+        .durable_object("RUNNER")?
+        .id_from_name(name)?
+        .get_stub()?;
+    let mut resp = stub.fetch_with_str("https://runner.do/probe").await?;
+    let body: serde_json::Value = resp.json().await?;
+    if resp.status_code() == 200 {
+        Ok(body)
+    } else {
+        let why = body["message"].as_str().unwrap_or("runner probe failed");
+        Err(ApiError::RunnerUnavailable(why.to_string()))
+    }
+}
+
+#[durable_object]
+pub struct CloudboxRunner {
+    state: State,
+    env: Env,
+    sql: SqlStorage,
+}
+
+/// Where the runner server is reached.
+enum Link {
+    Container(Container),
+    Dev(String),
+}
+
+impl DurableObject for CloudboxRunner {
+    fn new(state: State, env: Env) -> Self {
+        let sql = state.storage().sql();
+        if let Err(err) = sql.exec(SCHEMA, None) {
+            worker::console_error!("runner_do schema: {err}");
+        }
+        Self { state, env, sql }
+    }
+
+    async fn fetch(&self, req: Request) -> worker::Result<Response> {
+        let result = match (req.method(), req.path().as_str()) {
+            (Method::Get, "/probe") => self.probe().await,
+            _ => Err(ApiError::NotFound),
+        };
+        Ok(result.unwrap_or_else(|err| {
+            if let ApiError::Internal(detail) = &err {
+                worker::console_error!("runner_do: {detail}");
+            }
+            http::error_response(&err, "runner-do")
+        }))
+    }
+}
+
+impl CloudboxRunner {
+    async fn probe(&self) -> Result<Response, ApiError> {
+        let op = crate::ids::new_id("probe_")?;
+        let mut receipts = Vec::new();
+        let link = self.link()?;
+        let outcome = self.ensure_ready(&link, &op, &mut receipts).await;
+        let runner = match outcome {
+            Ok(health) => health,
+            Err(why) => {
+                self.record(
+                    &op,
+                    &mut receipts,
+                    RunnerEvent::Exit {
+                        reason: why.clone(),
+                    },
+                );
+                return http::json(
+                    503,
+                    &json!({"error": "runner_unavailable", "message": why, "runnerReceipts": receipts}),
+                );
+            }
+        };
+        http::json(
+            200,
+            &json!({"ok": true, "runner": runner, "runnerReceipts": receipts}),
+        )
+    }
+
+    fn link(&self) -> Result<Link, ApiError> {
+        if let Some(container) = self.state.container() {
+            return Ok(Link::Container(container));
+        }
+        match Config::from_env(&self.env).runner_url {
+            Some(url) => Ok(Link::Dev(url.trim_end_matches('/').to_string())),
+            None => Err(ApiError::RunnerUnavailable(
+                "no container binding and no RUNNER_URL".into(),
+            )),
+        }
+    }
+
+    fn record(&self, op: &str, receipts: &mut Vec<RunnerReceipt>, event: RunnerEvent) {
+        let receipt = RunnerReceipt::new(event, Date::now().as_millis() as i64);
+        if let Ok(body) = serde_json::to_string(&receipt) {
+            let stored = self.sql.exec(
+                "INSERT INTO runner_receipts (op, body) VALUES (?, ?)",
+                vec![op.into(), body.into()],
+            );
+            if let Err(err) = stored {
+                worker::console_error!("runner_do record: {err}");
+            }
+        }
+        receipts.push(receipt);
+    }
+
+    /// Starts the container if needed and polls the runner's `/health` with
+    /// backoff until it answers, recording each attempt.
+    async fn ensure_ready(
+        &self,
+        link: &Link,
+        op: &str,
+        receipts: &mut Vec<RunnerReceipt>,
+    ) -> Result<RunnerHealth, String> {
+        if let Link::Container(container) = link {
+            if !container.running() {
+                let mut options = ContainerStartupOptions::new();
+                // Clones and agent model calls need the internet.
+                options.enable_internet(true);
+                container
+                    .start(Some(options))
+                    .map_err(|e| format!("container start: {e}"))?;
+                self.record(op, receipts, RunnerEvent::ContainerStart);
+            }
+        }
+        let started = Date::now().as_millis();
+        let mut last_error = String::new();
+        for attempt in 1..=READINESS.max_attempts {
+            let result = self
+                .send(
+                    link,
+                    Method::Get,
+                    "/health",
+                    None,
+                    READINESS.attempt_timeout_ms,
+                )
+                .await;
+            let elapsed_ms = Date::now().as_millis().saturating_sub(started);
+            let health = match result {
+                Ok(mut resp) if resp.status_code() == 200 => resp
+                    .json::<RunnerHealth>()
+                    .await
+                    .map_err(|e| format!("bad /health body: {e}")),
+                Ok(resp) => Err(format!("/health answered {}", resp.status_code())),
+                Err(e) => Err(e),
+            };
+            match health {
+                Ok(health) => {
+                    self.record(
+                        op,
+                        receipts,
+                        RunnerEvent::ReadyAttempt {
+                            attempt,
+                            elapsed_ms,
+                            ok: true,
+                            error: None,
+                        },
+                    );
+                    self.record(op, receipts, RunnerEvent::Ready { elapsed_ms });
+                    return Ok(health);
+                }
+                Err(error) => {
+                    self.record(
+                        op,
+                        receipts,
+                        RunnerEvent::ReadyAttempt {
+                            attempt,
+                            elapsed_ms,
+                            ok: false,
+                            error: Some(error.clone()),
+                        },
+                    );
+                    last_error = error;
+                }
+            }
+            if attempt < READINESS.max_attempts {
+                Delay::from(Duration::from_millis(READINESS.delay_after(attempt))).await;
+            }
+        }
+        Err(format!(
+            "runner not ready after {} attempts: {last_error}",
+            READINESS.max_attempts
+        ))
+    }
+
+    /// One HTTP request to the runner, with a timeout.
+    async fn send(
+        &self,
+        link: &Link,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+        timeout_ms: u64,
+    ) -> Result<Response, String> {
+        let mut init = RequestInit::new();
+        init.with_method(method);
+        if let Some(body) = body {
+            init.with_body(Some(body.into()));
+        }
+        let request = async {
+            match link {
+                Link::Container(container) => {
+                    let port = container.get_tcp_port(RUNNER_PORT)?;
+                    port.fetch(format!("http://container{path}"), Some(init))
+                        .await
+                }
+                Link::Dev(base) => {
+                    let req = Request::new_with_init(&format!("{base}{path}"), &init)?;
+                    Fetch::Request(req).send().await
+                }
+            }
+        };
+        let timeout = Delay::from(Duration::from_millis(timeout_ms));
+        match select(Box::pin(request), timeout).await {
+            Either::Left((Ok(resp), _)) => Ok(resp),
+            Either::Left((Err(err), _)) => Err(err.to_string()),
+            Either::Right(_) => Err(format!("no answer within {timeout_ms} ms")),
+        }
+    }
+}

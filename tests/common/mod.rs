@@ -1,0 +1,296 @@
+//! The integration-test stack: the real runner binary and the built wasm
+//! Worker under `wrangler dev` (local D1, R2, Durable Objects), started once
+//! per test binary on free ports with a fresh state directory, and torn down
+//! when the test binary exits — also when a test fails or the binary is killed.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
+
+pub struct Stack {
+    pub base: String,
+    pub runner_url: String,
+    pub state_dir: PathBuf,
+    pub runner_pid: u32,
+}
+
+static STACK: OnceLock<Stack> = OnceLock::new();
+
+pub fn stack() -> &'static Stack {
+    STACK.get_or_init(start_stack)
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn run_ok(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Tears `pgid` (and `dir`, if given) down once this test process is gone,
+/// however it ends: normal exit, failed test, panic or SIGKILL. Exit hooks
+/// are not enough (the harness may exit in ways that skip them), so a small
+/// watchdog outside the group waits for this process and then cleans up.
+fn watch_and_clean(pgid: Option<u32>, dir: Option<&Path>) {
+    let me = std::process::id();
+    let kill = pgid
+        .map(|g| format!("kill -TERM -{g} 2>/dev/null; sleep 0.5; kill -KILL -{g} 2>/dev/null;"))
+        .unwrap_or_default();
+    let remove = dir
+        .map(|d| format!("sleep 1; rm -rf '{}';", d.display()))
+        .unwrap_or_default();
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "while kill -0 {me} 2>/dev/null; do sleep 0.2; done; {kill} {remove}"
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn();
+}
+
+/// Spawns `cmd` in its own process group, logging to `log`, cleaned up at exit.
+pub fn spawn_logged(cmd: &mut Command, log: &Path) -> u32 {
+    let file = std::fs::File::create(log).expect("log file");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("log file"))
+        .stderr(file)
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let pid = child.id();
+    watch_and_clean(Some(pid), None);
+    // Reap it when it exits, so a killed child leaves no zombie.
+    std::thread::spawn(move || child.wait());
+    pid
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let start = text.len().saturating_sub(4000);
+    text[start..].to_string()
+}
+
+/// Kills a process group now (e.g. to simulate a runner crash).
+pub fn kill_group(pgid: u32) {
+    unsafe { libc::kill(-(pgid as i32), libc::SIGKILL) };
+}
+
+/// Starts the runner binary on a free port; returns (pid, url).
+pub fn start_runner(dir: &Path, extra_env: &[(&str, &str)]) -> (u32, String) {
+    let port = free_port();
+    let bin = target_dir().join("debug").join("cloudbox-runner");
+    let mut cmd = Command::new(&bin);
+    cmd.env("RUNNER_LISTEN", format!("127.0.0.1:{port}"));
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let log = dir.join(format!("runner-{port}.log"));
+    let pid = spawn_logged(&mut cmd, &log);
+    let url = format!("http://127.0.0.1:{port}");
+    wait_for(&format!("{url}/health"), &log, Duration::from_secs(20));
+    (pid, url)
+}
+
+fn wait_for(url: &str, log: &Path, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(2))
+        .build();
+    while Instant::now() < deadline {
+        if let Ok(resp) = agent.get(url).call() {
+            if resp.status() == 200 {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{url} not up after {limit:?}; log:\n{}", log_tail(log));
+}
+
+fn start_stack() -> Stack {
+    let root = repo_root();
+    run_ok(
+        Command::new("bash")
+            .arg(root.join("scripts/build-worker.sh"))
+            .current_dir(&root),
+        "building the worker",
+    );
+    run_ok(
+        Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "cloudbox-runner"])
+            .current_dir(&root),
+        "building the runner",
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("cloudbox-test-")
+        .tempdir()
+        .expect("temp dir")
+        .keep();
+    watch_and_clean(None, Some(&dir));
+    let state_dir = dir.join("state");
+
+    let (runner_pid, runner_url) = start_runner(&dir, &[]);
+
+    let wrangler = root.join("scripts/wrangler");
+    run_ok(
+        Command::new(&wrangler)
+            .args(["d1", "migrations", "apply", "DB", "--local", "--persist-to"])
+            .arg(&state_dir)
+            .env("CI", "true")
+            .current_dir(&root),
+        "applying D1 migrations",
+    );
+
+    let port = free_port();
+    let inspector = free_port();
+    let log = dir.join("wrangler.log");
+    let mut cmd = Command::new(&wrangler);
+    cmd.args([
+        "dev",
+        "--local",
+        "--ip",
+        "127.0.0.1",
+        "--show-interactive-dev-session=false",
+    ])
+    .args([
+        "--port",
+        &port.to_string(),
+        "--inspector-port",
+        &inspector.to_string(),
+    ])
+    .arg("--persist-to")
+    .arg(&state_dir)
+    .args(["--var", &format!("RUNNER_URL:{runner_url}")])
+    .args(["--var", &format!("ADMIN_API_KEY:{ADMIN_KEY}")])
+    .env("CLOUDBOX_SKIP_BUILD", "1")
+    .env("CI", "true")
+    .current_dir(&root);
+    spawn_logged(&mut cmd, &log);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_for(&format!("{base}/health"), &log, Duration::from_secs(90));
+    Stack {
+        base,
+        runner_url,
+        state_dir,
+        runner_pid,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// HTTP
+
+/// A response, whatever its status.
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub text: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}), status {}: {}", self.status, self.text))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub fn agent() -> &'static ureq::Agent {
+    static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
+    AGENT.get_or_init(|| {
+        ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(120))
+            .build()
+    })
+}
+
+/// Sends a request to the Worker. `headers` are (name, value) pairs.
+pub fn send(method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+    let url = format!("{}{}", stack().base, path);
+    let mut req = agent().request(method, &url);
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let result = match body {
+        Some(bytes) => req.send_bytes(bytes),
+        None => req.call(),
+    };
+    let resp = match result {
+        Ok(resp) => resp,
+        Err(ureq::Error::Status(_, resp)) => resp,
+        Err(err) => panic!("{method} {path}: {err}"),
+    };
+    let status = resp.status();
+    let headers = resp
+        .headers_names()
+        .into_iter()
+        .filter_map(|name| resp.header(&name).map(|v| (name.clone(), v.to_string())))
+        .collect();
+    let mut text = String::new();
+    let _ = resp.into_reader().read_to_string(&mut text);
+    Resp {
+        status,
+        headers,
+        text,
+    }
+}
+
+pub fn get(path: &str, key: Option<&str>) -> Resp {
+    let auth = key.map(|k| format!("Bearer {k}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    send("GET", path, &headers, None)
+}
+
+pub fn post_json(path: &str, key: Option<&str>, body: &Value) -> Resp {
+    let auth = key.map(|k| format!("Bearer {k}"));
+    let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("authorization", a.as_str()));
+    }
+    send("POST", path, &headers, Some(body.to_string().as_bytes()))
+}
+
+/// Mints a key with the admin key; returns the 201 body.
+pub fn mint_key(body: Value) -> Value {
+    let resp = post_json("/admin/keys", Some(ADMIN_KEY), &body);
+    assert_eq!(resp.status, 201, "{}", resp.text);
+    resp.json()
+}
