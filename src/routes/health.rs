@@ -21,9 +21,5 @@ pub fn health(ctx: &Ctx<'_>) -> Result<Response, ApiError> {
 }
 
 pub fn openapi() -> Result<Response, ApiError> {
-    let headers = worker::Headers::new();
-    headers.set("content-type", "application/json")?;
-    Ok(Response::builder()
-        .with_headers(headers)
-        .fixed(crate::openapi::DOCUMENT.as_bytes().to_vec()))
+    http::json(200, &crate::openapi::document())
 }
