@@ -19,6 +19,7 @@ pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
 
 pub struct Stack {
     pub base: String,
+    pub vars: Vec<(String, String)>,
     pub runner_url: String,
     pub state_dir: PathBuf,
     pub runner_pid: u32,
@@ -26,8 +27,31 @@ pub struct Stack {
 
 static STACK: OnceLock<Stack> = OnceLock::new();
 
+/// Vars every test stack gets unless a test binary overrides them: the
+/// per-IP rate limits are lifted because every test client is 127.0.0.1.
+const DEFAULT_VARS: &[(&str, &str)] = &[
+    ("RATE_LIMIT_REQUESTS", "1000000"),
+    ("RATE_LIMIT_RUNS", "1000000"),
+];
+
+/// The stack of this test binary, with the default vars.
 pub fn stack() -> &'static Stack {
-    STACK.get_or_init(start_stack)
+    stack_with_vars(&[])
+}
+
+/// The stack of this test binary, started with `vars` (`wrangler dev --var`)
+/// on top of the defaults. All tests of one binary must ask for the same vars.
+pub fn stack_with_vars(vars: &[(&str, &str)]) -> &'static Stack {
+    let wanted: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let stack = STACK.get_or_init(|| start_stack(&wanted));
+    assert_eq!(
+        stack.vars, wanted,
+        "tests of one binary asked for different stack vars"
+    );
+    stack
 }
 
 pub fn repo_root() -> PathBuf {
@@ -141,7 +165,7 @@ fn wait_for(url: &str, log: &Path, limit: Duration) {
     panic!("{url} not up after {limit:?}; log:\n{}", log_tail(log));
 }
 
-fn start_stack() -> Stack {
+fn start_stack(vars: &[(String, String)]) -> Stack {
     let root = repo_root();
     run_ok(
         Command::new("bash")
@@ -199,11 +223,19 @@ fn start_stack() -> Stack {
     .env("CLOUDBOX_SKIP_BUILD", "1")
     .env("CI", "true")
     .current_dir(&root);
+    let overridden = |name: &str| vars.iter().any(|(k, _)| k == name);
+    for (name, value) in DEFAULT_VARS.iter().filter(|(k, _)| !overridden(k)) {
+        cmd.args(["--var", &format!("{name}:{value}")]);
+    }
+    for (name, value) in vars {
+        cmd.args(["--var", &format!("{name}:{value}")]);
+    }
     spawn_logged(&mut cmd, &log);
     let base = format!("http://127.0.0.1:{port}");
     wait_for(&format!("{base}/health"), &log, Duration::from_secs(90));
     Stack {
         base,
+        vars: vars.to_vec(),
         runner_url,
         state_dir,
         runner_pid,
