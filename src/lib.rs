@@ -6,9 +6,11 @@
 //! runner in `container/` depends on this crate without that feature to
 //! share the wire types.
 
+pub mod agent_events;
 pub mod error;
 pub mod ids;
 pub mod keys;
+pub mod model_usage;
 pub mod openapi;
 pub mod route;
 pub mod runner_link;
