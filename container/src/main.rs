@@ -4,6 +4,7 @@
 //!
 //! Listens on `RUNNER_LISTEN` (default `0.0.0.0:8080`).
 
+mod model_proxy;
 mod server;
 
 use std::net::SocketAddr;
