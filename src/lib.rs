@@ -6,14 +6,22 @@
 //! runner in `container/` depends on this crate without that feature to
 //! share the wire types.
 
+pub mod blob_parts;
 pub mod error;
 pub mod ids;
 pub mod keys;
 pub mod openapi;
+pub mod paths;
 pub mod route;
 pub mod runner_link;
 pub mod time;
 pub mod wire;
+pub mod workspace;
+
+/// The workspace sync client (hash a tree, send what is missing, commit);
+/// native only, used by the tests and the bench.
+#[cfg(not(target_arch = "wasm32"))]
+pub mod sync;
 
 #[cfg(feature = "worker-runtime")]
 mod auth;
@@ -29,3 +37,5 @@ mod http;
 mod routes;
 #[cfg(feature = "worker-runtime")]
 mod runner_do;
+#[cfg(feature = "worker-runtime")]
+mod workspace_store;
