@@ -69,6 +69,8 @@ pub enum ApiError {
     BlobTooLarge {
         limit_bytes: u64,
     },
+    VersionNotFound,
+    BlobNotFound,
 
     // --- runs ---
     BadRun(String),
@@ -108,7 +110,8 @@ impl ApiError {
             InsufficientCredits { .. } => 402,
             Forbidden(_) => 403,
             NotFound | KeyNotFound | WorkspaceNotFound | RunNotFound | FileNotFound
-            | CollaboratorNotFound | ObjectiveNotFound | ComputerNotFound => 404,
+            | CollaboratorNotFound | ObjectiveNotFound | ComputerNotFound | VersionNotFound
+            | BlobNotFound => 404,
             MethodNotAllowed { .. } => 405,
             InFlight | VersionConflict { .. } | WorkspaceBusy | RunNotLive | RunNotRunning => 409,
             RunExpired => 410,
@@ -145,6 +148,8 @@ impl ApiError {
             MissingBlobs(_) => "missing_blobs",
             VersionConflict { .. } => "version_conflict",
             WorkspaceBusy => "workspace_busy",
+            VersionNotFound => "version_not_found",
+            BlobNotFound => "blob_not_found",
             BadRun(_) => "bad_run",
             RunNotFound => "run_not_found",
             RunNotLive => "run_not_live",
@@ -210,6 +215,8 @@ impl ApiError {
                 format!("baseVersion is stale: the workspace is at version {current}")
             }
             WorkspaceBusy => "another execute is running on this workspace".into(),
+            VersionNotFound => "no such version of this workspace".into(),
+            BlobNotFound => "no such blob in this account".into(),
             BadRun(why) => why.clone(),
             RunNotFound => "no such run".into(),
             RunNotLive => "the run is not live".into(),

@@ -7,15 +7,23 @@
 //! share the wire types.
 
 pub mod agent_events;
+pub mod blob_parts;
 pub mod error;
 pub mod ids;
 pub mod keys;
 pub mod model_usage;
 pub mod openapi;
+pub mod paths;
 pub mod route;
 pub mod runner_link;
 pub mod time;
 pub mod wire;
+pub mod workspace;
+
+/// The workspace sync client (hash a tree, send what is missing, commit);
+/// native only, used by the tests and the bench.
+#[cfg(not(target_arch = "wasm32"))]
+pub mod sync;
 
 #[cfg(feature = "worker-runtime")]
 mod auth;
@@ -31,3 +39,5 @@ mod http;
 mod routes;
 #[cfg(feature = "worker-runtime")]
 mod runner_do;
+#[cfg(feature = "worker-runtime")]
+mod workspace_store;

@@ -13,6 +13,19 @@ pub enum Route {
     AdminCreateKey,
     // Diagnostics (admin)
     AdminRunnerHealth,
+    // Workspaces
+    WorkspaceList,
+    WorkspaceGet,
+    WorkspaceDelete,
+    WorkspaceManifest,
+    WorkspaceBlobsMissing,
+    WorkspaceBlobPut,
+    WorkspaceBlobGet,
+    WorkspaceCommit,
+    WorkspaceFileGet,
+    WorkspaceFilePut,
+    WorkspaceFileDelete,
+    WorkspaceSessionReset,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -37,6 +50,46 @@ pub const ROUTES: &[RouteSpec] = &[
     row("GET", "/openapi.json", Route::OpenApi),
     row("POST", "/admin/keys", Route::AdminCreateKey),
     row("GET", "/admin/runner/health", Route::AdminRunnerHealth),
+    row("GET", "/workspaces", Route::WorkspaceList),
+    row("GET", "/workspaces/:id", Route::WorkspaceGet),
+    row("DELETE", "/workspaces/:id", Route::WorkspaceDelete),
+    row("GET", "/workspaces/:id/manifest", Route::WorkspaceManifest),
+    row(
+        "POST",
+        "/workspaces/:id/blobs/missing",
+        Route::WorkspaceBlobsMissing,
+    ),
+    row(
+        "PUT",
+        "/workspaces/:id/blobs/:sha256",
+        Route::WorkspaceBlobPut,
+    ),
+    row(
+        "GET",
+        "/workspaces/:id/blobs/:sha256",
+        Route::WorkspaceBlobGet,
+    ),
+    row("POST", "/workspaces/:id/commits", Route::WorkspaceCommit),
+    row(
+        "GET",
+        "/workspaces/:id/files/*path",
+        Route::WorkspaceFileGet,
+    ),
+    row(
+        "PUT",
+        "/workspaces/:id/files/*path",
+        Route::WorkspaceFilePut,
+    ),
+    row(
+        "DELETE",
+        "/workspaces/:id/files/*path",
+        Route::WorkspaceFileDelete,
+    ),
+    row(
+        "POST",
+        "/workspaces/:id/session/reset",
+        Route::WorkspaceSessionReset,
+    ),
 ];
 
 /// Path parameters of a matched route, percent-decoded.

@@ -4,6 +4,7 @@
 mod admin_keys;
 mod diagnostics;
 mod health;
+mod workspaces;
 
 use worker::{Env, Request, Response};
 
@@ -71,5 +72,17 @@ async fn dispatch(route: Route, req: Request, ctx: Ctx<'_>) -> Result<Response, 
         Route::OpenApi => health::openapi(),
         Route::AdminCreateKey => admin_keys::create(req, &ctx).await,
         Route::AdminRunnerHealth => diagnostics::runner_health(req, &ctx).await,
+        Route::WorkspaceList => workspaces::list(req, &ctx).await,
+        Route::WorkspaceGet => workspaces::get(req, &ctx).await,
+        Route::WorkspaceDelete => workspaces::delete(req, &ctx).await,
+        Route::WorkspaceManifest => workspaces::manifest(req, &ctx).await,
+        Route::WorkspaceBlobsMissing => workspaces::blobs_missing(req, &ctx).await,
+        Route::WorkspaceBlobPut => workspaces::blob_put(req, &ctx).await,
+        Route::WorkspaceBlobGet => workspaces::blob_get(req, &ctx).await,
+        Route::WorkspaceCommit => workspaces::commit(req, &ctx).await,
+        Route::WorkspaceFileGet => workspaces::file_get(req, &ctx).await,
+        Route::WorkspaceFilePut => workspaces::file_put(req, &ctx).await,
+        Route::WorkspaceFileDelete => workspaces::file_delete(req, &ctx).await,
+        Route::WorkspaceSessionReset => workspaces::session_reset(req, &ctx).await,
     }
 }
