@@ -4,8 +4,10 @@
 //!
 //! Listens on `RUNNER_LISTEN` (default `0.0.0.0:8080`).
 
+mod blob_cache;
 mod model_proxy;
 mod server;
+mod tree;
 
 use std::net::SocketAddr;
 
