@@ -276,7 +276,9 @@ pub fn agent() -> &'static ureq::Agent {
 
 /// Sends a request to the Worker. `headers` are (name, value) pairs.
 pub fn send(method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
-    let url = format!("{}{}", stack().base, path);
+    // The stack this binary started (whatever its vars), else the default one.
+    let base = &STACK.get().unwrap_or_else(|| stack()).base;
+    let url = format!("{base}{path}");
     let mut req = agent().request(method, &url);
     for (k, v) in headers {
         req = req.set(k, v);
