@@ -11,6 +11,7 @@ pub mod ids;
 pub mod keys;
 pub mod openapi;
 pub mod receipts;
+pub mod run_events;
 pub mod route;
 pub mod run_spec;
 pub mod runner_link;

@@ -13,6 +13,14 @@ pub enum Route {
     AdminCreateKey,
     // Diagnostics (admin)
     AdminRunnerHealth,
+    // Repo runs
+    RunCreate,
+    RunList,
+    RunGet,
+    RunEvents,
+    RunVerify,
+    RunCancel,
+    RunDelete,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -37,6 +45,13 @@ pub const ROUTES: &[RouteSpec] = &[
     row("GET", "/openapi.json", Route::OpenApi),
     row("POST", "/admin/keys", Route::AdminCreateKey),
     row("GET", "/admin/runner/health", Route::AdminRunnerHealth),
+    row("POST", "/api/runs", Route::RunCreate),
+    row("GET", "/api/runs", Route::RunList),
+    row("GET", "/api/runs/:id", Route::RunGet),
+    row("GET", "/api/runs/:id/events", Route::RunEvents),
+    row("GET", "/api/runs/:id/verify", Route::RunVerify),
+    row("POST", "/api/runs/:id/cancel", Route::RunCancel),
+    row("DELETE", "/api/runs/:id", Route::RunDelete),
 ];
 
 /// Path parameters of a matched route, percent-decoded.

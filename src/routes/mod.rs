@@ -4,6 +4,7 @@
 mod admin_keys;
 mod diagnostics;
 mod health;
+mod runs;
 
 use worker::{Env, Request, Response};
 
@@ -71,5 +72,12 @@ async fn dispatch(route: Route, req: Request, ctx: Ctx<'_>) -> Result<Response, 
         Route::OpenApi => health::openapi(),
         Route::AdminCreateKey => admin_keys::create(req, &ctx).await,
         Route::AdminRunnerHealth => diagnostics::runner_health(req, &ctx).await,
+        Route::RunCreate => runs::create(req, &ctx).await,
+        Route::RunList => runs::list(req, &ctx).await,
+        Route::RunGet => runs::get(req, &ctx).await,
+        Route::RunEvents => runs::events(req, &ctx).await,
+        Route::RunVerify => runs::verify(req, &ctx).await,
+        Route::RunCancel => runs::cancel(req, &ctx).await,
+        Route::RunDelete => runs::delete(req, &ctx).await,
     }
 }
