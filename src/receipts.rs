@@ -181,7 +181,8 @@ pub struct ChainCheck {
 pub fn verify_chain(receipts: &[Receipt]) -> ChainCheck {
     let mut expected = Chain::default();
     for r in receipts {
-        let ok = r.seq == expected.next_seq && r.prev_hash == expected.head && r.hash == compute_hash(r);
+        let ok =
+            r.seq == expected.next_seq && r.prev_hash == expected.head && r.hash == compute_hash(r);
         if !ok {
             return ChainCheck {
                 valid: false,
@@ -246,14 +247,17 @@ mod tests {
     fn the_hash_is_sha256_of_the_documented_canonical_form() {
         let r = &sample()[0];
         let text = canonical(r);
-        assert!(text.starts_with(&format!("[\"cloudbox.receipt.v1\",\"{GENESIS}\",1,\"clone\",\"git clone\",0,null,")));
+        assert!(text.starts_with(&format!(
+            "[\"cloudbox.receipt.v1\",\"{GENESIS}\",1,\"clone\",\"git clone\",0,null,"
+        )));
         assert_eq!(r.hash, hex::encode(Sha256::digest(text.as_bytes())));
         assert_eq!(r.hash.len(), 64);
     }
 
     #[test]
     fn any_tampered_field_breaks_the_chain() {
-        let tamper: Vec<Box<dyn Fn(&mut Receipt)>> = vec![
+        type Tamper = Box<dyn Fn(&mut Receipt)>;
+        let tamper: Vec<Tamper> = vec![
             Box::new(|r| r.stdout.push('!')),
             Box::new(|r| r.exit_code = Some(7)),
             Box::new(|r| r.cmd = "make -k".into()),
@@ -310,8 +314,20 @@ mod tests {
     fn receipts_serialize_with_contract_names() {
         let v = serde_json::to_value(&sample()[0]).unwrap();
         for field in [
-            "seq", "type", "cmd", "exitCode", "signal", "stdout", "stderr", "truncated",
-            "startedAt", "finishedAt", "durationMs", "hash", "prevHash", "ms",
+            "seq",
+            "type",
+            "cmd",
+            "exitCode",
+            "signal",
+            "stdout",
+            "stderr",
+            "truncated",
+            "startedAt",
+            "finishedAt",
+            "durationMs",
+            "hash",
+            "prevHash",
+            "ms",
         ] {
             assert!(v.get(field).is_some(), "{field} missing");
         }

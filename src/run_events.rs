@@ -27,7 +27,9 @@ pub const SSE_PREAMBLE: &str = "retry: 2000\n\n";
 /// `Last-Event-ID` (or `?after=`): the last event the client has. Anything
 /// that is not a non-negative integer means "from the start".
 pub fn parse_last_event_id(value: Option<&str>) -> u64 {
-    value.and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0)
+    value
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0)
 }
 
 /// Splits a byte stream into complete lines (without the `\n`), holding an
@@ -70,7 +72,9 @@ impl ListCursor {
         let created_ms = ms.parse::<i64>().ok()?;
         let id_ok = !id.is_empty()
             && id.len() <= 100
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         id_ok.then(|| Self {
             created_ms,
             run_id: id.to_string(),
@@ -87,7 +91,9 @@ pub fn parse_limit(value: Option<&str>) -> Result<u32, String> {
         None => Ok(DEFAULT_LIST_LIMIT),
         Some(v) => match v.parse::<u32>() {
             Ok(n) if (1..=MAX_LIST_LIMIT).contains(&n) => Ok(n),
-            _ => Err(format!("limit must be an integer from 1 to {MAX_LIST_LIMIT}")),
+            _ => Err(format!(
+                "limit must be an integer from 1 to {MAX_LIST_LIMIT}"
+            )),
         },
     }
 }
@@ -102,7 +108,10 @@ mod tests {
             sse_frame("receipt", 7, r#"{"a":1}"#),
             "event: receipt\nid: 7\ndata: {\"a\":1}\n\n"
         );
-        assert_eq!(sse_frame("x", 1, "a\nb"), "event: x\nid: 1\ndata: a\ndata: b\n\n");
+        assert_eq!(
+            sse_frame("x", 1, "a\nb"),
+            "event: x\nid: 1\ndata: a\ndata: b\n\n"
+        );
     }
 
     #[test]
@@ -118,7 +127,10 @@ mod tests {
     fn lines_split_across_chunks() {
         let mut s = LineSplitter::default();
         assert_eq!(s.push(b"{\"a\"").len(), 0);
-        assert_eq!(s.push(b":1}\n{\"b\":2}\n\n{\"c\""), vec!["{\"a\":1}", "{\"b\":2}"]);
+        assert_eq!(
+            s.push(b":1}\n{\"b\":2}\n\n{\"c\""),
+            vec!["{\"a\":1}", "{\"b\":2}"]
+        );
         assert_eq!(s.push(b":3}\n"), vec!["{\"c\":3}"]);
     }
 

@@ -44,7 +44,15 @@ impl RunSpec {
 }
 
 const FIELDS: &[&str] = &[
-    "repo", "ref", "commands", "verify", "artifact", "timeoutMs", "env", "live", "ttlSeconds",
+    "repo",
+    "ref",
+    "commands",
+    "verify",
+    "artifact",
+    "timeoutMs",
+    "env",
+    "live",
+    "ttlSeconds",
     "public",
 ];
 
@@ -120,7 +128,9 @@ pub fn normalize_repo(url: &str) -> Result<String, String> {
     const PREFIX: &str = "https://github.com/";
     let head = url.get(..PREFIX.len()).unwrap_or("");
     if !head.eq_ignore_ascii_case(PREFIX) {
-        return Err("must be https://github.com/<owner>/<repo> (no other host, userinfo or port)".into());
+        return Err(
+            "must be https://github.com/<owner>/<repo> (no other host, userinfo or port)".into(),
+        );
     }
     let rest = &url[PREFIX.len()..];
     let rest = rest.strip_suffix('/').unwrap_or(rest);
@@ -130,7 +140,9 @@ pub fn normalize_repo(url: &str) -> Result<String, String> {
         .ok_or("must name an owner and a repository")?;
     let owner_ok = (1..=39).contains(&owner.len())
         && !owner.starts_with('-')
-        && owner.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        && owner
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if !owner_ok {
         return Err(format!("bad owner {owner:?}"));
     }
@@ -155,8 +167,7 @@ pub fn check_ref(r: &str) -> Result<String, String> {
         && !r.ends_with(".lock")
         && !r.contains("..")
         && !r.contains("//")
-        && r
-            .bytes()
+        && r.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._/-+".contains(&b));
     if ok {
         Ok(r.to_string())
@@ -241,7 +252,10 @@ pub fn check_relative_path(path: &str) -> Result<(), String> {
     if path.starts_with('/') {
         return Err("must be relative".into());
     }
-    if path.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+    if path
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
         return Err("must not have empty, . or .. segments".into());
     }
     Ok(())
@@ -258,7 +272,8 @@ mod tests {
 
     #[test]
     fn a_minimal_run_gets_the_defaults() {
-        let spec = validate(&json!({"repo": "https://github.com/o/r", "commands": ["make"]})).unwrap();
+        let spec =
+            validate(&json!({"repo": "https://github.com/o/r", "commands": ["make"]})).unwrap();
         assert_eq!(spec.repo, "https://github.com/o/r");
         assert_eq!(spec.timeout_ms, DEFAULT_TIMEOUT_MS);
         assert!(spec.verify.is_empty() && spec.env.is_empty() && spec.git_ref.is_none());
@@ -274,7 +289,11 @@ mod tests {
             "https://github.com/o/r.git/",
             "HTTPS://GitHub.com/o/r",
         ] {
-            assert_eq!(normalize_repo(url).as_deref(), Ok("https://github.com/o/r"), "{url}");
+            assert_eq!(
+                normalize_repo(url).as_deref(),
+                Ok("https://github.com/o/r"),
+                "{url}"
+            );
         }
         assert_eq!(
             normalize_repo("https://github.com/rust-lang/rust.vim").as_deref(),
@@ -306,7 +325,11 @@ mod tests {
             "file:///etc/passwd",
             "",
         ] {
-            assert_eq!(code(json!({"repo": url, "commands": ["x"]})), "bad_run", "{url}");
+            assert_eq!(
+                code(json!({"repo": url, "commands": ["x"]})),
+                "bad_run",
+                "{url}"
+            );
         }
     }
 
@@ -322,7 +345,10 @@ mod tests {
         assert_eq!(code(json!({"repo": repo, "commands": [long]})), "bad_run");
         assert!(validate(&json!({"repo": repo, "commands": ["é".repeat(4000)]})).is_ok());
         assert_eq!(code(json!({"repo": repo})), "bad_run");
-        assert_eq!(code(json!({"repo": repo, "commands": [], "verify": []})), "bad_run");
+        assert_eq!(
+            code(json!({"repo": repo, "commands": [], "verify": []})),
+            "bad_run"
+        );
         assert_eq!(code(json!({"repo": repo, "commands": [" "]})), "bad_run");
         assert_eq!(code(json!({"repo": repo, "commands": [1]})), "bad_run");
         assert_eq!(code(json!({"repo": repo, "commands": "make"})), "bad_run");
@@ -339,22 +365,34 @@ mod tests {
             );
         }
         let long = "a".repeat(1025);
-        assert_eq!(code(json!({"repo": repo, "commands": ["x"], "artifact": long})), "bad_path");
-        let spec = validate(&json!({"repo": repo, "commands": ["x"], "artifact": "out/report.txt"})).unwrap();
+        assert_eq!(
+            code(json!({"repo": repo, "commands": ["x"], "artifact": long})),
+            "bad_path"
+        );
+        let spec =
+            validate(&json!({"repo": repo, "commands": ["x"], "artifact": "out/report.txt"}))
+                .unwrap();
         assert_eq!(spec.artifact.as_deref(), Some("out/report.txt"));
     }
 
     #[test]
     fn timeout_bounds() {
         let repo = "https://github.com/o/r";
-        for bad_timeout in [json!(999), json!(3_600_001), json!(-1), json!(1.5), json!("1000")] {
+        for bad_timeout in [
+            json!(999),
+            json!(3_600_001),
+            json!(-1),
+            json!(1.5),
+            json!("1000"),
+        ] {
             assert_eq!(
                 code(json!({"repo": repo, "commands": ["x"], "timeoutMs": bad_timeout})),
                 "bad_run"
             );
         }
         for ok in [1000, 3_600_000] {
-            let spec = validate(&json!({"repo": repo, "commands": ["x"], "timeoutMs": ok})).unwrap();
+            let spec =
+                validate(&json!({"repo": repo, "commands": ["x"], "timeoutMs": ok})).unwrap();
             assert_eq!(spec.timeout_ms, ok);
         }
     }
@@ -364,11 +402,23 @@ mod tests {
         let repo = "https://github.com/o/r";
         let many: serde_json::Map<String, Value> =
             (0..65).map(|i| (format!("V{i}"), json!("x"))).collect();
-        assert_eq!(code(json!({"repo": repo, "commands": ["x"], "env": many})), "bad_run");
-        for bad_env in [json!({"A": 1}), json!({"1A": "x"}), json!({"A-B": "x"}), json!(["A"])] {
-            assert_eq!(code(json!({"repo": repo, "commands": ["x"], "env": bad_env})), "bad_run");
+        assert_eq!(
+            code(json!({"repo": repo, "commands": ["x"], "env": many})),
+            "bad_run"
+        );
+        for bad_env in [
+            json!({"A": 1}),
+            json!({"1A": "x"}),
+            json!({"A-B": "x"}),
+            json!(["A"]),
+        ] {
+            assert_eq!(
+                code(json!({"repo": repo, "commands": ["x"], "env": bad_env})),
+                "bad_run"
+            );
         }
-        let spec = validate(&json!({"repo": repo, "commands": ["x"], "env": {"GREETING": "hi"}})).unwrap();
+        let spec =
+            validate(&json!({"repo": repo, "commands": ["x"], "env": {"GREETING": "hi"}})).unwrap();
         assert_eq!(spec.env.get("GREETING").map(String::as_str), Some("hi"));
     }
 
@@ -376,11 +426,26 @@ mod tests {
     fn refs_and_unknown_fields() {
         let repo = "https://github.com/o/r";
         assert!(validate(&json!({"repo": repo, "commands": ["x"], "ref": "release/v1.2"})).is_ok());
-        for r in ["-x", "--upload-pack=evil", "a..b", "a b", "a/", "x.lock", ""] {
-            assert_eq!(code(json!({"repo": repo, "commands": ["x"], "ref": r})), "bad_run", "{r}");
+        for r in [
+            "-x",
+            "--upload-pack=evil",
+            "a..b",
+            "a b",
+            "a/",
+            "x.lock",
+            "",
+        ] {
+            assert_eq!(
+                code(json!({"repo": repo, "commands": ["x"], "ref": r})),
+                "bad_run",
+                "{r}"
+            );
         }
         assert_eq!(code(json!({"repo": repo, "command": ["x"]})), "bad_run");
-        assert_eq!(code(json!({"repo": repo, "commands": ["x"], "live": true})), "bad_run");
+        assert_eq!(
+            code(json!({"repo": repo, "commands": ["x"], "live": true})),
+            "bad_run"
+        );
         assert!(validate(&json!({"repo": repo, "commands": ["x"], "live": false})).is_ok());
         assert_eq!(code(json!(["not an object"])), "bad_run");
     }

@@ -117,9 +117,17 @@ impl RunStatus {
 
     pub fn parse(s: &str) -> Option<Self> {
         use RunStatus::*;
-        [Queued, Running, Passed, Failed, Cancelled, TimedOut, ContainerLost]
-            .into_iter()
-            .find(|st| st.as_str() == s)
+        [
+            Queued,
+            Running,
+            Passed,
+            Failed,
+            Cancelled,
+            TimedOut,
+            ContainerLost,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
     }
 
     pub fn is_terminal(self) -> bool {
@@ -131,7 +139,12 @@ impl RunStatus {
 /// the clone worked and every verify step exited 0 (200, else 422).
 /// The status then says why it is not ok: `cancelled`, else `timed_out` if
 /// any step hit its timeout, else `failed`.
-pub fn outcome(clone_ok: bool, verify_ok: bool, any_timed_out: bool, cancelled: bool) -> (bool, RunStatus) {
+pub fn outcome(
+    clone_ok: bool,
+    verify_ok: bool,
+    any_timed_out: bool,
+    cancelled: bool,
+) -> (bool, RunStatus) {
     let ok = clone_ok && verify_ok && !cancelled;
     let status = if cancelled {
         RunStatus::Cancelled
@@ -208,15 +221,35 @@ mod tests {
     fn outcomes_follow_the_contract() {
         assert_eq!(outcome(true, true, false, false), (true, RunStatus::Passed));
         assert_eq!(outcome(true, true, true, false), (true, RunStatus::Passed));
-        assert_eq!(outcome(true, false, false, false), (false, RunStatus::Failed));
-        assert_eq!(outcome(true, false, true, false), (false, RunStatus::TimedOut));
-        assert_eq!(outcome(false, true, false, false), (false, RunStatus::Failed));
-        assert_eq!(outcome(true, true, false, true), (false, RunStatus::Cancelled));
+        assert_eq!(
+            outcome(true, false, false, false),
+            (false, RunStatus::Failed)
+        );
+        assert_eq!(
+            outcome(true, false, true, false),
+            (false, RunStatus::TimedOut)
+        );
+        assert_eq!(
+            outcome(false, true, false, false),
+            (false, RunStatus::Failed)
+        );
+        assert_eq!(
+            outcome(true, true, false, true),
+            (false, RunStatus::Cancelled)
+        );
     }
 
     #[test]
     fn statuses_round_trip() {
-        for s in ["queued", "running", "passed", "failed", "cancelled", "timed_out", "container_lost"] {
+        for s in [
+            "queued",
+            "running",
+            "passed",
+            "failed",
+            "cancelled",
+            "timed_out",
+            "container_lost",
+        ] {
             let st = RunStatus::parse(s).unwrap();
             assert_eq!(st.as_str(), s);
             assert_eq!(serde_json::to_value(st).unwrap(), s);

@@ -123,7 +123,10 @@ fn a_failing_verify_answers_422_with_the_same_body() {
     let body = resp.json();
     assert_eq!(body["ok"], false);
     assert_eq!(body["status"], "failed");
-    assert_eq!(types(&body), vec!["clone", "command", "command", "verify", "diff"]);
+    assert_eq!(
+        types(&body),
+        vec!["clone", "command", "command", "verify", "diff"]
+    );
     assert_eq!(body["receipts"][1]["exitCode"], 3);
     assert_eq!(body["receipts"][2]["stdout"], "later\n");
     assert_eq!(body["receipts"][3]["exitCode"], 1);
@@ -138,18 +141,48 @@ fn every_contract_validation_error_is_refused_before_any_work() {
     let good = "https://github.com/acme/pass";
     let many: Vec<String> = (0..33).map(|i| format!("echo {i}")).collect();
     let cases = [
-        (json!({"repo": "https://gitlab.com/acme/pass", "commands": ["x"]}), "bad_run"),
-        (json!({"repo": "git@github.com:acme/pass.git", "commands": ["x"]}), "bad_run"),
-        (json!({"repo": "https://user:pw@github.com/acme/pass", "commands": ["x"]}), "bad_run"),
-        (json!({"repo": "https://140.82.112.3/acme/pass", "commands": ["x"]}), "bad_run"),
-        (json!({"repo": "https://github.com:8443/acme/pass", "commands": ["x"]}), "bad_run"),
+        (
+            json!({"repo": "https://gitlab.com/acme/pass", "commands": ["x"]}),
+            "bad_run",
+        ),
+        (
+            json!({"repo": "git@github.com:acme/pass.git", "commands": ["x"]}),
+            "bad_run",
+        ),
+        (
+            json!({"repo": "https://user:pw@github.com/acme/pass", "commands": ["x"]}),
+            "bad_run",
+        ),
+        (
+            json!({"repo": "https://140.82.112.3/acme/pass", "commands": ["x"]}),
+            "bad_run",
+        ),
+        (
+            json!({"repo": "https://github.com:8443/acme/pass", "commands": ["x"]}),
+            "bad_run",
+        ),
         (json!({"repo": good, "commands": many}), "bad_run"),
-        (json!({"repo": good, "commands": ["x".repeat(4001)]}), "bad_run"),
-        (json!({"repo": good, "commands": ["x"], "artifact": "../x"}), "bad_path"),
+        (
+            json!({"repo": good, "commands": ["x".repeat(4001)]}),
+            "bad_run",
+        ),
+        (
+            json!({"repo": good, "commands": ["x"], "artifact": "../x"}),
+            "bad_path",
+        ),
         (json!({"repo": good}), "bad_run"),
-        (json!({"repo": good, "commands": [], "verify": []}), "bad_run"),
-        (json!({"repo": good, "commands": ["x"], "timeoutMs": 999}), "bad_run"),
-        (json!({"repo": good, "commands": ["x"], "env": {"A": 1}}), "bad_run"),
+        (
+            json!({"repo": good, "commands": [], "verify": []}),
+            "bad_run",
+        ),
+        (
+            json!({"repo": good, "commands": ["x"], "timeoutMs": 999}),
+            "bad_run",
+        ),
+        (
+            json!({"repo": good, "commands": ["x"], "env": {"A": 1}}),
+            "bad_run",
+        ),
     ];
     for (body, code) in cases {
         let resp = post_json("/api/runs", Some(&key), &body);
@@ -183,7 +216,12 @@ fn runs_need_a_key_with_the_right_permission() {
 fn another_account_cannot_see_or_touch_a_run() {
     let key = key();
     let repo = demo_repo("private");
-    let body = post_json("/api/runs", Some(&key), &json!({"repo": repo, "commands": ["true"]})).json();
+    let body = post_json(
+        "/api/runs",
+        Some(&key),
+        &json!({"repo": repo, "commands": ["true"]}),
+    )
+    .json();
     let id = body["runId"].as_str().unwrap();
     let stranger = self::key();
     for path in [
@@ -195,10 +233,19 @@ fn another_account_cannot_see_or_touch_a_run() {
         assert_eq!(resp.status, 404, "{path}");
         assert_eq!(resp.json()["error"], "run_not_found");
     }
-    let cancel = post_json(&format!("/api/runs/{id}/cancel"), Some(&stranger), &json!({}));
+    let cancel = post_json(
+        &format!("/api/runs/{id}/cancel"),
+        Some(&stranger),
+        &json!({}),
+    );
     assert_eq!(cancel.status, 404);
     let auth = format!("Bearer {stranger}");
-    let delete = send("DELETE", &format!("/api/runs/{id}"), &[("authorization", &auth)], None);
+    let delete = send(
+        "DELETE",
+        &format!("/api/runs/{id}"),
+        &[("authorization", &auth)],
+        None,
+    );
     assert_eq!(delete.status, 404);
     assert_eq!(get("/api/runs", Some(&stranger)).json()["runs"], json!([]));
     // The owner still has it.
@@ -212,26 +259,49 @@ fn runs_are_listed_newest_first_with_a_cursor_and_can_be_deleted() {
     let repo = demo_repo("listed");
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let body = post_json("/api/runs", Some(&key), &json!({"repo": repo, "commands": ["true"]})).json();
+        let body = post_json(
+            "/api/runs",
+            Some(&key),
+            &json!({"repo": repo, "commands": ["true"]}),
+        )
+        .json();
         ids.push(body["runId"].as_str().unwrap().to_string());
         std::thread::sleep(Duration::from_millis(5));
     }
     let first = get("/api/runs?limit=2", Some(&key)).json();
-    let page: Vec<&str> = first["runs"].as_array().unwrap().iter().map(|r| r["runId"].as_str().unwrap()).collect();
+    let page: Vec<&str> = first["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["runId"].as_str().unwrap())
+        .collect();
     assert_eq!(page, vec![ids[2].as_str(), ids[1].as_str()]);
     assert_eq!(first["runs"][0]["status"], "passed");
     let cursor = first["nextCursor"].as_str().unwrap();
     let second = get(&format!("/api/runs?limit=2&cursor={cursor}"), Some(&key)).json();
-    let page: Vec<&str> = second["runs"].as_array().unwrap().iter().map(|r| r["runId"].as_str().unwrap()).collect();
+    let page: Vec<&str> = second["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["runId"].as_str().unwrap())
+        .collect();
     assert_eq!(page, vec![ids[0].as_str()]);
     assert!(second["nextCursor"].is_null());
     assert_eq!(get("/api/runs?limit=0", Some(&key)).status, 400);
     assert_eq!(get("/api/runs?cursor=garbage", Some(&key)).status, 400);
 
     let auth = format!("Bearer {key}");
-    let deleted = send("DELETE", &format!("/api/runs/{}", ids[0]), &[("authorization", &auth)], None);
+    let deleted = send(
+        "DELETE",
+        &format!("/api/runs/{}", ids[0]),
+        &[("authorization", &auth)],
+        None,
+    );
     assert_eq!(deleted.status, 200, "{}", deleted.text);
-    assert_eq!(get(&format!("/api/runs/{}", ids[0]), Some(&key)).status, 404);
+    assert_eq!(
+        get(&format!("/api/runs/{}", ids[0]), Some(&key)).status,
+        404
+    );
     let left = get("/api/runs", Some(&key)).json();
     assert_eq!(left["runs"].as_array().unwrap().len(), 2);
 }
@@ -247,7 +317,10 @@ struct Frame {
 }
 
 /// Reads SSE frames until `stop` says so or the stream ends.
-fn read_frames(reader: &mut impl BufRead, mut stop: impl FnMut(&Frame) -> bool) -> (Vec<Frame>, usize) {
+fn read_frames(
+    reader: &mut impl BufRead,
+    mut stop: impl FnMut(&Frame) -> bool,
+) -> (Vec<Frame>, usize) {
     let mut frames = Vec::new();
     let mut heartbeats = 0;
     let (mut event, mut id, mut data) = (String::new(), 0u64, String::new());
@@ -281,7 +354,13 @@ fn read_frames(reader: &mut impl BufRead, mut stop: impl FnMut(&Frame) -> bool) 
     }
 }
 
-fn open_sse(method: &str, path: &str, key: &str, last_event_id: Option<u64>, body: Option<&Value>) -> ureq::Response {
+fn open_sse(
+    method: &str,
+    path: &str,
+    key: &str,
+    last_event_id: Option<u64>,
+    body: Option<&Value>,
+) -> ureq::Response {
     let url = format!("{}{}", stack().base, path);
     let mut req = agent()
         .request(method, &url)
@@ -296,7 +375,10 @@ fn open_sse(method: &str, path: &str, key: &str, last_event_id: Option<u64>, bod
     }
     .expect("SSE request");
     assert_eq!(resp.status(), 200);
-    assert!(resp.header("content-type").unwrap_or("").starts_with("text/event-stream"));
+    assert!(resp
+        .header("content-type")
+        .unwrap_or("")
+        .starts_with("text/event-stream"));
     resp
 }
 
@@ -324,11 +406,21 @@ fn sse_delivers_every_receipt_and_the_result_and_resumes_without_gaps() {
     let last = first.last().unwrap().id;
 
     // Reconnect with Last-Event-ID: the rest, from last + 1, to the result.
-    let resp = open_sse("GET", &format!("/api/runs/{run_id}/events"), &key, Some(last), None);
+    let resp = open_sse(
+        "GET",
+        &format!("/api/runs/{run_id}/events"),
+        &key,
+        Some(last),
+        None,
+    );
     let mut reader = BufReader::new(resp.into_reader());
     let (rest, _) = read_frames(&mut reader, |f| f.event == "result");
     let ids: Vec<u64> = first.iter().chain(rest.iter()).map(|f| f.id).collect();
-    assert_eq!(ids, (1..=ids.len() as u64).collect::<Vec<_>>(), "gap or duplicate: {ids:?}");
+    assert_eq!(
+        ids,
+        (1..=ids.len() as u64).collect::<Vec<_>>(),
+        "gap or duplicate: {ids:?}"
+    );
     let result = rest.last().unwrap();
     assert_eq!(result.event, "result");
     assert_eq!(result.data["status"], "passed");
@@ -341,11 +433,24 @@ fn sse_delivers_every_receipt_and_the_result_and_resumes_without_gaps() {
         .map(|f| f.data.clone())
         .collect();
     assert_eq!(Value::Array(streamed), result.data["receipts"]);
-    let kinds: Vec<&str> = first.iter().chain(rest.iter()).map(|f| f.event.as_str()).collect();
-    assert!(kinds.contains(&"runner") && kinds.contains(&"output"), "{kinds:?}");
+    let kinds: Vec<&str> = first
+        .iter()
+        .chain(rest.iter())
+        .map(|f| f.event.as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"runner") && kinds.contains(&"output"),
+        "{kinds:?}"
+    );
 
     // A client that reconnects after the end gets only what it lacks.
-    let resp = open_sse("GET", &format!("/api/runs/{run_id}/events"), &key, Some(result.id - 1), None);
+    let resp = open_sse(
+        "GET",
+        &format!("/api/runs/{run_id}/events"),
+        &key,
+        Some(result.id - 1),
+        None,
+    );
     let (tail, _) = read_frames(&mut BufReader::new(resp.into_reader()), |_| false);
     assert_eq!(tail, vec![result.clone()]);
 }
@@ -361,7 +466,11 @@ fn wait_for_file(path: &std::path::Path) -> String {
                 return text;
             }
         }
-        assert!(Instant::now() < deadline, "{} never written", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} never written",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -371,7 +480,16 @@ fn process_gone(pid: i32) -> bool {
     while Instant::now() < deadline {
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             Err(_) => return true,
-            Ok(stat) if stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z') => return true,
+            Ok(stat)
+                if stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z') =>
+            {
+                return true
+            }
             Ok(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
@@ -392,21 +510,40 @@ fn cancel_stops_the_running_command_and_ends_the_run_cancelled() {
     let run_id = resp.header("x-run-id").unwrap().to_string();
     let pid: i32 = wait_for_file(&pidfile).trim().parse().unwrap();
 
-    let cancelled = post_json(&format!("/api/runs/{run_id}/cancel"), Some(&key), &json!({}));
+    let cancelled = post_json(
+        &format!("/api/runs/{run_id}/cancel"),
+        Some(&key),
+        &json!({}),
+    );
     assert_eq!(cancelled.status, 200, "{}", cancelled.text);
     let body = cancelled.json();
     assert_eq!(body["status"], "cancelled");
     assert_eq!(body["ok"], false);
     assert_eq!(types(&body), vec!["clone", "command", "cancel"]);
     assert_eq!(body["receipts"][1]["signal"], "SIGKILL");
-    assert!(process_gone(pid), "the cancelled command {pid} is still running");
+    assert!(
+        process_gone(pid),
+        "the cancelled command {pid} is still running"
+    );
 
     // The open stream ends with the cancelled result.
-    let (frames, _) = read_frames(&mut BufReader::new(resp.into_reader()), |f| f.event == "result");
+    let (frames, _) = read_frames(&mut BufReader::new(resp.into_reader()), |f| {
+        f.event == "result"
+    });
     assert_eq!(frames.last().unwrap().data["status"], "cancelled");
-    assert_eq!(get(&format!("/api/runs/{run_id}"), Some(&key)).json()["status"], "cancelled");
-    let again = post_json(&format!("/api/runs/{run_id}/cancel"), Some(&key), &json!({}));
+    assert_eq!(
+        get(&format!("/api/runs/{run_id}"), Some(&key)).json()["status"],
+        "cancelled"
+    );
+    let again = post_json(
+        &format!("/api/runs/{run_id}/cancel"),
+        Some(&key),
+        &json!({}),
+    );
     assert_eq!(again.status, 409);
     assert_eq!(again.json()["error"], "run_not_running");
-    assert_eq!(get(&format!("/api/runs/{run_id}/verify"), Some(&key)).json()["valid"], true);
+    assert_eq!(
+        get(&format!("/api/runs/{run_id}/verify"), Some(&key)).json()["valid"],
+        true
+    );
 }

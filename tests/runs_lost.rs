@@ -12,7 +12,10 @@ use serde_json::json;
 #[test]
 fn heartbeats_flow_then_a_killed_runner_ends_the_run_container_lost() {
     let stack = stack_with_vars(&[("SSE_HEARTBEAT_MS", "300")]);
-    let key = mint_key(json!({"name": "lost"}))["key"].as_str().unwrap().to_string();
+    let key = mint_key(json!({"name": "lost"}))["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let repo = fixture_repo("acme", "lost", &[("README.md", "hi\n")]);
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("started");
@@ -40,7 +43,10 @@ fn heartbeats_flow_then_a_killed_runner_ends_the_run_container_lost() {
     let mut line = String::new();
     while heartbeats < 2 {
         line.clear();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "stream ended early");
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "stream ended early"
+        );
         if line.starts_with(": heartbeat") {
             heartbeats += 1;
         }
@@ -70,7 +76,10 @@ fn heartbeats_flow_then_a_killed_runner_ends_the_run_container_lost() {
     let receipts = body["receipts"].as_array().unwrap();
     let last = receipts.last().unwrap();
     assert_eq!(last["type"], "cancel");
-    assert!(last["stderr"].as_str().unwrap().contains("container_lost"), "{last}");
+    assert!(
+        last["stderr"].as_str().unwrap().contains("container_lost"),
+        "{last}"
+    );
     let lifecycle: Vec<&str> = body["runnerReceipts"]
         .as_array()
         .unwrap()
@@ -78,7 +87,10 @@ fn heartbeats_flow_then_a_killed_runner_ends_the_run_container_lost() {
         .map(|r| r["event"].as_str().unwrap())
         .collect();
     assert_eq!(lifecycle.last(), Some(&"exit"));
-    assert_eq!(get(&format!("/api/runs/{run_id}/verify"), Some(&key)).json()["valid"], true);
+    assert_eq!(
+        get(&format!("/api/runs/{run_id}/verify"), Some(&key)).json()["valid"],
+        true
+    );
     let listed = get("/api/runs", Some(&key)).json();
     assert_eq!(listed["runs"][0]["status"], "container_lost");
 }

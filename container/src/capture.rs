@@ -97,9 +97,7 @@ mod tests {
     #[test]
     fn one_megabyte_keeps_the_last_64000_chars() {
         let mut t = Tail::new(64_000);
-        let line: Vec<u8> = (0..1_000_000u32)
-            .map(|i| b'a' + (i % 26) as u8)
-            .collect();
+        let line: Vec<u8> = (0..1_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
         for chunk in line.chunks(4096) {
             t.push(chunk);
         }

@@ -1,8 +1,8 @@
 //! The runner's settings, read once from its environment.
 
-use std::path::PathBuf;
 #[cfg(test)]
 use std::path::Path;
+use std::path::PathBuf;
 
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -52,4 +52,3 @@ impl RunnerConfig {
         ]
     }
 }
-

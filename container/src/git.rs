@@ -87,7 +87,13 @@ pub async fn diff(cfg: &RunnerConfig, checkout: &Path, out: PathBuf, timeout: Du
             .kill_on_drop(true);
         cmd
     };
-    let add = git(vec!["add".into(), "--intent-to-add".into(), "--all".into(), "--".into(), ".".into()]);
+    let add = git(vec![
+        "add".into(),
+        "--intent-to-add".into(),
+        "--all".into(),
+        "--".into(),
+        ".".into(),
+    ]);
     let diff = git(vec![
         "-c".into(),
         "core.quotePath=false".into(),
@@ -147,7 +153,11 @@ pub async fn read_head(path: &Path, limit: u64) -> std::io::Result<(String, u64,
     let size = file.metadata().await?.len();
     let mut buf = Vec::new();
     file.take(limit).read_to_end(&mut buf).await?;
-    Ok((String::from_utf8_lossy(&buf).into_owned(), size, size > limit))
+    Ok((
+        String::from_utf8_lossy(&buf).into_owned(),
+        size,
+        size > limit,
+    ))
 }
 
 #[cfg(test)]
@@ -181,7 +191,10 @@ mod tests {
         let env = git_env(&cfg);
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("GIT_CONFIG_COUNT"), Some("4"));
-        assert_eq!(get("GIT_CONFIG_KEY_2"), Some("url.file:///srv/gh/.insteadOf"));
+        assert_eq!(
+            get("GIT_CONFIG_KEY_2"),
+            Some("url.file:///srv/gh/.insteadOf")
+        );
         assert_eq!(get("GIT_CONFIG_VALUE_2"), Some("https://github.com/"));
     }
 }

@@ -94,7 +94,10 @@ impl<F: FnMut(StreamName, String)> Live<F> {
     }
 
     fn flush(&mut self) {
-        for (i, stream) in [StreamName::Stdout, StreamName::Stderr].into_iter().enumerate() {
+        for (i, stream) in [StreamName::Stdout, StreamName::Stderr]
+            .into_iter()
+            .enumerate()
+        {
             let text = self.chunkers[i].flush();
             if !text.is_empty() && self.sent[i] < LIVE_OUTPUT_CAP_BYTES {
                 (self.emit)(stream, text);
@@ -263,9 +266,11 @@ mod tests {
     #[tokio::test]
     async fn captures_exit_code_and_both_streams() {
         let mut chunks = Vec::new();
-        let f = run(bash("echo out; echo err >&2; exit 3", 10_000), &mut no_cancel(), |s, t| {
-            chunks.push((s, t))
-        })
+        let f = run(
+            bash("echo out; echo err >&2; exit 3", 10_000),
+            &mut no_cancel(),
+            |s, t| chunks.push((s, t)),
+        )
         .await;
         assert_eq!(f.exit_code, Some(3));
         assert_eq!(f.stdout, "out\n");
@@ -277,7 +282,12 @@ mod tests {
     #[tokio::test]
     async fn the_environment_is_clean() {
         std::env::set_var("CLOUDBOX_SECRET_FOR_TEST", "leak");
-        let f = run(bash("echo \"[$CLOUDBOX_SECRET_FOR_TEST]\"", 10_000), &mut no_cancel(), |_, _| {}).await;
+        let f = run(
+            bash("echo \"[$CLOUDBOX_SECRET_FOR_TEST]\"", 10_000),
+            &mut no_cancel(),
+            |_, _| {},
+        )
+        .await;
         assert_eq!(f.stdout, "[]\n");
     }
 
@@ -299,7 +309,14 @@ mod tests {
         let script = format!("sleep 30 & echo $! > {}; echo started", pidfile.display());
         let f = run(bash(&script, 10_000), &mut no_cancel(), |_, _| {}).await;
         assert_eq!(f.exit_code, Some(0));
-        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
-        assert!(crate::testing::gone(pid).await, "background sleep {pid} survived");
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            crate::testing::gone(pid).await,
+            "background sleep {pid} survived"
+        );
     }
 }

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use cloudbox::receipts::{Chain, ReceiptKind, Step};
 use cloudbox::wire::{
-    outcome, Artifact, OutputChunk, RunEvent, RunResult, RunStart, WireEvent,
-    HEARTBEAT_MS, MAX_ARTIFACT_BYTES,
+    outcome, Artifact, OutputChunk, RunEvent, RunResult, RunStart, WireEvent, HEARTBEAT_MS,
+    MAX_ARTIFACT_BYTES,
 };
 use futures_util::Stream;
 use sha2::{Digest, Sha256};
@@ -90,29 +90,32 @@ impl RunHandle {
         after: u64,
     ) -> impl Stream<Item = Result<String, std::convert::Infallible>> + Send {
         let rx = self.latest.subscribe();
-        futures_util::stream::unfold((self, after, rx), |(handle, mut after, mut rx)| async move {
-            loop {
-                rx.borrow_and_update();
-                let done = handle.done.load(Ordering::SeqCst);
-                let lines = handle.lines_after(after);
-                if !lines.is_empty() {
-                    after += lines.len() as u64;
-                    let chunk: String = lines.iter().map(|l| &**l).collect();
-                    return Some((Ok(chunk), (handle, after, rx)));
-                }
-                if done {
-                    return None;
-                }
-                let heartbeat = tokio::time::sleep(Duration::from_millis(HEARTBEAT_MS));
-                tokio::select! {
-                    _ = rx.changed() => continue,
-                    _ = heartbeat => {
-                        let line = "{\"seq\":0,\"type\":\"heartbeat\"}\n".to_string();
-                        return Some((Ok(line), (handle, after, rx)));
+        futures_util::stream::unfold(
+            (self, after, rx),
+            |(handle, mut after, mut rx)| async move {
+                loop {
+                    rx.borrow_and_update();
+                    let done = handle.done.load(Ordering::SeqCst);
+                    let lines = handle.lines_after(after);
+                    if !lines.is_empty() {
+                        after += lines.len() as u64;
+                        let chunk: String = lines.iter().map(|l| &**l).collect();
+                        return Some((Ok(chunk), (handle, after, rx)));
+                    }
+                    if done {
+                        return None;
+                    }
+                    let heartbeat = tokio::time::sleep(Duration::from_millis(HEARTBEAT_MS));
+                    tokio::select! {
+                        _ = rx.changed() => continue,
+                        _ = heartbeat => {
+                            let line = "{\"seq\":0,\"type\":\"heartbeat\"}\n".to_string();
+                            return Some((Ok(line), (handle, after, rx)));
+                        }
                     }
                 }
-            }
-        })
+            },
+        )
     }
 }
 
@@ -254,7 +257,10 @@ pub async fn execute(cfg: &RunnerConfig, spec: RunStart, handle: &RunHandle) {
     let result = execute_in(cfg, &spec, handle, &run_dir, started).await;
     if let Err(err) = tokio::fs::remove_dir_all(&run_dir).await {
         if err.kind() != std::io::ErrorKind::NotFound {
-            eprintln!("cloudbox-runner: cannot remove {}: {err}", run_dir.display());
+            eprintln!(
+                "cloudbox-runner: cannot remove {}: {err}",
+                run_dir.display()
+            );
         }
     }
     handle.emit(RunEvent::Result(result));
@@ -406,7 +412,11 @@ async fn execute_in(
         started_ms,
         duration_ms: t0.elapsed().as_millis() as u64,
     });
-    ended((true, verify_ok, timed_out, false), artifact, Some(diff.text))
+    ended(
+        (true, verify_ok, timed_out, false),
+        artifact,
+        Some(diff.text),
+    )
 }
 
 /// Reads the artifact as text. The path must stay inside the checkout after

@@ -41,18 +41,31 @@ async fn clones_runs_commands_and_diffs_modified_and_new_files() {
     let fx = fixture();
     let spec = testing::spec(
         "run_ok",
-        &["echo changed >> README.md", "mkdir -p out && echo fresh > out/new.txt"],
+        &[
+            "echo changed >> README.md",
+            "mkdir -p out && echo fresh > out/new.txt",
+        ],
         &["test -f out/new.txt", "grep -q changed README.md"],
     );
     let ran = run(&fx, spec).await;
     use ReceiptKind::*;
-    assert_eq!(kinds(&ran), vec![Clone, Command, Command, Verify, Verify, Diff]);
-    assert!(ran.receipts.iter().take(5).all(|r| r.exit_code == Some(0)), "{:#?}", ran.receipts);
+    assert_eq!(
+        kinds(&ran),
+        vec![Clone, Command, Command, Verify, Verify, Diff]
+    );
+    assert!(
+        ran.receipts.iter().take(5).all(|r| r.exit_code == Some(0)),
+        "{:#?}",
+        ran.receipts
+    );
     assert!(ran.result.ok);
     assert_eq!(ran.result.status, RunStatus::Passed);
     let diff = ran.result.diff.as_deref().unwrap();
     assert!(diff.contains("+changed"), "{diff}");
-    assert!(diff.contains("diff --git a/out/new.txt b/out/new.txt"), "{diff}");
+    assert!(
+        diff.contains("diff --git a/out/new.txt b/out/new.txt"),
+        "{diff}"
+    );
     assert!(diff.contains("+fresh"), "{diff}");
     assert!(verify_chain(&ran.receipts).valid);
     // Event numbers are 1, 2, 3, … with the result last.
@@ -72,7 +85,10 @@ async fn a_failing_command_does_not_stop_later_steps_and_a_failing_verify_fails_
     );
     let ran = run(&fx, spec).await;
     let exits: Vec<Option<i32>> = ran.receipts.iter().map(|r| r.exit_code).collect();
-    assert_eq!(exits, vec![Some(0), Some(4), Some(0), Some(0), Some(1), Some(0)]);
+    assert_eq!(
+        exits,
+        vec![Some(0), Some(4), Some(0), Some(0), Some(1), Some(0)]
+    );
     assert_eq!(ran.receipts[1].stdout, "before\n");
     assert!(!ran.result.ok);
     assert_eq!(ran.result.status, RunStatus::Failed);
@@ -81,7 +97,11 @@ async fn a_failing_command_does_not_stop_later_steps_and_a_failing_verify_fails_
 #[tokio::test]
 async fn output_streams_live_before_the_receipt() {
     let fx = fixture();
-    let ran = run(&fx, testing::spec("run_live", &["echo hi; echo oops >&2"], &[])).await;
+    let ran = run(
+        &fx,
+        testing::spec("run_live", &["echo hi; echo oops >&2"], &[]),
+    )
+    .await;
     let chunks: Vec<(u64, StreamName, String)> = ran
         .events
         .iter()
@@ -90,15 +110,25 @@ async fn output_streams_live_before_the_receipt() {
             _ => None,
         })
         .collect();
-    assert!(chunks.contains(&(2, StreamName::Stdout, "hi\n".into())), "{chunks:?}");
-    assert!(chunks.contains(&(2, StreamName::Stderr, "oops\n".into())), "{chunks:?}");
+    assert!(
+        chunks.contains(&(2, StreamName::Stdout, "hi\n".into())),
+        "{chunks:?}"
+    );
+    assert!(
+        chunks.contains(&(2, StreamName::Stderr, "oops\n".into())),
+        "{chunks:?}"
+    );
 }
 
 #[tokio::test]
 async fn run_env_is_given_and_the_runner_env_is_not() {
     std::env::set_var("CLOUDBOX_RUNNER_SECRET", "leak");
     let fx = fixture();
-    let mut spec = testing::spec("run_env", &["echo \"$GREETING[$CLOUDBOX_RUNNER_SECRET]\""], &[]);
+    let mut spec = testing::spec(
+        "run_env",
+        &["echo \"$GREETING[$CLOUDBOX_RUNNER_SECRET]\""],
+        &[],
+    );
     spec.env.insert("GREETING".into(), "hello".into());
     let ran = run(&fx, spec).await;
     assert_eq!(ran.receipts[1].stdout, "hello[]\n");
@@ -108,7 +138,10 @@ async fn run_env_is_given_and_the_runner_env_is_not() {
 async fn a_timeout_kills_the_step_and_its_children() {
     let fx = fixture();
     let pids = fx.dir.path().join("pids");
-    let script = format!("sleep 60 & echo $! > {0}; echo $$ >> {0}; wait", pids.display());
+    let script = format!(
+        "sleep 60 & echo $! > {0}; echo $$ >> {0}; wait",
+        pids.display()
+    );
     let mut spec = testing::spec("run_timeout", &[&script, "echo next"], &[]);
     spec.timeout_ms = 1_000;
     let started = std::time::Instant::now();
@@ -155,14 +188,22 @@ async fn one_megabyte_of_output_keeps_the_last_64000_chars() {
 #[tokio::test]
 async fn artifacts_are_read_or_reported_missing() {
     let fx = fixture();
-    let mut spec = testing::spec("run_art", &["mkdir -p out && printf 'score: 9\\n' > out/report.txt"], &[]);
+    let mut spec = testing::spec(
+        "run_art",
+        &["mkdir -p out && printf 'score: 9\\n' > out/report.txt"],
+        &[],
+    );
     spec.artifact = Some("out/report.txt".into());
     let ran = run(&fx, spec).await;
     let art = ran.result.artifact.clone().unwrap();
     assert!(art.found);
     assert_eq!(art.content.as_deref(), Some("score: 9\n"));
     assert_eq!(art.bytes, 9);
-    let receipt = ran.receipts.iter().find(|r| r.kind == ReceiptKind::Artifact).unwrap();
+    let receipt = ran
+        .receipts
+        .iter()
+        .find(|r| r.kind == ReceiptKind::Artifact)
+        .unwrap();
     assert_eq!(receipt.exit_code, Some(0));
     assert!(receipt.stdout.contains(art.sha256.as_deref().unwrap()));
 
@@ -171,7 +212,11 @@ async fn artifacts_are_read_or_reported_missing() {
     let ran = run(&fx, spec).await;
     let art = ran.result.artifact.clone().unwrap();
     assert!(!art.found && art.content.is_none());
-    let receipt = ran.receipts.iter().find(|r| r.kind == ReceiptKind::Artifact).unwrap();
+    let receipt = ran
+        .receipts
+        .iter()
+        .find(|r| r.kind == ReceiptKind::Artifact)
+        .unwrap();
     assert_eq!(receipt.exit_code, Some(1));
 }
 
@@ -180,7 +225,11 @@ async fn an_artifact_symlink_cannot_escape_the_checkout() {
     let fx = fixture();
     let secret = fx.dir.path().join("secret.txt");
     std::fs::write(&secret, "top secret").unwrap();
-    let mut spec = testing::spec("run_escape", &[&format!("ln -s {} leak.txt", secret.display())], &[]);
+    let mut spec = testing::spec(
+        "run_escape",
+        &[&format!("ln -s {} leak.txt", secret.display())],
+        &[],
+    );
     spec.artifact = Some("leak.txt".into());
     let ran = run(&fx, spec).await;
     let art = ran.result.artifact.unwrap();
@@ -221,7 +270,11 @@ async fn cancel_mid_command_kills_it_and_records_a_cancel_receipt() {
     let script = format!("echo $$ > {}; sleep 60", pidfile.display());
     let registry = Registry::new(fx.cfg.clone());
     let handle = registry
-        .start(testing::spec("run_cancel", &[&script, "echo never"], &["true"]))
+        .start(testing::spec(
+            "run_cancel",
+            &[&script, "echo never"],
+            &["true"],
+        ))
         .unwrap();
     let mut waited = 0;
     while !pidfile.exists() || std::fs::read_to_string(&pidfile).unwrap().trim().is_empty() {
@@ -229,7 +282,11 @@ async fn cancel_mid_command_kills_it_and_records_a_cancel_receipt() {
         waited += 1;
         assert!(waited < 200, "command never started");
     }
-    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     handle.cancel();
     let mut waited = 0;
     while !handle.done.load(std::sync::atomic::Ordering::SeqCst) {
@@ -238,7 +295,14 @@ async fn cancel_mid_command_kills_it_and_records_a_cancel_receipt() {
         assert!(waited < 200, "run did not end after cancel");
     }
     let ran = parse(&handle);
-    assert_eq!(kinds(&ran), vec![ReceiptKind::Clone, ReceiptKind::Command, ReceiptKind::Cancel]);
+    assert_eq!(
+        kinds(&ran),
+        vec![
+            ReceiptKind::Clone,
+            ReceiptKind::Command,
+            ReceiptKind::Cancel
+        ]
+    );
     assert_eq!(ran.receipts[1].signal.as_deref(), Some("SIGKILL"));
     assert_eq!(ran.result.status, RunStatus::Cancelled);
     assert!(!ran.result.ok);
@@ -272,6 +336,12 @@ async fn a_resumed_stream_continues_after_the_given_event() {
         .concat();
     let rest: Vec<&str> = rest.lines().filter(|l| !l.contains("heartbeat")).collect();
     assert_eq!(rest, lines[3..].to_vec());
-    assert!(matches!(registry.start(testing::spec("run_resume", &["x"], &[])), Err(StartError::Exists)));
-    assert!(matches!(registry.start(testing::spec("../evil", &["x"], &[])), Err(StartError::BadId)));
+    assert!(matches!(
+        registry.start(testing::spec("run_resume", &["x"], &[])),
+        Err(StartError::Exists)
+    ));
+    assert!(matches!(
+        registry.start(testing::spec("../evil", &["x"], &[])),
+        Err(StartError::BadId)
+    ));
 }

@@ -49,10 +49,7 @@ fn ndjson(handle: Arc<RunHandle>, after: u64) -> Response {
     ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
 }
 
-async fn start_run(
-    State(runs): State<Arc<Registry>>,
-    Json(spec): Json<RunStart>,
-) -> Response {
+async fn start_run(State(runs): State<Arc<Registry>>, Json(spec): Json<RunStart>) -> Response {
     match runs.start(spec) {
         Ok(handle) => ndjson(handle, 0),
         Err(StartError::BadId) => error(StatusCode::BAD_REQUEST, "bad_run", "bad run id"),
@@ -71,7 +68,11 @@ async fn run_events(
 ) -> Response {
     match runs.get(&id) {
         Some(handle) => ndjson(handle, q.after),
-        None => error(StatusCode::NOT_FOUND, "run_not_found", "this runner has no such run"),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "run_not_found",
+            "this runner has no such run",
+        ),
     }
 }
 
@@ -81,7 +82,11 @@ async fn cancel_run(State(runs): State<Arc<Registry>>, Path(id): Path<String>) -
             handle.cancel();
             Json(json!({"cancelled": true})).into_response()
         }
-        None => error(StatusCode::NOT_FOUND, "run_not_found", "this runner has no such run"),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "run_not_found",
+            "this runner has no such run",
+        ),
     }
 }
 
@@ -124,9 +129,15 @@ mod tests {
     #[tokio::test]
     async fn a_run_streams_ndjson_over_http_and_unknown_runs_are_404() {
         let dir = tempfile::tempdir().unwrap();
-        crate::testing::bare_repo(&dir.path().join("github"), "acme", "demo", &[("a.txt", "a")]);
+        crate::testing::bare_repo(
+            &dir.path().join("github"),
+            "acme",
+            "demo",
+            &[("a.txt", "a")],
+        );
         let addr = serve(crate::testing::config(dir.path())).await;
-        let spec = serde_json::to_string(&crate::testing::spec("run_http", &["echo hi"], &[])).unwrap();
+        let spec =
+            serde_json::to_string(&crate::testing::spec("run_http", &["echo hi"], &[])).unwrap();
         let response = http(addr, "POST", "/runs", &spec).await;
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
         assert!(response.contains("application/x-ndjson"));
@@ -134,7 +145,10 @@ mod tests {
         assert!(response.contains("\"type\":\"result\""));
         let again = http(addr, "GET", "/runs/run_http/events?after=2", "").await;
         assert!(again.contains("{\"seq\":3,"), "{again}");
-        assert!(!again.lines().any(|l| l.starts_with("{\"seq\":2,")), "{again}");
+        assert!(
+            !again.lines().any(|l| l.starts_with("{\"seq\":2,")),
+            "{again}"
+        );
         let missing = http(addr, "GET", "/runs/nope/events", "").await;
         assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
         let cancel = http(addr, "POST", "/runs/nope/cancel", "").await;

@@ -30,12 +30,23 @@ pub async fn gone(pid: i32) -> bool {
 
 fn git(dir: &Path, args: &[&str]) {
     let out = Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"])
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "-c",
+            "init.defaultBranch=main",
+        ])
         .args(args)
         .current_dir(dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Creates `<mirror>/<owner>/<name>.git` holding one commit of `files`.
@@ -51,7 +62,10 @@ pub fn bare_repo(mirror: &Path, owner: &str, name: &str, files: &[(&str, &str)])
     git(work.path(), &["commit", "-q", "-m", "fixture"]);
     let dest = mirror.join(owner).join(format!("{name}.git"));
     std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-    git(work.path(), &["clone", "-q", "--bare", ".", dest.to_str().unwrap()]);
+    git(
+        work.path(),
+        &["clone", "-q", "--bare", ".", dest.to_str().unwrap()],
+    );
 }
 
 /// A config whose runs clone from `<dir>/github` and work in `<dir>/work`.

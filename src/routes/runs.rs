@@ -120,34 +120,63 @@ pub async fn events(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     let id = run_id(ctx)?;
     // `Last-Event-ID` (what EventSource sends on reconnect) wins over `?after=`.
     let url = req.url()?;
-    let after = req
-        .headers()
-        .get("last-event-id")?
-        .or_else(|| {
-            url.query_pairs()
-                .find(|(k, _)| k == "after")
-                .map(|(_, v)| v.into_owned())
-        });
+    let after = req.headers().get("last-event-id")?.or_else(|| {
+        url.query_pairs()
+            .find(|(k, _)| k == "after")
+            .map(|(_, v)| v.into_owned())
+    });
     let after = crate::run_events::parse_last_event_id(after.as_deref());
-    to_run_do(ctx, &caller, id, Method::Get, &format!("/runs/{id}/events?after={after}"), None).await
+    to_run_do(
+        ctx,
+        &caller,
+        id,
+        Method::Get,
+        &format!("/runs/{id}/events?after={after}"),
+        None,
+    )
+    .await
 }
 
 pub async fn verify(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     let caller = caller(&req, ctx, Permission::Read).await?;
     let id = run_id(ctx)?;
-    to_run_do(ctx, &caller, id, Method::Get, &format!("/runs/{id}/verify"), None).await
+    to_run_do(
+        ctx,
+        &caller,
+        id,
+        Method::Get,
+        &format!("/runs/{id}/verify"),
+        None,
+    )
+    .await
 }
 
 pub async fn cancel(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     let caller = caller(&req, ctx, Permission::Execute).await?;
     let id = run_id(ctx)?;
-    to_run_do(ctx, &caller, id, Method::Post, &format!("/runs/{id}/cancel"), None).await
+    to_run_do(
+        ctx,
+        &caller,
+        id,
+        Method::Post,
+        &format!("/runs/{id}/cancel"),
+        None,
+    )
+    .await
 }
 
 pub async fn delete(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     let caller = caller(&req, ctx, Permission::Execute).await?;
     let id = run_id(ctx)?;
-    to_run_do(ctx, &caller, id, Method::Delete, &format!("/runs/{id}"), None).await
+    to_run_do(
+        ctx,
+        &caller,
+        id,
+        Method::Delete,
+        &format!("/runs/{id}"),
+        None,
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -175,7 +204,10 @@ pub async fn list(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     let cursor = match query("cursor") {
         None => None,
         Some(text) => Some(ListCursor::decode(&text).ok_or_else(|| {
-            ApiError::ValidationFailed(vec![FieldError::new("cursor", "not a cursor from this API")])
+            ApiError::ValidationFailed(vec![FieldError::new(
+                "cursor",
+                "not a cursor from this API",
+            )])
         })?),
     };
     let db = ctx.env.d1("DB")?;
@@ -228,5 +260,8 @@ pub async fn list(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
             })
         })
         .collect();
-    http::json(200, &json!({"runs": runs, "nextCursor": next, "limit": limit}))
+    http::json(
+        200,
+        &json!({"runs": runs, "nextCursor": next, "limit": limit}),
+    )
 }

@@ -184,7 +184,10 @@ fn int(v: i64) -> worker::SqlStorageValue {
 
 impl RunCtx {
     fn load(&self) -> Result<Option<RunRow>, ApiError> {
-        let rows: Vec<RunRow> = self.sql.exec("SELECT * FROM run LIMIT 1", None)?.to_array()?;
+        let rows: Vec<RunRow> = self
+            .sql
+            .exec("SELECT * FROM run LIMIT 1", None)?
+            .to_array()?;
         Ok(rows.into_iter().next())
     }
 
@@ -282,7 +285,12 @@ impl RunCtx {
 
     /// Ends the run (once): status, `exit` runner receipt, `result` event,
     /// and the D1 index row (with the container time, for metering).
-    async fn finalize(&self, status: RunStatus, ok: bool, result: Option<&RunResult>) -> Result<(), ApiError> {
+    async fn finalize(
+        &self,
+        status: RunStatus,
+        ok: bool,
+        result: Option<&RunResult>,
+    ) -> Result<(), ApiError> {
         let Some(row) = self.load()? else {
             return Ok(());
         };
@@ -384,12 +392,16 @@ impl RunCtx {
         if event.seq <= row.runner_seq as u64 {
             return Ok(false);
         }
-        self.sql.exec("UPDATE run SET runner_seq = ?", vec![int(event.seq as i64)])?;
+        self.sql
+            .exec("UPDATE run SET runner_seq = ?", vec![int(event.seq as i64)])?;
         match event.event {
             RunEvent::Receipt(receipt) => self.store_receipt(&receipt)?,
-            RunEvent::Output(chunk) => self.append_event("output", &serde_json::to_string(&chunk)?)?,
+            RunEvent::Output(chunk) => {
+                self.append_event("output", &serde_json::to_string(&chunk)?)?
+            }
             RunEvent::Result(result) => {
-                self.finalize(result.status, result.ok, Some(&result)).await?;
+                self.finalize(result.status, result.ok, Some(&result))
+                    .await?;
                 return Ok(true);
             }
             RunEvent::Heartbeat => {}
@@ -413,9 +425,15 @@ impl RunCtx {
     }
 
     async fn cancel_on_runner(&self, run_id: &str) -> Result<u16, String> {
-        send(&self.link, Method::Post, &format!("/runs/{run_id}/cancel"), None, 3_000)
-            .await
-            .map(|r| r.status_code())
+        send(
+            &self.link,
+            Method::Post,
+            &format!("/runs/{run_id}/cancel"),
+            None,
+            3_000,
+        )
+        .await
+        .map(|r| r.status_code())
     }
 }
 
@@ -459,7 +477,10 @@ async fn pump_inner(ctx: &RunCtx) -> Result<(), ApiError> {
         if now_ms() > row.deadline_ms as i64 {
             let _ = ctx.cancel_on_runner(&row.id).await;
             return ctx
-                .end_by_do(RunStatus::TimedOut, "timed_out: the run passed its time limit".into())
+                .end_by_do(
+                    RunStatus::TimedOut,
+                    "timed_out: the run passed its time limit".into(),
+                )
                 .await;
         }
         let resp = if row.dispatched == 0.0 {
@@ -477,14 +498,24 @@ async fn pump_inner(ctx: &RunCtx) -> Result<(), ApiError> {
             if ctx.load()?.is_none_or(|r| r.status().is_terminal()) {
                 return Ok(());
             }
-            ctx.sql.exec(
-                "UPDATE run SET dispatched = 1, status = 'running'",
-                None,
-            )?;
+            ctx.sql
+                .exec("UPDATE run SET dispatched = 1, status = 'running'", None)?;
             let spec = row.spec()?;
-            let sent = send(&ctx.link, Method::Post, "/runs", Some(serde_json::to_string(&spec)?), 10_000).await;
+            let sent = send(
+                &ctx.link,
+                Method::Post,
+                "/runs",
+                Some(serde_json::to_string(&spec)?),
+                10_000,
+            )
+            .await;
             if let Ok(r) = &sent {
-                ctx.runner_step(&row.id, RunnerEvent::Response { status: r.status_code() })?;
+                ctx.runner_step(
+                    &row.id,
+                    RunnerEvent::Response {
+                        status: r.status_code(),
+                    },
+                )?;
             }
             sent
         } else {
@@ -531,9 +562,13 @@ async fn read_stream(ctx: &RunCtx, mut resp: Response) -> Result<Ended, ApiError
         let chunk = match select(next, stall).await {
             Either::Left((Some(Ok(bytes)), _)) => bytes,
             Either::Left((Some(Err(err)), _)) => return Ok(Ended::Broken(err.to_string())),
-            Either::Left((None, _)) => return Ok(Ended::Broken("the stream ended before the result".into())),
+            Either::Left((None, _)) => {
+                return Ok(Ended::Broken("the stream ended before the result".into()))
+            }
             Either::Right(_) => {
-                return Ok(Ended::Broken(format!("no event or heartbeat for {STALL_MS} ms")))
+                return Ok(Ended::Broken(format!(
+                    "no event or heartbeat for {STALL_MS} ms"
+                )))
             }
         };
         for line in lines.push(&chunk) {
@@ -575,7 +610,10 @@ pub async fn watchdog(ctx: RunCtx, state: &State) {
     if now_ms() > row.deadline_ms as i64 {
         let _ = ctx.cancel_on_runner(&row.id).await;
         let _ = ctx
-            .end_by_do(RunStatus::TimedOut, "timed_out: the run passed its time limit".into())
+            .end_by_do(
+                RunStatus::TimedOut,
+                "timed_out: the run passed its time limit".into(),
+            )
             .await;
         return;
     }
@@ -635,10 +673,17 @@ pub async fn handle(ctx: RunCtx, state: &State, mut req: Request) -> Result<Resp
             if !row.status().is_terminal() {
                 cancel(&ctx, &row).await?;
             }
-            for stmt in ["DELETE FROM run_events", "DELETE FROM run_receipts", "DELETE FROM run"] {
+            for stmt in [
+                "DELETE FROM run_events",
+                "DELETE FROM run_receipts",
+                "DELETE FROM run",
+            ] {
                 ctx.sql.exec(stmt, None)?;
             }
-            ctx.sql.exec("DELETE FROM runner_receipts WHERE op = ?", vec![(*id).into()])?;
+            ctx.sql.exec(
+                "DELETE FROM runner_receipts WHERE op = ?",
+                vec![(*id).into()],
+            )?;
             let _ = state.storage().delete_alarm().await;
             ctx.env
                 .d1("DB")?
@@ -652,7 +697,12 @@ pub async fn handle(ctx: RunCtx, state: &State, mut req: Request) -> Result<Resp
     }
 }
 
-async fn start(ctx: RunCtx, state: &State, body: StartBody, respond: Option<&str>) -> Result<Response, ApiError> {
+async fn start(
+    ctx: RunCtx,
+    state: &State,
+    body: StartBody,
+    respond: Option<&str>,
+) -> Result<Response, ApiError> {
     if ctx.load()?.is_some() {
         return Err(ApiError::Internal("run id reused".into()));
     }
@@ -690,7 +740,11 @@ async fn start(ctx: RunCtx, state: &State, body: StartBody, respond: Option<&str
         Some("events") => sse_response(ctx, 0)?,
         _ => {
             let row = ctx.wait_terminal(None).await?;
-            let status = if row.ok.unwrap_or(0.0) != 0.0 { 200 } else { 422 };
+            let status = if row.ok.unwrap_or(0.0) != 0.0 {
+                200
+            } else {
+                422
+            };
             http::json(status, &ctx.body(&row)?)?
         }
     };
@@ -751,7 +805,10 @@ fn sse_response(ctx: RunCtx, after: u64) -> Result<Response, ApiError> {
     let stream = futures_util::stream::unfold(state, |mut st| async move {
         if !st.started {
             st.started = true;
-            return Some((Ok::<Vec<u8>, worker::Error>(SSE_PREAMBLE.as_bytes().to_vec()), st));
+            return Some((
+                Ok::<Vec<u8>, worker::Error>(SSE_PREAMBLE.as_bytes().to_vec()),
+                st,
+            ));
         }
         loop {
             if st.done {

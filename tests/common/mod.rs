@@ -57,6 +57,12 @@ pub fn stack_with_vars(vars: &[(&str, &str)]) -> &'static Stack {
     stack
 }
 
+/// The stack already started by this binary (whatever its vars), else the
+/// default one.
+pub fn current() -> &'static Stack {
+    STACK.get().unwrap_or_else(stack)
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -257,7 +263,12 @@ pub fn fixture_repo(owner: &str, name: &str, files: &[(&str, &str)]) -> String {
     let git = |args: &[&str]| {
         run_ok(
             Command::new("git")
-                .args(["-c", "user.name=fixture", "-c", "user.email=fixture@example.com"])
+                .args([
+                    "-c",
+                    "user.name=fixture",
+                    "-c",
+                    "user.email=fixture@example.com",
+                ])
                 .args(["-c", "init.defaultBranch=main"])
                 .args(args)
                 .current_dir(work.path()),
@@ -272,10 +283,16 @@ pub fn fixture_repo(owner: &str, name: &str, files: &[(&str, &str)]) -> String {
     }
     git(&["add", "-A"]);
     git(&["commit", "-q", "-m", "fixture"]);
-    let dest = stack().github_dir.join(owner).join(format!("{name}.git"));
+    let dest = current().github_dir.join(owner).join(format!("{name}.git"));
     std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir");
     let _ = std::fs::remove_dir_all(&dest);
-    git(&["clone", "-q", "--bare", ".", dest.to_str().expect("utf-8 path")]);
+    git(&[
+        "clone",
+        "-q",
+        "--bare",
+        ".",
+        dest.to_str().expect("utf-8 path"),
+    ]);
     format!("https://github.com/{owner}/{name}")
 }
 
@@ -313,7 +330,7 @@ pub fn agent() -> &'static ureq::Agent {
 
 /// Sends a request to the Worker. `headers` are (name, value) pairs.
 pub fn send(method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
-    let url = format!("{}{}", stack().base, path);
+    let url = format!("{}{}", current().base, path);
     let mut req = agent().request(method, &url);
     for (k, v) in headers {
         req = req.set(k, v);
