@@ -214,7 +214,7 @@ fn runs_need_a_key_with_the_right_permission() {
 
 #[test]
 fn another_account_cannot_see_or_touch_a_run() {
-    let key = key();
+    let (key, owner_account) = key_with(&["execute", "read"]);
     let repo = demo_repo("private");
     let body = post_json(
         "/api/runs",
@@ -248,8 +248,11 @@ fn another_account_cannot_see_or_touch_a_run() {
     );
     assert_eq!(delete.status, 404);
     assert_eq!(get("/api/runs", Some(&stranger)).json()["runs"], json!([]));
-    // The owner still has it.
+    // The owner still has it, and so does a teammate (another key of the account).
     assert_eq!(get(&format!("/api/runs/{id}"), Some(&key)).status, 200);
+    let teammate = mint_key(json!({"name": "teammate", "accountId": owner_account}));
+    let seen = get(&format!("/api/runs/{id}"), teammate["key"].as_str());
+    assert_eq!(seen.status, 200, "{}", seen.text);
     assert_eq!(get("/api/runs/run_doesnotexist", Some(&key)).status, 404);
 }
 

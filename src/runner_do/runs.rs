@@ -708,16 +708,7 @@ async fn start(
     }
     let now = now_ms();
     let spec = &body.spec;
-    ctx.sql.exec(
-        "INSERT INTO run (id, account_id, spec, status, created_ms, deadline_ms) VALUES (?, ?, ?, 'queued', ?, ?)",
-        vec![
-            spec.run_id.as_str().into(),
-            body.account_id.as_str().into(),
-            serde_json::to_string(spec)?.into(),
-            int(now),
-            int(now + body.deadline_ms as i64),
-        ],
-    )?;
+    // The index row first: if D1 fails, nothing exists yet.
     ctx.env
         .d1("DB")?
         .prepare(
@@ -734,6 +725,16 @@ async fn start(
         ])?
         .run()
         .await?;
+    ctx.sql.exec(
+        "INSERT INTO run (id, account_id, spec, status, created_ms, deadline_ms) VALUES (?, ?, ?, 'queued', ?, ?)",
+        vec![
+            spec.run_id.as_str().into(),
+            body.account_id.as_str().into(),
+            serde_json::to_string(spec)?.into(),
+            int(now),
+            int(now + body.deadline_ms as i64),
+        ],
+    )?;
     state.storage().set_alarm(WATCHDOG_MS as i64).await?;
     worker::wasm_bindgen_futures::spawn_local(pump(ctx.clone()));
     let mut resp = match respond {
