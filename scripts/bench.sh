@@ -1,2 +1,35 @@
 #!/usr/bin/env bash
-echo "no benchmarks yet"
+# Benchmarks (`make bench`). Each bench is a named entry below; with no
+# argument every bench runs, else only the ones named:
+#   scripts/bench.sh            # all
+#   scripts/bench.sh runs       # just the repo-run overhead
+# BENCH_RUNS=N sets the number of measured runs where a bench takes it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bench_runs() {
+  # Repo run through the whole local stack vs. the same clone + commands by
+  # a plain shell script (tests/bench_runs.rs, an ignored test binary that
+  # starts its own runner and wrangler dev like the integration tests).
+  bash scripts/setup.sh >/dev/null
+  cargo test --quiet --test bench_runs -- --ignored --nocapture --test-threads=1
+}
+
+bench_workspaces() {
+  # Workspace sync: first push / no-change / one-file re-push vs naive full
+  # upload (examples/workspace_sync_bench.rs, against its own wrangler dev).
+  bash scripts/setup.sh >/dev/null
+  cargo run --quiet --example workspace_sync_bench
+}
+
+all=(runs workspaces)
+selected=("$@")
+[ ${#selected[@]} -eq 0 ] && selected=("${all[@]}")
+for name in "${selected[@]}"; do
+  if ! declare -F "bench_$name" >/dev/null; then
+    echo "bench.sh: unknown bench '$name' (known: ${all[*]})" >&2
+    exit 2
+  fi
+  echo "==> bench: $name"
+  "bench_$name"
+done

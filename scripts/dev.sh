@@ -7,6 +7,8 @@
 #   PORT=8787           Worker port
 #   RUNNER_PORT=8788    runner port (the Container's stand-in)
 #   CLOUDBOX_STATE=.cloudbox/state   local D1/R2/DO state (kept between runs)
+#   CLOUDBOX_GITHUB_MIRROR=DIR        offline runs: the runner clones
+#                       https://github.com/<owner>/<repo> from DIR/<owner>/<repo>.git
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=${PORT:-8787}
@@ -27,7 +29,8 @@ ADMIN_API_KEY=$(sed -n 's/^ADMIN_API_KEY=//p' .dev.vars | head -1)
 
 CI=true scripts/wrangler d1 migrations apply DB --local --persist-to "$STATE" >/dev/null
 
-RUNNER_LISTEN="127.0.0.1:$RUNNER_PORT" target/debug/cloudbox-runner > .cloudbox/runner.log 2>&1 &
+CLOUDBOX_GITHUB_MIRROR="${CLOUDBOX_GITHUB_MIRROR:-}" RUNNER_LISTEN="127.0.0.1:$RUNNER_PORT" \
+  target/debug/cloudbox-runner > .cloudbox/runner.log 2>&1 &
 runner_pid=$!
 trap 'kill $runner_pid 2>/dev/null' EXIT
 

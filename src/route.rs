@@ -26,6 +26,14 @@ pub enum Route {
     WorkspaceFilePut,
     WorkspaceFileDelete,
     WorkspaceSessionReset,
+    // Repo runs
+    RunCreate,
+    RunList,
+    RunGet,
+    RunEvents,
+    RunVerify,
+    RunCancel,
+    RunDelete,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -90,6 +98,13 @@ pub const ROUTES: &[RouteSpec] = &[
         "/workspaces/:id/session/reset",
         Route::WorkspaceSessionReset,
     ),
+    row("POST", "/api/runs", Route::RunCreate),
+    row("GET", "/api/runs", Route::RunList),
+    row("GET", "/api/runs/:id", Route::RunGet),
+    row("GET", "/api/runs/:id/events", Route::RunEvents),
+    row("GET", "/api/runs/:id/verify", Route::RunVerify),
+    row("POST", "/api/runs/:id/cancel", Route::RunCancel),
+    row("DELETE", "/api/runs/:id", Route::RunDelete),
 ];
 
 /// Path parameters of a matched route, percent-decoded.

@@ -1,8 +1,12 @@
 //! The CloudboxRunner Durable Object: one per workspace or repo run. It owns
 //! the link to the runner server — the Container's port in production, a
 //! dev-only `RUNNER_URL` under `wrangler dev` — and records every lifecycle
-//! step (`runnerReceipts`) in its SQLite storage.
+//! step (`runnerReceipts`) in its SQLite storage. Repo runs live in
+//! `runner_do/runs.rs` (one DO per run).
 
+mod runs;
+
+use std::rc::Rc;
 use std::time::Duration;
 
 use futures_util::future::{select, Either};
@@ -45,10 +49,11 @@ pub struct CloudboxRunner {
     state: State,
     env: Env,
     sql: SqlStorage,
+    live: Rc<runs::Live>,
 }
 
 /// Where the runner server is reached.
-enum Link {
+pub(crate) enum Link {
     Container(Container),
     Dev(String),
 }
@@ -59,33 +64,67 @@ impl DurableObject for CloudboxRunner {
         if let Err(err) = sql.exec(SCHEMA, None) {
             worker::console_error!("runner_do schema: {err}");
         }
-        Self { state, env, sql }
+        runs::init_schema(&sql);
+        Self {
+            state,
+            env,
+            sql,
+            live: Rc::new(runs::Live::default()),
+        }
     }
 
     async fn fetch(&self, req: Request) -> worker::Result<Response> {
-        let result = match (req.method(), req.path().as_str()) {
+        let request_id = req
+            .headers()
+            .get("x-request-id")
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "runner-do".to_string());
+        let path = req.path();
+        let result = match (req.method(), path.as_str()) {
             (Method::Get, "/probe") => self.probe().await,
+            (_, p) if p.starts_with("/runs/") => match self.run_ctx() {
+                Ok(ctx) => runs::handle(ctx, &self.state, req).await,
+                Err(err) => Err(err),
+            },
             _ => Err(ApiError::NotFound),
         };
         Ok(result.unwrap_or_else(|err| {
             if let ApiError::Internal(detail) = &err {
                 worker::console_error!("runner_do: {detail}");
             }
-            http::error_response(&err, "runner-do")
+            http::error_response(&err, &request_id)
         }))
+    }
+
+    async fn alarm(&self) -> worker::Result<Response> {
+        if let Ok(ctx) = self.run_ctx() {
+            runs::watchdog(ctx, &self.state).await;
+        }
+        Response::ok("ok")
     }
 }
 
 impl CloudboxRunner {
+    fn run_ctx(&self) -> Result<runs::RunCtx, ApiError> {
+        Ok(runs::RunCtx {
+            sql: self.sql.clone(),
+            env: self.env.clone(),
+            link: Rc::new(self.link()?),
+            live: self.live.clone(),
+        })
+    }
+
     async fn probe(&self) -> Result<Response, ApiError> {
         let op = crate::ids::new_id("probe_")?;
         let mut receipts = Vec::new();
         let link = self.link()?;
-        let outcome = self.ensure_ready(&link, &op, &mut receipts).await;
+        let outcome = ensure_ready(&self.sql, &link, &op, &mut receipts).await;
         let runner = match outcome {
             Ok(health) => health,
             Err(why) => {
-                self.record(
+                record(
+                    &self.sql,
                     &op,
                     &mut receipts,
                     RunnerEvent::Exit {
@@ -115,132 +154,142 @@ impl CloudboxRunner {
             )),
         }
     }
+}
 
-    fn record(&self, op: &str, receipts: &mut Vec<RunnerReceipt>, event: RunnerEvent) {
-        let receipt = RunnerReceipt::new(event, Date::now().as_millis() as i64);
-        if let Ok(body) = serde_json::to_string(&receipt) {
-            let stored = self.sql.exec(
-                "INSERT INTO runner_receipts (op, body) VALUES (?, ?)",
-                vec![op.into(), body.into()],
-            );
-            if let Err(err) = stored {
-                worker::console_error!("runner_do record: {err}");
-            }
+/// Stores one lifecycle step under `op` (a probe or run id) and appends it
+/// to `receipts`.
+pub(crate) fn record(
+    sql: &SqlStorage,
+    op: &str,
+    receipts: &mut Vec<RunnerReceipt>,
+    event: RunnerEvent,
+) {
+    let receipt = RunnerReceipt::new(event, Date::now().as_millis() as i64);
+    if let Ok(body) = serde_json::to_string(&receipt) {
+        let stored = sql.exec(
+            "INSERT INTO runner_receipts (op, body) VALUES (?, ?)",
+            vec![op.into(), body.into()],
+        );
+        if let Err(err) = stored {
+            worker::console_error!("runner_do record: {err}");
         }
-        receipts.push(receipt);
     }
+    receipts.push(receipt);
+}
 
-    /// Starts the container if needed and polls the runner's `/health` with
-    /// backoff until it answers, recording each attempt.
-    async fn ensure_ready(
-        &self,
-        link: &Link,
-        op: &str,
-        receipts: &mut Vec<RunnerReceipt>,
-    ) -> Result<RunnerHealth, String> {
-        if let Link::Container(container) = link {
-            if !container.running() {
-                let mut options = ContainerStartupOptions::new();
-                // Clones and agent model calls need the internet.
-                options.enable_internet(true);
-                container
-                    .start(Some(options))
-                    .map_err(|e| format!("container start: {e}"))?;
-                self.record(op, receipts, RunnerEvent::ContainerStart);
-            }
+/// Starts the container if needed and polls the runner's `/health` with
+/// backoff until it answers, recording each attempt.
+pub(crate) async fn ensure_ready(
+    sql: &SqlStorage,
+    link: &Link,
+    op: &str,
+    receipts: &mut Vec<RunnerReceipt>,
+) -> Result<RunnerHealth, String> {
+    if let Link::Container(container) = link {
+        if !container.running() {
+            let mut options = ContainerStartupOptions::new();
+            // Clones and agent model calls need the internet.
+            options.enable_internet(true);
+            container
+                .start(Some(options))
+                .map_err(|e| format!("container start: {e}"))?;
+            record(sql, op, receipts, RunnerEvent::ContainerStart);
         }
-        let started = Date::now().as_millis();
-        let mut last_error = String::new();
-        for attempt in 1..=READINESS.max_attempts {
-            let result = self
-                .send(
-                    link,
-                    Method::Get,
-                    "/health",
-                    None,
-                    READINESS.attempt_timeout_ms,
-                )
-                .await;
-            let elapsed_ms = Date::now().as_millis().saturating_sub(started);
-            let health = match result {
-                Ok(mut resp) if resp.status_code() == 200 => resp
-                    .json::<RunnerHealth>()
-                    .await
-                    .map_err(|e| format!("bad /health body: {e}")),
-                Ok(resp) => Err(format!("/health answered {}", resp.status_code())),
-                Err(e) => Err(e),
-            };
-            match health {
-                Ok(health) => {
-                    self.record(
-                        op,
-                        receipts,
-                        RunnerEvent::ReadyAttempt {
-                            attempt,
-                            elapsed_ms,
-                            ok: true,
-                            error: None,
-                        },
-                    );
-                    self.record(op, receipts, RunnerEvent::Ready { elapsed_ms });
-                    return Ok(health);
-                }
-                Err(error) => {
-                    self.record(
-                        op,
-                        receipts,
-                        RunnerEvent::ReadyAttempt {
-                            attempt,
-                            elapsed_ms,
-                            ok: false,
-                            error: Some(error.clone()),
-                        },
-                    );
-                    last_error = error;
-                }
-            }
-            if attempt < READINESS.max_attempts {
-                Delay::from(Duration::from_millis(READINESS.delay_after(attempt))).await;
-            }
-        }
-        Err(format!(
-            "runner not ready after {} attempts: {last_error}",
-            READINESS.max_attempts
-        ))
     }
-
-    /// One HTTP request to the runner, with a timeout.
-    async fn send(
-        &self,
-        link: &Link,
-        method: Method,
-        path: &str,
-        body: Option<String>,
-        timeout_ms: u64,
-    ) -> Result<Response, String> {
-        let mut init = RequestInit::new();
-        init.with_method(method);
-        if let Some(body) = body {
-            init.with_body(Some(body.into()));
-        }
-        let request = async {
-            match link {
-                Link::Container(container) => {
-                    let port = container.get_tcp_port(RUNNER_PORT)?;
-                    port.fetch(format!("http://container{path}"), Some(init))
-                        .await
-                }
-                Link::Dev(base) => {
-                    let req = Request::new_with_init(&format!("{base}{path}"), &init)?;
-                    Fetch::Request(req).send().await
-                }
-            }
+    let started = Date::now().as_millis();
+    let mut last_error = String::new();
+    for attempt in 1..=READINESS.max_attempts {
+        let result = send(
+            link,
+            Method::Get,
+            "/health",
+            None,
+            READINESS.attempt_timeout_ms,
+        )
+        .await;
+        let elapsed_ms = Date::now().as_millis().saturating_sub(started);
+        let health = match result {
+            Ok(mut resp) if resp.status_code() == 200 => resp
+                .json::<RunnerHealth>()
+                .await
+                .map_err(|e| format!("bad /health body: {e}")),
+            Ok(resp) => Err(format!("/health answered {}", resp.status_code())),
+            Err(e) => Err(e),
         };
-        let timeout = Delay::from(Duration::from_millis(timeout_ms));
-        match select(Box::pin(request), timeout).await {
-            Either::Left((Ok(resp), _)) => Ok(resp),
-            Either::Left((Err(err), _)) => Err(err.to_string()),
-            Either::Right(_) => Err(format!("no answer within {timeout_ms} ms")),
+        match health {
+            Ok(health) => {
+                record(
+                    sql,
+                    op,
+                    receipts,
+                    RunnerEvent::ReadyAttempt {
+                        attempt,
+                        elapsed_ms,
+                        ok: true,
+                        error: None,
+                    },
+                );
+                record(sql, op, receipts, RunnerEvent::Ready { elapsed_ms });
+                return Ok(health);
+            }
+            Err(error) => {
+                record(
+                    sql,
+                    op,
+                    receipts,
+                    RunnerEvent::ReadyAttempt {
+                        attempt,
+                        elapsed_ms,
+                        ok: false,
+                        error: Some(error.clone()),
+                    },
+                );
+                last_error = error;
+            }
         }
+        if attempt < READINESS.max_attempts {
+            Delay::from(Duration::from_millis(READINESS.delay_after(attempt))).await;
+        }
+    }
+    Err(format!(
+        "runner not ready after {} attempts: {last_error}",
+        READINESS.max_attempts
+    ))
+}
+
+/// One HTTP request to the runner, with a timeout on getting its headers.
+pub(crate) async fn send(
+    link: &Link,
+    method: Method,
+    path: &str,
+    body: Option<String>,
+    timeout_ms: u64,
+) -> Result<Response, String> {
+    let mut init = RequestInit::new();
+    init.with_method(method);
+    if let Some(body) = body {
+        let headers = worker::Headers::new();
+        let _ = headers.set("content-type", "application/json");
+        init.with_headers(headers);
+        init.with_body(Some(body.into()));
+    }
+    let request = async {
+        match link {
+            Link::Container(container) => {
+                let port = container.get_tcp_port(RUNNER_PORT)?;
+                port.fetch(format!("http://container{path}"), Some(init))
+                    .await
+            }
+            Link::Dev(base) => {
+                let req = Request::new_with_init(&format!("{base}{path}"), &init)?;
+                Fetch::Request(req).send().await
+            }
+        }
+    };
+    let timeout = Delay::from(Duration::from_millis(timeout_ms));
+    match select(Box::pin(request), timeout).await {
+        Either::Left((Ok(resp), _)) => Ok(resp),
+        Either::Left((Err(err), _)) => Err(err.to_string()),
+        Either::Right(_) => Err(format!("no answer within {timeout_ms} ms")),
     }
 }

@@ -83,7 +83,10 @@ pub async fn run_agent(
     mut on_event: impl FnMut(&AgentEvent),
 ) -> (AgentSummary, Finished) {
     if let Err(err) = std::fs::create_dir_all(t.codex_home).and_then(|_| {
-        std::fs::write(t.codex_home.join("config.toml"), codex_config(t.model, t.model_base_url))
+        std::fs::write(
+            t.codex_home.join("config.toml"),
+            codex_config(t.model, t.model_base_url),
+        )
     }) {
         let failed = Finished {
             exit_code: Some(127),
@@ -97,7 +100,10 @@ pub async fn run_agent(
     env.push(("CODEX_HOME".into(), t.codex_home.display().to_string()));
     env.push((MODEL_KEY_VAR.into(), "cloudbox-proxy".into()));
     env.push(("CLOUDBOX_TASK".into(), t.task.to_string()));
-    env.push(("CLOUDBOX_MODEL_BASE_URL".into(), t.model_base_url.to_string()));
+    env.push((
+        "CLOUDBOX_MODEL_BASE_URL".into(),
+        t.model_base_url.to_string(),
+    ));
     env.push(("CLOUDBOX_MODEL".into(), t.model.to_string()));
     if let Some(thread) = t.resume_thread {
         env.push(("CLOUDBOX_THREAD_ID".into(), thread.to_string()));
@@ -159,7 +165,13 @@ mod tests {
         let dir = Path::new("/tmp");
         let (program, args) = agent_argv(&task(None, Some("thread-1"), dir));
         assert_eq!(program, "codex");
-        let tail: Vec<&str> = args.iter().rev().take(4).rev().map(String::as_str).collect();
+        let tail: Vec<&str> = args
+            .iter()
+            .rev()
+            .take(4)
+            .rev()
+            .map(String::as_str)
+            .collect();
         assert_eq!(tail, ["resume", "thread-1", "--", "-rf everything"]);
         let (_, fresh) = agent_argv(&task(None, None, dir));
         assert!(!fresh.contains(&"resume".to_string()));
@@ -183,13 +195,19 @@ printf '{"type":"turn.completed","usage":{"input_tokens":5,"output_tokens":2}}'"
         let (_tx, mut cancel) = watch::channel(false);
         let mut seen = 0;
         let (summary, finished) =
-            run_agent(task(Some(script), None, dir.path()), &mut cancel, |_| seen += 1).await;
+            run_agent(task(Some(script), None, dir.path()), &mut cancel, |_| {
+                seen += 1
+            })
+            .await;
         assert_eq!(finished.exit_code, Some(0), "{}", finished.stderr);
         assert_eq!(summary.thread_id.as_deref(), Some("t-9"));
         assert_eq!(summary.output, "ok");
         assert_eq!(summary.usage.input_tokens, 5);
         assert_eq!(seen, 3);
-        assert_eq!(std::fs::read_to_string(dir.path().join("task.txt")).unwrap(), "-rf everything\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("task.txt")).unwrap(),
+            "-rf everything\n"
+        );
         assert!(dir.path().join("config.toml").is_file());
     }
 }

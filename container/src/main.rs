@@ -2,11 +2,22 @@
 //! CloudboxRunner Durable Object talks to it over the container's port (or,
 //! under `wrangler dev`, over loopback).
 //!
-//! Listens on `RUNNER_LISTEN` (default `0.0.0.0:8080`).
+//! Listens on `RUNNER_LISTEN` (default `0.0.0.0:8080`). Runs get fresh
+//! directories under `RUNNER_WORK_DIR`; `CLOUDBOX_GITHUB_MIRROR=<dir>` serves
+//! `https://github.com/<owner>/<repo>` from the bare repo `<dir>/<owner>/<repo>.git`
+//! (offline dev and tests).
 
+mod agent;
 mod blob_cache;
+mod capture;
+mod config;
+mod git;
 mod model_proxy;
+mod process;
+mod run;
 mod server;
+#[cfg(test)]
+mod testing;
 mod tree;
 
 use std::net::SocketAddr;
@@ -33,7 +44,7 @@ async fn main() {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    if let Err(err) = axum::serve(listener, server::router())
+    if let Err(err) = axum::serve(listener, server::router(config::RunnerConfig::from_env()))
         .with_graceful_shutdown(shutdown)
         .await
     {

@@ -1,10 +1,29 @@
-//! Routes of the runner's HTTP contract with the CloudboxRunner DO.
+//! Routes of the runner's HTTP contract with the CloudboxRunner DO:
+//! `GET /health`; `POST /runs` (a `RunStart`) → NDJSON events;
+//! `GET /runs/{id}/events?after=N` → the rest of them; `POST /runs/{id}/cancel`.
 
-use axum::{routing::get, Json, Router};
-use cloudbox::wire::RunnerHealth;
+use std::sync::Arc;
 
-pub fn router() -> Router {
-    Router::new().route("/health", get(health))
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cloudbox::wire::{RunStart, RunnerHealth};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::config::RunnerConfig;
+use crate::run::{Registry, RunHandle, StartError};
+
+pub fn router(cfg: RunnerConfig) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/runs", post(start_run))
+        .route("/runs/{id}/events", get(run_events))
+        .route("/runs/{id}/cancel", post(cancel_run))
+        .with_state(Registry::new(cfg))
 }
 
 async fn health() -> Json<RunnerHealth> {
@@ -15,27 +34,124 @@ async fn health() -> Json<RunnerHealth> {
     })
 }
 
+#[derive(Deserialize)]
+struct After {
+    #[serde(default)]
+    after: u64,
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(json!({"error": code, "message": message}))).into_response()
+}
+
+fn ndjson(handle: Arc<RunHandle>, after: u64) -> Response {
+    let body = Body::from_stream(handle.stream(after));
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+}
+
+async fn start_run(State(runs): State<Arc<Registry>>, Json(spec): Json<RunStart>) -> Response {
+    match runs.start(spec) {
+        Ok(handle) => ndjson(handle, 0),
+        Err(StartError::BadId) => error(StatusCode::BAD_REQUEST, "bad_run", "bad run id"),
+        Err(StartError::Exists) => error(
+            StatusCode::CONFLICT,
+            "run_exists",
+            "this run was already started; resume with GET /runs/{id}/events?after=N",
+        ),
+    }
+}
+
+async fn run_events(
+    State(runs): State<Arc<Registry>>,
+    Path(id): Path<String>,
+    Query(q): Query<After>,
+) -> Response {
+    match runs.get(&id) {
+        Some(handle) => ndjson(handle, q.after),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "run_not_found",
+            "this runner has no such run",
+        ),
+    }
+}
+
+async fn cancel_run(State(runs): State<Arc<Registry>>, Path(id): Path<String>) -> Response {
+    match runs.get(&id) {
+        Some(handle) => {
+            handle.cancel();
+            Json(json!({"cancelled": true})).into_response()
+        }
+        None => error(
+            StatusCode::NOT_FOUND,
+            "run_not_found",
+            "this runner has no such run",
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn serve(cfg: RunnerConfig) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router(cfg)).await });
+        addr
+    }
+
+    async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
 
     #[tokio::test]
     async fn health_reports_ok_over_real_http() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router()).await });
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        stream
-            .write_all(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let addr = serve(RunnerConfig::for_tests(dir.path())).await;
+        let response = http(addr, "GET", "/health", "").await;
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
         let body = response.split("\r\n\r\n").nth(1).unwrap();
         let health: RunnerHealth = serde_json::from_str(body).unwrap();
         assert!(health.ok);
         assert_eq!(health.name, "cloudbox-runner");
+    }
+
+    #[tokio::test]
+    async fn a_run_streams_ndjson_over_http_and_unknown_runs_are_404() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::testing::bare_repo(
+            &dir.path().join("github"),
+            "acme",
+            "demo",
+            &[("a.txt", "a")],
+        );
+        let addr = serve(crate::testing::config(dir.path())).await;
+        let spec =
+            serde_json::to_string(&crate::testing::spec("run_http", &["echo hi"], &[])).unwrap();
+        let response = http(addr, "POST", "/runs", &spec).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.contains("application/x-ndjson"));
+        assert!(response.contains("\"type\":\"receipt\""));
+        assert!(response.contains("\"type\":\"result\""));
+        let again = http(addr, "GET", "/runs/run_http/events?after=2", "").await;
+        assert!(again.contains("{\"seq\":3,"), "{again}");
+        assert!(
+            !again.lines().any(|l| l.starts_with("{\"seq\":2,")),
+            "{again}"
+        );
+        let missing = http(addr, "GET", "/runs/nope/events", "").await;
+        assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+        let cancel = http(addr, "POST", "/runs/nope/cancel", "").await;
+        assert!(cancel.starts_with("HTTP/1.1 404"), "{cancel}");
     }
 }

@@ -10,6 +10,7 @@ const FRAGMENTS: &[(&str, &str)] = &[
     ("base.json", include_str!("base.json")),
     ("keys.json", include_str!("keys.json")),
     ("workspaces.json", include_str!("workspaces.json")),
+    ("runs.json", include_str!("runs.json")),
 ];
 
 /// The merged document. A fragment that fails to parse is a build-time bug

@@ -4,6 +4,7 @@
 mod admin_keys;
 mod diagnostics;
 mod health;
+mod runs;
 mod workspaces;
 
 use worker::{Env, Request, Response};
@@ -84,5 +85,12 @@ async fn dispatch(route: Route, req: Request, ctx: Ctx<'_>) -> Result<Response, 
         Route::WorkspaceFilePut => workspaces::file_put(req, &ctx).await,
         Route::WorkspaceFileDelete => workspaces::file_delete(req, &ctx).await,
         Route::WorkspaceSessionReset => workspaces::session_reset(req, &ctx).await,
+        Route::RunCreate => runs::create(req, &ctx).await,
+        Route::RunList => runs::list(req, &ctx).await,
+        Route::RunGet => runs::get(req, &ctx).await,
+        Route::RunEvents => runs::events(req, &ctx).await,
+        Route::RunVerify => runs::verify(req, &ctx).await,
+        Route::RunCancel => runs::cancel(req, &ctx).await,
+        Route::RunDelete => runs::delete(req, &ctx).await,
     }
 }

@@ -124,7 +124,9 @@ struct MissingRequest {
 /// `POST /workspaces/:id/blobs/missing` `{sha256:[…]}` → `{missing:[…]}`.
 pub async fn blobs_missing(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     let (caller, _) = open(&req, ctx, Permission::Write).await?;
-    let body: MissingRequest = http::read_json(&mut req).await?;
+    // As large as a commit: up to MAX_MISSING_QUERY hashes.
+    let bytes = http::read_body(&mut req, workspace::MAX_COMMIT_BODY_BYTES).await?;
+    let body: MissingRequest = http::parse_json(&bytes)?;
     let hashes = workspace::normalize_blob_query(body.sha256)?;
     let db = store::db(ctx.env)?;
     let missing = store::missing_blobs(&db, &caller.account_id, &hashes).await?;

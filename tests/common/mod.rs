@@ -23,6 +23,9 @@ pub struct Stack {
     pub runner_url: String,
     pub state_dir: PathBuf,
     pub runner_pid: u32,
+    /// The stack's runner clones `https://github.com/<o>/<r>` from the bare
+    /// repo `<github_dir>/<o>/<r>.git` (see `fixture_repo`).
+    pub github_dir: PathBuf,
 }
 
 static STACK: OnceLock<Stack> = OnceLock::new();
@@ -52,6 +55,12 @@ pub fn stack_with_vars(vars: &[(&str, &str)]) -> &'static Stack {
         "tests of one binary asked for different stack vars"
     );
     stack
+}
+
+/// The stack already started by this binary (whatever its vars), else the
+/// default one.
+pub fn current() -> &'static Stack {
+    STACK.get().unwrap_or_else(stack)
 }
 
 pub fn repo_root() -> PathBuf {
@@ -187,7 +196,10 @@ fn start_stack(vars: &[(String, String)]) -> Stack {
     watch_and_clean(None, Some(&dir));
     let state_dir = dir.join("state");
 
-    let (runner_pid, runner_url) = start_runner(&dir, &[]);
+    let github_dir = dir.join("github");
+    std::fs::create_dir_all(&github_dir).expect("github mirror dir");
+    let mirror = github_dir.display().to_string();
+    let (runner_pid, runner_url) = start_runner(&dir, &[("CLOUDBOX_GITHUB_MIRROR", &mirror)]);
 
     let wrangler = root.join("scripts/wrangler");
     run_ok(
@@ -239,7 +251,49 @@ fn start_stack(vars: &[(String, String)]) -> Stack {
         runner_url,
         state_dir,
         runner_pid,
+        github_dir,
     }
+}
+
+/// Creates the bare repo `<github_dir>/<owner>/<name>.git` with one commit
+/// of `files` (path, content), so a run of `https://github.com/<owner>/<name>`
+/// clones it. Returns that URL.
+pub fn fixture_repo(owner: &str, name: &str, files: &[(&str, &str)]) -> String {
+    let work = tempfile::tempdir().expect("temp dir");
+    let git = |args: &[&str]| {
+        run_ok(
+            Command::new("git")
+                .args([
+                    "-c",
+                    "user.name=fixture",
+                    "-c",
+                    "user.email=fixture@example.com",
+                ])
+                .args(["-c", "init.defaultBranch=main"])
+                .args(args)
+                .current_dir(work.path()),
+            &format!("git {args:?}"),
+        )
+    };
+    git(&["init", "-q", "."]);
+    for (path, content) in files {
+        let full = work.path().join(path);
+        std::fs::create_dir_all(full.parent().expect("parent")).expect("mkdir");
+        std::fs::write(full, content).expect("write fixture file");
+    }
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "fixture"]);
+    let dest = current().github_dir.join(owner).join(format!("{name}.git"));
+    std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir");
+    let _ = std::fs::remove_dir_all(&dest);
+    git(&[
+        "clone",
+        "-q",
+        "--bare",
+        ".",
+        dest.to_str().expect("utf-8 path"),
+    ]);
+    format!("https://github.com/{owner}/{name}")
 }
 
 // ---------------------------------------------------------------------------
@@ -276,7 +330,7 @@ pub fn agent() -> &'static ureq::Agent {
 
 /// Sends a request to the Worker. `headers` are (name, value) pairs.
 pub fn send(method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
-    let url = format!("{}{}", stack().base, path);
+    let url = format!("{}{}", current().base, path);
     let mut req = agent().request(method, &url);
     for (k, v) in headers {
         req = req.set(k, v);

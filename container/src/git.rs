@@ -1,0 +1,200 @@
+//! Git for a run: the clone command, the environment of the runner's own
+//! git processes (with the optional local GitHub mirror), and the diff.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cloudbox::wire::MAX_DIFF_BYTES;
+use tokio::io::AsyncReadExt;
+
+use crate::config::RunnerConfig;
+
+/// Environment for the runner's git processes: a clean one, no prompts, no
+/// system or global config, and — offline — `https://github.com/` rewritten
+/// to `file://<mirror>/` through git's own `insteadOf`.
+pub fn git_env(cfg: &RunnerConfig) -> Vec<(String, String)> {
+    let mut env = cfg.base_env();
+    env.push(("GIT_TERMINAL_PROMPT".into(), "0".into()));
+    env.push(("GIT_CONFIG_NOSYSTEM".into(), "1".into()));
+    env.push(("GIT_CONFIG_GLOBAL".into(), "/dev/null".into()));
+    let mut config: Vec<(String, String)> = vec![
+        ("core.hooksPath".into(), "/dev/null".into()),
+        ("advice.detachedHead".into(), "false".into()),
+    ];
+    if let Some(mirror) = &cfg.github_mirror {
+        config.push((
+            format!("url.file://{}/.insteadOf", mirror.display()),
+            "https://github.com/".into(),
+        ));
+        config.push(("protocol.file.allow".into(), "always".into()));
+    }
+    env.push(("GIT_CONFIG_COUNT".into(), config.len().to_string()));
+    for (i, (key, value)) in config.into_iter().enumerate() {
+        env.push((format!("GIT_CONFIG_KEY_{i}"), key));
+        env.push((format!("GIT_CONFIG_VALUE_{i}"), value));
+    }
+    env
+}
+
+/// `git clone --depth=1 [--branch REF] -- <repo>.git <dest>` (repo and ref
+/// are validated by the Worker; `--` keeps the URL from being an option).
+pub fn clone_args(repo: &str, git_ref: Option<&str>, dest: &Path) -> Vec<String> {
+    let mut args = vec![
+        "clone".to_string(),
+        "--depth=1".into(),
+        "--quiet".into(),
+        "--no-tags".into(),
+    ];
+    if let Some(r) = git_ref {
+        args.push(format!("--branch={r}"));
+    }
+    args.push("--".into());
+    args.push(format!("{}.git", repo.trim_end_matches('/')));
+    args.push(dest.display().to_string());
+    args
+}
+
+/// The display form of the clone step in its receipt.
+pub fn clone_cmd(repo: &str, git_ref: Option<&str>) -> String {
+    match git_ref {
+        Some(r) => format!("git clone --depth=1 --branch {r} {repo}"),
+        None => format!("git clone --depth=1 {repo}"),
+    }
+}
+
+pub struct Diff {
+    pub text: String,
+    pub bytes: u64,
+    pub truncated: bool,
+    pub exit_code: Option<i32>,
+    pub error: String,
+}
+
+/// `git diff` of the checkout against the clone, new untracked files
+/// included (they are added intent-to-add first). The patch is written to a
+/// file outside the checkout and read back up to `MAX_DIFF_BYTES`.
+pub async fn diff(cfg: &RunnerConfig, checkout: &Path, out: PathBuf, timeout: Duration) -> Diff {
+    let env = git_env(cfg);
+    let git = |args: Vec<String>| {
+        let mut cmd = tokio::process::Command::new("git");
+        cmd.args(args)
+            .current_dir(checkout)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    };
+    let add = git(vec![
+        "add".into(),
+        "--intent-to-add".into(),
+        "--all".into(),
+        "--".into(),
+        ".".into(),
+    ]);
+    let diff = git(vec![
+        "-c".into(),
+        "core.quotePath=false".into(),
+        "diff".into(),
+        "--no-color".into(),
+        "--no-ext-diff".into(),
+        "--no-textconv".into(),
+        format!("--output={}", out.display()),
+    ]);
+    let run_both = async {
+        let mut add = add;
+        let added = add.output().await;
+        let mut diff = diff;
+        let diffed = diff.output().await;
+        (added, diffed)
+    };
+    let (added, diffed) = match tokio::time::timeout(timeout, run_both).await {
+        Ok(pair) => pair,
+        Err(_) => {
+            return Diff {
+                text: String::new(),
+                bytes: 0,
+                truncated: false,
+                exit_code: None,
+                error: format!("git diff timed out after {} ms", timeout.as_millis()),
+            }
+        }
+    };
+    let mut error = String::new();
+    if let Ok(o) = &added {
+        error.push_str(&String::from_utf8_lossy(&o.stderr));
+    }
+    let exit_code = match &diffed {
+        Ok(o) => {
+            error.push_str(&String::from_utf8_lossy(&o.stderr));
+            o.status.code()
+        }
+        Err(e) => {
+            error.push_str(&format!("cannot run git diff: {e}"));
+            None
+        }
+    };
+    let (text, bytes, truncated) = read_head(&out, MAX_DIFF_BYTES).await.unwrap_or_default();
+    Diff {
+        text,
+        bytes,
+        truncated,
+        exit_code,
+        error,
+    }
+}
+
+/// The first `limit` bytes of a file as text (lossy), its size, and whether
+/// it was cut.
+pub async fn read_head(path: &Path, limit: u64) -> std::io::Result<(String, u64, bool)> {
+    let file = tokio::fs::File::open(path).await?;
+    let size = file.metadata().await?.len();
+    let mut buf = Vec::new();
+    file.take(limit).read_to_end(&mut buf).await?;
+    Ok((
+        String::from_utf8_lossy(&buf).into_owned(),
+        size,
+        size > limit,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clone_args_end_options_before_the_url() {
+        let args = clone_args("https://github.com/o/r", Some("main"), Path::new("/w/repo"));
+        assert_eq!(
+            args,
+            vec![
+                "clone",
+                "--depth=1",
+                "--quiet",
+                "--no-tags",
+                "--branch=main",
+                "--",
+                "https://github.com/o/r.git",
+                "/w/repo"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_mirror_is_an_insteadof_rule() {
+        let cfg = RunnerConfig {
+            github_mirror: Some(PathBuf::from("/srv/gh")),
+            ..RunnerConfig::for_tests(Path::new("/tmp"))
+        };
+        let env = git_env(&cfg);
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("GIT_CONFIG_COUNT"), Some("4"));
+        assert_eq!(
+            get("GIT_CONFIG_KEY_2"),
+            Some("url.file:///srv/gh/.insteadOf")
+        );
+        assert_eq!(get("GIT_CONFIG_VALUE_2"), Some("https://github.com/"));
+    }
+}

@@ -1,0 +1,267 @@
+//! Repo runs: `POST /api/runs`, `GET /api/runs`, `GET /api/runs/:id`,
+//! `GET /api/runs/:id/events`, `GET /api/runs/:id/verify`,
+//! `POST /api/runs/:id/cancel`, `DELETE /api/runs/:id`.
+//!
+//! The Worker authenticates and validates; each run is one CloudboxRunner
+//! DO (named by the run id) that owns its state and checks the account.
+
+use serde::Deserialize;
+use serde_json::json;
+use worker::{Headers, Method, Request, RequestInit, Response};
+
+use super::Ctx;
+use crate::auth::{self, Caller};
+use crate::error::{ApiError, FieldError};
+use crate::keys::Permission;
+use crate::run_events::{parse_limit, ListCursor};
+use crate::wire::RunStart;
+use crate::{http, ids, run_spec};
+
+async fn caller(req: &Request, ctx: &Ctx<'_>, permission: Permission) -> Result<Caller, ApiError> {
+    let caller = auth::authenticate(req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
+    caller.require(permission)?;
+    Ok(caller)
+}
+
+/// Sends one internal request to the run's DO.
+async fn to_run_do(
+    ctx: &Ctx<'_>,
+    caller: &Caller,
+    run_id: &str,
+    method: Method,
+    path_and_query: &str,
+    body: Option<String>,
+) -> Result<Response, ApiError> {
+    let stub = ctx
+        .env
+        .durable_object("RUNNER")?
+        .id_from_name(&format!("run:{run_id}"))?
+        .get_stub()?;
+    let headers = Headers::new();
+    headers.set("x-cloudbox-account", &caller.account_id)?;
+    headers.set("x-request-id", ctx.request_id)?;
+    let mut init = RequestInit::new();
+    init.with_method(method).with_headers(headers);
+    if let Some(body) = body {
+        init.with_body(Some(body.into()));
+    }
+    let req = Request::new_with_init(&format!("https://runner.do{path_and_query}"), &init)?;
+    Ok(stub.fetch_with_request(req).await?)
+}
+
+/// Run ids are ours (`run_` + hex); anything else cannot exist.
+fn run_id<'a>(ctx: &'a Ctx<'_>) -> Result<&'a str, ApiError> {
+    let id = ctx.param("id")?;
+    let plain = id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if plain {
+        Ok(id)
+    } else {
+        Err(ApiError::RunNotFound)
+    }
+}
+
+fn wants_sse(req: &Request) -> bool {
+    req.headers()
+        .get("accept")
+        .ok()
+        .flatten()
+        .is_some_and(|a| a.to_ascii_lowercase().contains("text/event-stream"))
+}
+
+pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    let caller = caller(&req, ctx, Permission::Execute).await?;
+    let bytes = http::read_body(&mut req, http::MAX_JSON_BYTES).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadJson("the body is empty".into()));
+    }
+    let body: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::BadJson(e.to_string()))?;
+    let spec = run_spec::validate(&body)?;
+    let run_id = ids::new_id("run_")?;
+    let deadline_ms = spec.deadline_ms();
+    let start = RunStart {
+        run_id: run_id.clone(),
+        repo: spec.repo,
+        git_ref: spec.git_ref,
+        commands: spec.commands,
+        verify: spec.verify,
+        artifact: spec.artifact,
+        timeout_ms: spec.timeout_ms,
+        env: spec.env,
+    };
+    // Metering hook: the DO records the run's container time in D1
+    // (`runs.container_ms`) when it ends; billing charges from there.
+    let body = json!({
+        "accountId": caller.account_id,
+        "keyId": caller.key_id,
+        "spec": start,
+        "deadlineMs": deadline_ms,
+    });
+    let respond = if wants_sse(&req) { "events" } else { "result" };
+    to_run_do(
+        ctx,
+        &caller,
+        &run_id,
+        Method::Post,
+        &format!("/runs/{run_id}/start?respond={respond}"),
+        Some(body.to_string()),
+    )
+    .await
+}
+
+pub async fn get(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    let caller = caller(&req, ctx, Permission::Read).await?;
+    let id = run_id(ctx)?;
+    to_run_do(ctx, &caller, id, Method::Get, &format!("/runs/{id}"), None).await
+}
+
+pub async fn events(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    let caller = caller(&req, ctx, Permission::Read).await?;
+    let id = run_id(ctx)?;
+    // `Last-Event-ID` (what EventSource sends on reconnect) wins over `?after=`.
+    let url = req.url()?;
+    let after = req.headers().get("last-event-id")?.or_else(|| {
+        url.query_pairs()
+            .find(|(k, _)| k == "after")
+            .map(|(_, v)| v.into_owned())
+    });
+    let after = crate::run_events::parse_last_event_id(after.as_deref());
+    to_run_do(
+        ctx,
+        &caller,
+        id,
+        Method::Get,
+        &format!("/runs/{id}/events?after={after}"),
+        None,
+    )
+    .await
+}
+
+pub async fn verify(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    let caller = caller(&req, ctx, Permission::Read).await?;
+    let id = run_id(ctx)?;
+    to_run_do(
+        ctx,
+        &caller,
+        id,
+        Method::Get,
+        &format!("/runs/{id}/verify"),
+        None,
+    )
+    .await
+}
+
+pub async fn cancel(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    let caller = caller(&req, ctx, Permission::Execute).await?;
+    let id = run_id(ctx)?;
+    to_run_do(
+        ctx,
+        &caller,
+        id,
+        Method::Post,
+        &format!("/runs/{id}/cancel"),
+        None,
+    )
+    .await
+}
+
+pub async fn delete(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    let caller = caller(&req, ctx, Permission::Execute).await?;
+    let id = run_id(ctx)?;
+    to_run_do(
+        ctx,
+        &caller,
+        id,
+        Method::Delete,
+        &format!("/runs/{id}"),
+        None,
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+struct ListRow {
+    id: String,
+    repo: String,
+    git_ref: Option<String>,
+    status: String,
+    ok: Option<f64>,
+    container_ms: Option<f64>,
+    created_at: f64,
+    finished_at: Option<f64>,
+}
+
+pub async fn list(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    let caller = caller(&req, ctx, Permission::Read).await?;
+    let url = req.url()?;
+    let query = |name: &str| {
+        url.query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    };
+    let limit = parse_limit(query("limit").as_deref())
+        .map_err(|m| ApiError::ValidationFailed(vec![FieldError::new("limit", m)]))?;
+    let cursor = match query("cursor") {
+        None => None,
+        Some(text) => Some(ListCursor::decode(&text).ok_or_else(|| {
+            ApiError::ValidationFailed(vec![FieldError::new(
+                "cursor",
+                "not a cursor from this API",
+            )])
+        })?),
+    };
+    let db = ctx.env.d1("DB")?;
+    let (created, id) = match &cursor {
+        Some(c) => (c.created_ms as f64, c.run_id.clone()),
+        None => (f64::MAX, String::new()),
+    };
+    let rows: Vec<ListRow> = db
+        .prepare(
+            "SELECT id, repo, git_ref, status, ok, container_ms, created_at, finished_at FROM runs \
+             WHERE account_id = ?1 AND (?2 = 0 OR created_at < ?3 OR (created_at = ?3 AND id < ?4)) \
+             ORDER BY created_at DESC, id DESC LIMIT ?5",
+        )
+        .bind(&[
+            caller.account_id.as_str().into(),
+            (cursor.is_some() as i32).into(),
+            created.into(),
+            id.as_str().into(),
+            (limit + 1).into(),
+        ])?
+        .all()
+        .await?
+        .results()?;
+    let more = rows.len() > limit as usize;
+    let page = &rows[..rows.len().min(limit as usize)];
+    let next = if more {
+        page.last().map(|r| {
+            ListCursor {
+                created_ms: r.created_at as i64,
+                run_id: r.id.clone(),
+            }
+            .encode()
+        })
+    } else {
+        None
+    };
+    let runs: Vec<_> = page
+        .iter()
+        .map(|r| {
+            let terminal = crate::wire::RunStatus::parse(&r.status).is_some_and(|s| s.is_terminal());
+            json!({
+                "runId": r.id,
+                "repo": r.repo,
+                "ref": r.git_ref,
+                "status": r.status,
+                "ok": if terminal { json!(r.ok.unwrap_or(0.0) != 0.0) } else { serde_json::Value::Null },
+                "containerMs": r.container_ms.map(|m| m as u64),
+                "createdAt": crate::time::rfc3339(r.created_at as i64),
+                "finishedAt": r.finished_at.map(|m| crate::time::rfc3339(m as i64)),
+            })
+        })
+        .collect();
+    http::json(
+        200,
+        &json!({"runs": runs, "nextCursor": next, "limit": limit}),
+    )
+}

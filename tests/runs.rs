@@ -1,0 +1,552 @@
+//! Repo runs end to end: the built Worker under `wrangler dev`, the real
+//! runner, real git (GitHub URLs served from local bare repos) and bash.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+fn key_with(perms: &[&str]) -> (String, String) {
+    let minted = mint_key(json!({"name": "runs", "permissions": perms}));
+    (
+        minted["key"].as_str().unwrap().to_string(),
+        minted["accountId"].as_str().unwrap().to_string(),
+    )
+}
+
+fn key() -> String {
+    key_with(&["execute", "read", "write"]).0
+}
+
+fn demo_repo(name: &str) -> String {
+    fixture_repo(
+        "acme",
+        name,
+        &[("README.md", "hello\n"), ("src/app.txt", "v1\n")],
+    )
+}
+
+fn types(body: &Value) -> Vec<String> {
+    body["receipts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["type"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn events_of(runner_receipts: &Value) -> Vec<String> {
+    runner_receipts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["event"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_passing_run_answers_200_with_receipts_in_step_order() {
+    let key = key();
+    let repo = demo_repo("pass");
+    let resp = post_json(
+        "/api/runs",
+        Some(&key),
+        &json!({
+            "repo": format!("{repo}.git"),
+            "commands": ["echo v2 > src/app.txt", "mkdir -p out && echo 'score: 10' > out/report.txt", "echo \"$GREETING\""],
+            "verify": ["grep -q v2 src/app.txt"],
+            "artifact": "out/report.txt",
+            "env": {"GREETING": "hi there"},
+        }),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text);
+    let body = resp.json();
+    assert_eq!(body["ok"], true);
+    assert_eq!(body["status"], "passed");
+    assert_eq!(body["repo"], repo);
+    let run_id = body["runId"].as_str().unwrap().to_string();
+    assert!(run_id.starts_with("run_"));
+    assert_eq!(resp.header("x-run-id"), Some(run_id.as_str()));
+    assert_eq!(
+        types(&body),
+        vec!["clone", "command", "command", "command", "verify", "artifact", "diff"]
+    );
+    let receipts = body["receipts"].as_array().unwrap();
+    for (i, r) in receipts.iter().enumerate() {
+        assert_eq!(r["seq"], i as u64 + 1);
+        assert_eq!(r["exitCode"], 0, "{r}");
+        assert!(r["hash"].as_str().unwrap().len() == 64);
+        assert!(r["startedAt"].as_str().unwrap().ends_with('Z'));
+    }
+    assert_eq!(receipts[3]["stdout"], "hi there\n");
+    assert_eq!(body["artifact"]["content"], "score: 10\n");
+    assert_eq!(body["artifact"]["found"], true);
+    let diff = body["diff"].as_str().unwrap();
+    assert!(diff.contains("-v1") && diff.contains("+v2"), "{diff}");
+    assert!(diff.contains("b/out/report.txt"), "{diff}");
+    let lifecycle = events_of(&body["runnerReceipts"]);
+    for step in ["ready_attempt", "ready", "response", "exit"] {
+        assert!(lifecycle.contains(&step.to_string()), "{lifecycle:?}");
+    }
+
+    // The same run, read back.
+    let again = get(&format!("/api/runs/{run_id}"), Some(&key));
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json()["receipts"], body["receipts"]);
+    assert_eq!(again.json()["status"], "passed");
+
+    // The chain verifies, and its head is the last receipt's hash.
+    let check = get(&format!("/api/runs/{run_id}/verify"), Some(&key));
+    assert_eq!(check.status, 200, "{}", check.text);
+    assert_eq!(check.json()["valid"], true);
+    assert_eq!(check.json()["head"], receipts.last().unwrap()["hash"]);
+
+    // The receipts verify offline with the shared pure function too.
+    let parsed: Vec<cloudbox::receipts::Receipt> =
+        serde_json::from_value(body["receipts"].clone()).unwrap();
+    assert!(cloudbox::receipts::verify_chain(&parsed).valid);
+}
+
+#[test]
+fn a_failing_verify_answers_422_with_the_same_body() {
+    let key = key();
+    let repo = demo_repo("fail");
+    let resp = post_json(
+        "/api/runs",
+        Some(&key),
+        &json!({"repo": repo, "commands": ["exit 3", "echo later"], "verify": ["test -f missing.txt"]}),
+    );
+    assert_eq!(resp.status, 422, "{}", resp.text);
+    let body = resp.json();
+    assert_eq!(body["ok"], false);
+    assert_eq!(body["status"], "failed");
+    assert_eq!(
+        types(&body),
+        vec!["clone", "command", "command", "verify", "diff"]
+    );
+    assert_eq!(body["receipts"][1]["exitCode"], 3);
+    assert_eq!(body["receipts"][2]["stdout"], "later\n");
+    assert_eq!(body["receipts"][3]["exitCode"], 1);
+    for field in ["runId", "receipts", "runnerReceipts", "artifact", "diff"] {
+        assert!(body.get(field).is_some(), "{field} missing");
+    }
+}
+
+#[test]
+fn every_contract_validation_error_is_refused_before_any_work() {
+    let key = key();
+    let good = "https://github.com/acme/pass";
+    let many: Vec<String> = (0..33).map(|i| format!("echo {i}")).collect();
+    let cases = [
+        (
+            json!({"repo": "https://gitlab.com/acme/pass", "commands": ["x"]}),
+            "bad_run",
+        ),
+        (
+            json!({"repo": "git@github.com:acme/pass.git", "commands": ["x"]}),
+            "bad_run",
+        ),
+        (
+            json!({"repo": "https://user:pw@github.com/acme/pass", "commands": ["x"]}),
+            "bad_run",
+        ),
+        (
+            json!({"repo": "https://140.82.112.3/acme/pass", "commands": ["x"]}),
+            "bad_run",
+        ),
+        (
+            json!({"repo": "https://github.com:8443/acme/pass", "commands": ["x"]}),
+            "bad_run",
+        ),
+        (json!({"repo": good, "commands": many}), "bad_run"),
+        (
+            json!({"repo": good, "commands": ["x".repeat(4001)]}),
+            "bad_run",
+        ),
+        (
+            json!({"repo": good, "commands": ["x"], "artifact": "../x"}),
+            "bad_path",
+        ),
+        (json!({"repo": good}), "bad_run"),
+        (
+            json!({"repo": good, "commands": [], "verify": []}),
+            "bad_run",
+        ),
+        (
+            json!({"repo": good, "commands": ["x"], "timeoutMs": 999}),
+            "bad_run",
+        ),
+        (
+            json!({"repo": good, "commands": ["x"], "env": {"A": 1}}),
+            "bad_run",
+        ),
+    ];
+    for (body, code) in cases {
+        let resp = post_json("/api/runs", Some(&key), &body);
+        assert_eq!(resp.status, 400, "{body}: {}", resp.text);
+        assert_eq!(resp.json()["error"], code, "{body}");
+    }
+    let bad = send(
+        "POST",
+        "/api/runs",
+        &[("authorization", &format!("Bearer {key}"))],
+        Some(b"{not json"),
+    );
+    assert_eq!(bad.json()["error"], "bad_json");
+    // Nothing was started by any of them.
+    let list = get("/api/runs", Some(&key)).json();
+    assert_eq!(list["runs"], json!([]));
+}
+
+#[test]
+fn runs_need_a_key_with_the_right_permission() {
+    let body = json!({"repo": "https://github.com/acme/pass", "commands": ["true"]});
+    assert_eq!(post_json("/api/runs", None, &body).status, 401);
+    let (read_only, _) = key_with(&["read"]);
+    let resp = post_json("/api/runs", Some(&read_only), &body);
+    assert_eq!(resp.status, 403);
+    assert_eq!(resp.json()["error"], "forbidden");
+    assert_eq!(get("/api/runs", Some(&read_only)).status, 200);
+}
+
+#[test]
+fn another_account_cannot_see_or_touch_a_run() {
+    let (key, owner_account) = key_with(&["execute", "read"]);
+    let repo = demo_repo("private");
+    let body = post_json(
+        "/api/runs",
+        Some(&key),
+        &json!({"repo": repo, "commands": ["true"]}),
+    )
+    .json();
+    let id = body["runId"].as_str().unwrap();
+    let stranger = self::key();
+    for path in [
+        format!("/api/runs/{id}"),
+        format!("/api/runs/{id}/events"),
+        format!("/api/runs/{id}/verify"),
+    ] {
+        let resp = get(&path, Some(&stranger));
+        assert_eq!(resp.status, 404, "{path}");
+        assert_eq!(resp.json()["error"], "run_not_found");
+    }
+    let cancel = post_json(
+        &format!("/api/runs/{id}/cancel"),
+        Some(&stranger),
+        &json!({}),
+    );
+    assert_eq!(cancel.status, 404);
+    let auth = format!("Bearer {stranger}");
+    let delete = send(
+        "DELETE",
+        &format!("/api/runs/{id}"),
+        &[("authorization", &auth)],
+        None,
+    );
+    assert_eq!(delete.status, 404);
+    assert_eq!(get("/api/runs", Some(&stranger)).json()["runs"], json!([]));
+    // The owner still has it, and so does a teammate (another key of the account).
+    assert_eq!(get(&format!("/api/runs/{id}"), Some(&key)).status, 200);
+    let teammate = mint_key(json!({"name": "teammate", "accountId": owner_account}));
+    let seen = get(&format!("/api/runs/{id}"), teammate["key"].as_str());
+    assert_eq!(seen.status, 200, "{}", seen.text);
+    assert_eq!(get("/api/runs/run_doesnotexist", Some(&key)).status, 404);
+}
+
+#[test]
+fn runs_are_listed_newest_first_with_a_cursor_and_can_be_deleted() {
+    let key = key();
+    let repo = demo_repo("listed");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let body = post_json(
+            "/api/runs",
+            Some(&key),
+            &json!({"repo": repo, "commands": ["true"]}),
+        )
+        .json();
+        ids.push(body["runId"].as_str().unwrap().to_string());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let first = get("/api/runs?limit=2", Some(&key)).json();
+    let page: Vec<&str> = first["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["runId"].as_str().unwrap())
+        .collect();
+    assert_eq!(page, vec![ids[2].as_str(), ids[1].as_str()]);
+    assert_eq!(first["runs"][0]["status"], "passed");
+    let cursor = first["nextCursor"].as_str().unwrap();
+    let second = get(&format!("/api/runs?limit=2&cursor={cursor}"), Some(&key)).json();
+    let page: Vec<&str> = second["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["runId"].as_str().unwrap())
+        .collect();
+    assert_eq!(page, vec![ids[0].as_str()]);
+    assert!(second["nextCursor"].is_null());
+    assert_eq!(get("/api/runs?limit=0", Some(&key)).status, 400);
+    assert_eq!(get("/api/runs?cursor=garbage", Some(&key)).status, 400);
+
+    let auth = format!("Bearer {key}");
+    let deleted = send(
+        "DELETE",
+        &format!("/api/runs/{}", ids[0]),
+        &[("authorization", &auth)],
+        None,
+    );
+    assert_eq!(deleted.status, 200, "{}", deleted.text);
+    assert_eq!(
+        get(&format!("/api/runs/{}", ids[0]), Some(&key)).status,
+        404
+    );
+    let left = get("/api/runs", Some(&key)).json();
+    assert_eq!(left["runs"].as_array().unwrap().len(), 2);
+}
+
+// ---------------------------------------------------------------------------
+// SSE
+
+#[derive(Debug, Clone, PartialEq)]
+struct Frame {
+    event: String,
+    id: u64,
+    data: Value,
+}
+
+/// Reads SSE frames until `stop` says so or the stream ends.
+fn read_frames(
+    reader: &mut impl BufRead,
+    mut stop: impl FnMut(&Frame) -> bool,
+) -> (Vec<Frame>, usize) {
+    let mut frames = Vec::new();
+    let mut heartbeats = 0;
+    let (mut event, mut id, mut data) = (String::new(), 0u64, String::new());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return (frames, heartbeats);
+        }
+        let l = line.trim_end_matches('\n');
+        if l.starts_with(':') {
+            heartbeats += 1;
+        } else if let Some(v) = l.strip_prefix("event: ") {
+            event = v.to_string();
+        } else if let Some(v) = l.strip_prefix("id: ") {
+            id = v.parse().unwrap();
+        } else if let Some(v) = l.strip_prefix("data: ") {
+            data.push_str(v);
+        } else if l.is_empty() && !event.is_empty() {
+            let frame = Frame {
+                event: std::mem::take(&mut event),
+                id,
+                data: serde_json::from_str(&std::mem::take(&mut data)).unwrap(),
+            };
+            let done = stop(&frame);
+            frames.push(frame);
+            if done {
+                return (frames, heartbeats);
+            }
+        }
+    }
+}
+
+fn open_sse(
+    method: &str,
+    path: &str,
+    key: &str,
+    last_event_id: Option<u64>,
+    body: Option<&Value>,
+) -> ureq::Response {
+    let url = format!("{}{}", stack().base, path);
+    let mut req = agent()
+        .request(method, &url)
+        .set("authorization", &format!("Bearer {key}"))
+        .set("accept", "text/event-stream");
+    if let Some(id) = last_event_id {
+        req = req.set("last-event-id", &id.to_string());
+    }
+    let resp = match body {
+        Some(b) => req.send_json(b.clone()),
+        None => req.call(),
+    }
+    .expect("SSE request");
+    assert_eq!(resp.status(), 200);
+    assert!(resp
+        .header("content-type")
+        .unwrap_or("")
+        .starts_with("text/event-stream"));
+    resp
+}
+
+#[test]
+fn sse_delivers_every_receipt_and_the_result_and_resumes_without_gaps() {
+    let key = key();
+    let repo = demo_repo("sse");
+    let spec = json!({
+        "repo": repo,
+        "commands": ["echo one", "sleep 1; echo two", "echo three"],
+        "verify": ["true"],
+    });
+    let resp = open_sse("POST", "/api/runs", &key, None, Some(&spec));
+    let run_id = resp.header("x-run-id").unwrap().to_string();
+    let mut reader = BufReader::new(resp.into_reader());
+    // Read until the second receipt, then drop the connection.
+    let mut receipts_seen = 0;
+    let (first, _) = read_frames(&mut reader, |f| {
+        if f.event == "receipt" {
+            receipts_seen += 1;
+        }
+        receipts_seen == 2
+    });
+    drop(reader);
+    let last = first.last().unwrap().id;
+
+    // Reconnect with Last-Event-ID: the rest, from last + 1, to the result.
+    let resp = open_sse(
+        "GET",
+        &format!("/api/runs/{run_id}/events"),
+        &key,
+        Some(last),
+        None,
+    );
+    let mut reader = BufReader::new(resp.into_reader());
+    let (rest, _) = read_frames(&mut reader, |f| f.event == "result");
+    let ids: Vec<u64> = first.iter().chain(rest.iter()).map(|f| f.id).collect();
+    assert_eq!(
+        ids,
+        (1..=ids.len() as u64).collect::<Vec<_>>(),
+        "gap or duplicate: {ids:?}"
+    );
+    let result = rest.last().unwrap();
+    assert_eq!(result.event, "result");
+    assert_eq!(result.data["status"], "passed");
+
+    // Every receipt of the final body came as a receipt event, in order.
+    let streamed: Vec<Value> = first
+        .iter()
+        .chain(rest.iter())
+        .filter(|f| f.event == "receipt")
+        .map(|f| f.data.clone())
+        .collect();
+    assert_eq!(Value::Array(streamed), result.data["receipts"]);
+    let kinds: Vec<&str> = first
+        .iter()
+        .chain(rest.iter())
+        .map(|f| f.event.as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"runner") && kinds.contains(&"output"),
+        "{kinds:?}"
+    );
+
+    // A client that reconnects after the end gets only what it lacks.
+    let resp = open_sse(
+        "GET",
+        &format!("/api/runs/{run_id}/events"),
+        &key,
+        Some(result.id - 1),
+        None,
+    );
+    let (tail, _) = read_frames(&mut BufReader::new(resp.into_reader()), |_| false);
+    assert_eq!(tail, vec![result.clone()]);
+}
+
+// ---------------------------------------------------------------------------
+// Cancel
+
+fn wait_for_file(path: &std::path::Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if text.ends_with('\n') {
+                return text;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never written",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn process_gone(pid: i32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return true,
+            Ok(stat)
+                if stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z') =>
+            {
+                return true
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    false
+}
+
+#[test]
+fn cancel_stops_the_running_command_and_ends_the_run_cancelled() {
+    let key = key();
+    let repo = demo_repo("cancel");
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let spec = json!({
+        "repo": repo,
+        "commands": [format!("echo $$ > {}; sleep 60", pidfile.display()), "echo never"],
+    });
+    let resp = open_sse("POST", "/api/runs", &key, None, Some(&spec));
+    let run_id = resp.header("x-run-id").unwrap().to_string();
+    let pid: i32 = wait_for_file(&pidfile).trim().parse().unwrap();
+
+    let cancelled = post_json(
+        &format!("/api/runs/{run_id}/cancel"),
+        Some(&key),
+        &json!({}),
+    );
+    assert_eq!(cancelled.status, 200, "{}", cancelled.text);
+    let body = cancelled.json();
+    assert_eq!(body["status"], "cancelled");
+    assert_eq!(body["ok"], false);
+    assert_eq!(types(&body), vec!["clone", "command", "cancel"]);
+    assert_eq!(body["receipts"][1]["signal"], "SIGKILL");
+    assert!(
+        process_gone(pid),
+        "the cancelled command {pid} is still running"
+    );
+
+    // The open stream ends with the cancelled result.
+    let (frames, _) = read_frames(&mut BufReader::new(resp.into_reader()), |f| {
+        f.event == "result"
+    });
+    assert_eq!(frames.last().unwrap().data["status"], "cancelled");
+    assert_eq!(
+        get(&format!("/api/runs/{run_id}"), Some(&key)).json()["status"],
+        "cancelled"
+    );
+    let again = post_json(
+        &format!("/api/runs/{run_id}/cancel"),
+        Some(&key),
+        &json!({}),
+    );
+    assert_eq!(again.status, 409);
+    assert_eq!(again.json()["error"], "run_not_running");
+    assert_eq!(
+        get(&format!("/api/runs/{run_id}/verify"), Some(&key)).json()["valid"],
+        true
+    );
+}
