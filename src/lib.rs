@@ -6,12 +6,18 @@
 //! runner in `container/` depends on this crate without that feature to
 //! share the wire types.
 
+pub mod canonical;
+pub mod computer_receipts;
 pub mod error;
+pub mod generate;
+pub mod grade;
 pub mod ids;
 pub mod keys;
 pub mod openapi;
+pub mod paths;
 pub mod route;
 pub mod runner_link;
+pub mod spec;
 pub mod time;
 pub mod wire;
 
@@ -25,6 +31,8 @@ mod config;
 mod entry;
 #[cfg(feature = "worker-runtime")]
 mod http;
+#[cfg(feature = "worker-runtime")]
+mod model;
 #[cfg(feature = "worker-runtime")]
 mod routes;
 #[cfg(feature = "worker-runtime")]

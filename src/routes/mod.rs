@@ -2,6 +2,7 @@
 //! its handler. Handlers live one file per API surface.
 
 mod admin_keys;
+mod computers;
 mod diagnostics;
 mod health;
 
@@ -71,5 +72,6 @@ async fn dispatch(route: Route, req: Request, ctx: Ctx<'_>) -> Result<Response, 
         Route::OpenApi => health::openapi(),
         Route::AdminCreateKey => admin_keys::create(req, &ctx).await,
         Route::AdminRunnerHealth => diagnostics::runner_health(req, &ctx).await,
+        Route::Computers(op) => computers::handle(op, req, &ctx).await,
     }
 }
