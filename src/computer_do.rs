@@ -169,8 +169,8 @@ impl Computer {
         }
         let (id, spec) = self.owned_spec(&account)?;
         match op.as_str() {
-            "files" => self.files(&spec),
-            "read" => self.read(&spec, serde_json::from_value(body)?),
+            "files" => self.files(),
+            "read" => self.read(serde_json::from_value(body)?),
             "write" => self.write(serde_json::from_value(body)?),
             "ask" => self.ask(&spec, serde_json::from_value(body)?).await,
             "submit" => self.submit(&spec, serde_json::from_value(body)?),
@@ -367,7 +367,7 @@ impl Computer {
             .to_array()?)
     }
 
-    fn files(&self, _spec: &ComputerSpec) -> Result<Response, ApiError> {
+    fn files(&self) -> Result<Response, ApiError> {
         let writes = self.writes()?;
         let mut listed: Vec<Value> = Vec::new();
         for file in self.visible_files()? {
@@ -393,7 +393,7 @@ impl Computer {
         http::json(200, &json!({ "files": listed }))
     }
 
-    fn read(&self, _spec: &ComputerSpec, body: PathBody) -> Result<Response, ApiError> {
+    fn read(&self, body: PathBody) -> Result<Response, ApiError> {
         let found = match self.writes()?.into_iter().find(|w| w.path == body.path) {
             Some(write) => Some(("agent-write".to_string(), write.content)),
             None => self

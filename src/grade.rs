@@ -8,7 +8,8 @@
 //! precedes after's first read), `submitted{objective, decision?}` (decision
 //! compared only when given), `asked{who}`, `askedOnly{who, notWho}`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use serde::Serialize;
 
@@ -55,62 +56,135 @@ pub struct Grade {
     pub detail: Vec<CriterionResult>,
 }
 
-/// What the matchers need from the log, built in one pass.
+/// FNV-1a: the index keys are short strings taken from the rubric (at most
+/// two per criterion), so a simple fast hash beats SipHash here, and no
+/// agent-chosen key is ever stored (lookups only), so there is nothing to flood.
 #[derive(Default)]
-struct Index<'a> {
-    /// Position of each path's first `read`.
-    first_read: HashMap<&'a str, usize>,
-    written: HashSet<&'a str>,
-    asked: HashSet<&'a str>,
-    /// Decisions submitted per objective (`None`: submitted without one).
-    submitted: HashMap<&'a str, Vec<Option<&'a str>>>,
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
 }
 
-impl<'a> Index<'a> {
-    fn build(receipts: &'a [Receipt]) -> Self {
+type Map<'r, V> = HashMap<&'r str, V, BuildHasherDefault<Fnv>>;
+
+/// Submissions of one objective the rubric asks about.
+#[derive(Default)]
+struct Submissions<'r> {
+    any: bool,
+    /// The decisions the rubric wants, and whether each was submitted.
+    decisions: Vec<(&'r str, bool)>,
+}
+
+/// What the matchers need from the log: only the paths, collaborators and
+/// objectives the rubric names, filled in one pass over the receipts.
+#[derive(Default)]
+struct Index<'r> {
+    /// Position of each wanted path's first `read`.
+    first_read: Map<'r, Option<usize>>,
+    written: Map<'r, bool>,
+    asked: Map<'r, bool>,
+    submitted: Map<'r, Submissions<'r>>,
+}
+
+impl<'r> Index<'r> {
+    fn for_rubric(rubric: &'r [Criterion]) -> Self {
         let mut index = Index::default();
-        for (pos, r) in receipts.iter().enumerate() {
-            let field = |name: &str| r.payload.get(name).and_then(|v| v.as_str());
-            match r.kind.as_str() {
-                "read" => {
-                    if let Some(path) = field("path") {
-                        index.first_read.entry(path).or_insert(pos);
+        for event in rubric.iter().filter_map(|c| c.must_event.as_ref()) {
+            match event {
+                MustEvent::Read { path } => {
+                    index.first_read.insert(path, None);
+                }
+                MustEvent::Wrote { path } => {
+                    index.written.insert(path, false);
+                }
+                MustEvent::ReadBefore { before, after } => {
+                    index.first_read.insert(before, None);
+                    index.first_read.insert(after, None);
+                }
+                MustEvent::Submitted {
+                    objective,
+                    decision,
+                } => {
+                    let entry = index.submitted.entry(objective).or_default();
+                    if let Some(d) = decision {
+                        entry.decisions.push((d, false));
                     }
                 }
-                "write" => {
-                    if let Some(path) = field("path") {
-                        index.written.insert(path);
-                    }
+                MustEvent::Asked { who } => {
+                    index.asked.insert(who, false);
                 }
-                "ask" => {
-                    if let Some(who) = field("who") {
-                        index.asked.insert(who);
-                    }
+                MustEvent::AskedOnly { who, not_who } => {
+                    index.asked.insert(who, false);
+                    index.asked.insert(not_who, false);
                 }
-                "submit" => {
-                    if let Some(objective) = field("objective") {
-                        index
-                            .submitted
-                            .entry(objective)
-                            .or_default()
-                            .push(field("decision"));
-                    }
-                }
-                _ => {}
             }
         }
         index
     }
 
+    fn record(&mut self, receipts: &[Receipt]) {
+        for (pos, r) in receipts.iter().enumerate() {
+            let field = |name: &str| r.payload.get(name).and_then(|v| v.as_str());
+            match r.kind.as_str() {
+                "read" => {
+                    if let Some(slot) = field("path").and_then(|p| self.first_read.get_mut(p)) {
+                        slot.get_or_insert(pos);
+                    }
+                }
+                "write" => {
+                    if let Some(seen) = field("path").and_then(|p| self.written.get_mut(p)) {
+                        *seen = true;
+                    }
+                }
+                "ask" => {
+                    if let Some(seen) = field("who").and_then(|w| self.asked.get_mut(w)) {
+                        *seen = true;
+                    }
+                }
+                "submit" => {
+                    if let Some(subs) = field("objective").and_then(|o| self.submitted.get_mut(o)) {
+                        subs.any = true;
+                        if let Some(decision) = field("decision") {
+                            for (wanted, seen) in subs.decisions.iter_mut() {
+                                *seen |= *wanted == decision;
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn first_read(&self, path: &str) -> Option<usize> {
+        self.first_read.get(path).copied().flatten()
+    }
+
+    fn flag(map: &Map<'r, bool>, key: &str) -> bool {
+        map.get(key).copied().unwrap_or(false)
+    }
+
     fn matches(&self, event: &MustEvent) -> bool {
         match event {
-            MustEvent::Read { path } => self.first_read.contains_key(path.as_str()),
-            MustEvent::Wrote { path } => self.written.contains(path.as_str()),
+            MustEvent::Read { path } => self.first_read(path).is_some(),
+            MustEvent::Wrote { path } => Self::flag(&self.written, path),
             MustEvent::ReadBefore { before, after } => {
-                match (
-                    self.first_read.get(before.as_str()),
-                    self.first_read.get(after.as_str()),
-                ) {
+                match (self.first_read(before), self.first_read(after)) {
                     (Some(b), Some(a)) => b < a,
                     (Some(_), None) => true,
                     (None, _) => false,
@@ -121,14 +195,14 @@ impl<'a> Index<'a> {
                 decision,
             } => match self.submitted.get(objective.as_str()) {
                 None => false,
-                Some(decisions) => match decision {
-                    None => true,
-                    Some(wanted) => decisions.contains(&Some(wanted.as_str())),
+                Some(subs) => match decision {
+                    None => subs.any,
+                    Some(wanted) => subs.decisions.iter().any(|(d, seen)| *seen && d == wanted),
                 },
             },
-            MustEvent::Asked { who } => self.asked.contains(who.as_str()),
+            MustEvent::Asked { who } => Self::flag(&self.asked, who),
             MustEvent::AskedOnly { who, not_who } => {
-                self.asked.contains(who.as_str()) && !self.asked.contains(not_who.as_str())
+                Self::flag(&self.asked, who) && !Self::flag(&self.asked, not_who)
             }
         }
     }
@@ -136,7 +210,8 @@ impl<'a> Index<'a> {
 
 /// Grades `receipts` against `rubric`, in rubric order.
 pub fn grade(rubric: &[Criterion], receipts: &[Receipt]) -> Grade {
-    let index = Index::build(receipts);
+    let mut index = Index::for_rubric(rubric);
+    index.record(receipts);
     let mut out = Grade {
         score: 0.0,
         max: 0.0,

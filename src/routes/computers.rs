@@ -99,7 +99,10 @@ async fn brief(req: &mut Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     let drafted = model::try_chat(cfg.as_ref(), &generate::brief_prompt(&brief), "brief")
         .await
         .and_then(|text| generate::extract_json_object(&text))
-        .filter(|draft| spec::parse(draft).is_ok());
+        .filter(|draft| {
+            spec::parse(draft).is_ok()
+                && crate::canonical::to_string(draft).len() <= spec::MAX_SPEC_BYTES
+        });
     let (draft, source) = match drafted {
         Some(draft) => (draft, "model"),
         None => (generate::draft_spec(&brief), "template"),
