@@ -1,5 +1,5 @@
 //! Benchmark: grading 100 000 receipts against a 50-criterion rubric
-//! (`cargo run --release --example bench_grade`, or `make bench`). The
+//! (`cargo run --profile bench-native --example bench_grade`, or `make bench`). The
 //! budget is 50 ms, reported rather than enforced (a shared machine makes
 //! absolute times noisy). The baseline, measured in the same run, is a deep
 //! clone of the same receipts: the cost of merely touching each one.

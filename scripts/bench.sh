@@ -1,3 +1,3 @@
 #!/usr/bin/env bash
 echo "no benchmarks yet"
-cargo run --release --quiet --example bench_grade  # computers: grading 100k receipts x 50 criteria
+cargo run --profile bench-native --quiet --example bench_grade  # computers: grading 100k receipts x 50 criteria
