@@ -7,7 +7,11 @@
 //! share the wire types.
 
 pub mod blob_parts;
+pub mod canonical;
+pub mod computer_receipts;
 pub mod error;
+pub mod generate;
+pub mod grade;
 pub mod ids;
 pub mod keys;
 pub mod openapi;
@@ -17,6 +21,7 @@ pub mod route;
 pub mod run_events;
 pub mod run_spec;
 pub mod runner_link;
+pub mod spec;
 pub mod time;
 pub mod wire;
 pub mod workspace;
@@ -36,6 +41,8 @@ mod config;
 mod entry;
 #[cfg(feature = "worker-runtime")]
 mod http;
+#[cfg(feature = "worker-runtime")]
+mod model;
 #[cfg(feature = "worker-runtime")]
 mod routes;
 #[cfg(feature = "worker-runtime")]
