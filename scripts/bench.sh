@@ -22,7 +22,13 @@ bench_workspaces() {
   cargo run --quiet --example workspace_sync_bench
 }
 
-all=(runs workspaces)
+bench_grade() {
+  # Grading 100 000 receipts against a 50-criterion rubric, natively, next to
+  # a deep clone of the same receipts (examples/bench_grade.rs).
+  cargo run --profile bench-native --quiet --example bench_grade
+}
+
+all=(runs workspaces grade)
 selected=("$@")
 [ ${#selected[@]} -eq 0 ] && selected=("${all[@]}")
 for name in "${selected[@]}"; do

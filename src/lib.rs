@@ -8,7 +8,11 @@
 
 pub mod agent_events;
 pub mod blob_parts;
+pub mod canonical;
+pub mod computer_receipts;
 pub mod error;
+pub mod generate;
+pub mod grade;
 pub mod ids;
 pub mod keys;
 pub mod model_usage;
@@ -19,6 +23,7 @@ pub mod route;
 pub mod run_events;
 pub mod run_spec;
 pub mod runner_link;
+pub mod spec;
 pub mod time;
 pub mod wire;
 pub mod workspace;
@@ -38,6 +43,8 @@ mod config;
 mod entry;
 #[cfg(feature = "worker-runtime")]
 mod http;
+#[cfg(feature = "worker-runtime")]
+mod model;
 #[cfg(feature = "worker-runtime")]
 mod routes;
 #[cfg(feature = "worker-runtime")]

@@ -1,34 +1,42 @@
-//! The safe relative path rule of the contract (API.md, "Paths"): 1–1024
-//! bytes of UTF-8, relative, `/`-separated, no empty, `.` or `..` segment,
-//! no NUL, no leading `/`. Anything else is 400 `bad_path`. Self-contained
-//! (pure, no crate imports) so every surface can share it.
+//! The one path rule of the API (pure), shared by workspaces, runs and
+//! computers: 1–1024 bytes of UTF-8, relative, `/`-separated, no empty, `.`
+//! or `..` segment, no NUL, no leading `/`. Anything else is 400 `bad_path`.
 
-/// Longest accepted path, in bytes of UTF-8.
+use crate::error::ApiError;
+
+/// Longest accepted path, in bytes.
 pub const MAX_PATH_BYTES: usize = 1024;
 
-/// `Ok(())` when `path` is a safe relative path, else why not (the message
-/// of a 400 `bad_path`).
-pub fn validate_path(path: &str) -> Result<(), String> {
+/// Why `path` is not a safe relative path, or `None` when it is.
+pub fn path_problem(path: &str) -> Option<&'static str> {
     if path.is_empty() {
-        return Err("path is empty".into());
+        return Some("is empty");
     }
     if path.len() > MAX_PATH_BYTES {
-        return Err(format!("path is longer than {MAX_PATH_BYTES} bytes"));
+        return Some("is longer than 1024 bytes");
     }
     if path.contains('\0') {
-        return Err("path contains a NUL byte".into());
+        return Some("contains a NUL byte");
     }
     if path.starts_with('/') {
-        return Err("path must be relative (no leading /)".into());
+        return Some("must be relative (no leading /)");
     }
     for segment in path.split('/') {
         match segment {
-            "" => return Err("path has an empty segment (// or a trailing /)".into()),
-            "." | ".." => return Err(format!("path has a {segment:?} segment")),
+            "" => return Some("has an empty segment"),
+            "." | ".." => return Some("has a . or .. segment"),
             _ => {}
         }
     }
-    Ok(())
+    None
+}
+
+/// `Ok(())` for a safe relative path, else 400 `bad_path` naming `field`.
+pub fn check_path(field: &str, path: &str) -> Result<(), ApiError> {
+    match path_problem(path) {
+        None => Ok(()),
+        Some(why) => Err(ApiError::BadPath(format!("{field} {why}"))),
+    }
 }
 
 #[cfg(test)]
@@ -36,54 +44,72 @@ mod tests {
     use super::*;
 
     #[test]
-    fn accepts_plain_relative_paths() {
+    fn ordinary_relative_paths_pass() {
         for ok in [
             "a",
-            "a/b/c.txt",
+            "README.md",
+            "src/lib.rs",
+            "a/b/c/d.txt",
             ".hidden",
             "a/..b/c..",
-            "dir/.env",
-            "ünïcødé/文件.rs",
-            "with space/and-dash_.x",
-            "...",
+            "dir/ünïcødé.md",
+            "with space/x",
         ] {
-            assert_eq!(validate_path(ok), Ok(()), "{ok}");
+            assert_eq!(path_problem(ok), None, "{ok}");
         }
+        assert_eq!(path_problem(&"a".repeat(1024)), None);
     }
 
     #[test]
-    fn refuses_traversal_absolute_empty_and_nul() {
-        for bad in [
-            "",
-            "/",
-            "/etc/passwd",
-            "..",
-            "../x",
-            "a/../../x",
-            "a/..",
-            ".",
-            "./a",
-            "a/./b",
-            "a//b",
-            "a/",
-            "a\0b",
-        ] {
-            assert!(validate_path(bad).is_err(), "{bad:?} accepted");
-        }
+    fn each_rule_is_enforced() {
+        assert_eq!(path_problem(""), Some("is empty"));
+        assert_eq!(
+            path_problem(&"a".repeat(1025)),
+            Some("is longer than 1024 bytes")
+        );
+        // 1024 bytes is counted in bytes, not characters.
+        assert!(path_problem(&"é".repeat(513)).is_some());
+        assert_eq!(path_problem("a\0b"), Some("contains a NUL byte"));
+        assert_eq!(
+            path_problem("/etc/passwd"),
+            Some("must be relative (no leading /)")
+        );
+        assert_eq!(path_problem("a//b"), Some("has an empty segment"));
+        assert_eq!(path_problem("a/"), Some("has an empty segment"));
+        assert_eq!(path_problem("./a"), Some("has a . or .. segment"));
+        assert_eq!(path_problem("a/../../b"), Some("has a . or .. segment"));
+        assert_eq!(path_problem(".."), Some("has a . or .. segment"));
     }
 
     #[test]
-    fn length_is_counted_in_bytes() {
-        assert_eq!(validate_path(&"a".repeat(MAX_PATH_BYTES)), Ok(()));
-        assert!(validate_path(&"a".repeat(MAX_PATH_BYTES + 1)).is_err());
-        // 512 two-byte characters are exactly 1024 bytes; one more is too long.
-        assert_eq!(validate_path(&"é".repeat(512)), Ok(()));
-        assert!(validate_path(&"é".repeat(513)).is_err());
+    fn check_path_names_the_field() {
+        let err = check_path("filesystem[2].path", "../x").unwrap_err();
+        assert_eq!(err.code(), "bad_path");
+        assert!(
+            err.message().contains("filesystem[2].path"),
+            "{}",
+            err.message()
+        );
     }
+}
 
+/// The rule as a `Result` with a readable message, for callers that wrap it
+/// into their own error (workspace manifests, run artifacts, the runner).
+pub fn validate_path(path: &str) -> Result<(), String> {
+    match path_problem(path) {
+        None => Ok(()),
+        Some(why) => Err(format!("path {why}")),
+    }
+}
+
+#[cfg(test)]
+mod validate_tests {
     #[test]
-    fn backslashes_are_ordinary_characters() {
-        // `/` is the only separator; a backslash is a name character.
-        assert_eq!(validate_path("a\\b"), Ok(()));
+    fn validate_path_wraps_the_same_rule() {
+        assert_eq!(super::validate_path("a/b"), Ok(()));
+        assert_eq!(
+            super::validate_path("../x"),
+            Err("path has a . or .. segment".to_string())
+        );
     }
 }

@@ -34,6 +34,24 @@ pub enum Route {
     RunVerify,
     RunCancel,
     RunDelete,
+    // Computers (typed evaluation workspaces)
+    Computers(ComputerRoute),
+}
+
+/// The Computers surface, handled in `src/routes/computers.rs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ComputerRoute {
+    Create,
+    Brief,
+    Files,
+    Read,
+    Write,
+    Ask,
+    Submit,
+    Receipts,
+    Grade,
+    Spec,
+    Reset,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -105,6 +123,57 @@ pub const ROUTES: &[RouteSpec] = &[
     row("GET", "/api/runs/:id/verify", Route::RunVerify),
     row("POST", "/api/runs/:id/cancel", Route::RunCancel),
     row("DELETE", "/api/runs/:id", Route::RunDelete),
+    row(
+        "POST",
+        "/api/computers",
+        Route::Computers(ComputerRoute::Create),
+    ),
+    row("POST", "/api/brief", Route::Computers(ComputerRoute::Brief)),
+    row(
+        "GET",
+        "/api/c/:id/files",
+        Route::Computers(ComputerRoute::Files),
+    ),
+    row(
+        "GET",
+        "/api/c/:id/read",
+        Route::Computers(ComputerRoute::Read),
+    ),
+    row(
+        "POST",
+        "/api/c/:id/write",
+        Route::Computers(ComputerRoute::Write),
+    ),
+    row(
+        "POST",
+        "/api/c/:id/ask",
+        Route::Computers(ComputerRoute::Ask),
+    ),
+    row(
+        "POST",
+        "/api/c/:id/submit",
+        Route::Computers(ComputerRoute::Submit),
+    ),
+    row(
+        "GET",
+        "/api/c/:id/receipts",
+        Route::Computers(ComputerRoute::Receipts),
+    ),
+    row(
+        "GET",
+        "/api/c/:id/grade",
+        Route::Computers(ComputerRoute::Grade),
+    ),
+    row(
+        "GET",
+        "/api/c/:id/spec",
+        Route::Computers(ComputerRoute::Spec),
+    ),
+    row(
+        "POST",
+        "/api/c/:id/reset",
+        Route::Computers(ComputerRoute::Reset),
+    ),
 ];
 
 /// Path parameters of a matched route, percent-decoded.

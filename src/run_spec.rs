@@ -18,7 +18,6 @@ pub const MAX_ENV: usize = 64;
 pub const MAX_ENV_NAME: usize = 128;
 pub const MAX_ENV_VALUE: usize = 32 * 1024;
 pub const MAX_REF: usize = 255;
-pub const MAX_PATH_BYTES: usize = 1024;
 
 /// A valid run request, normalized.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +93,7 @@ pub fn validate(body: &Value) -> Result<RunSpec, ApiError> {
     let artifact = match obj.get("artifact") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => {
-            check_relative_path(s).map_err(|why| ApiError::BadPath(format!("artifact: {why}")))?;
+            crate::paths::check_path("artifact", s)?;
             Some(s.clone())
         }
         Some(_) => return Err(bad("artifact must be a string")),
@@ -238,27 +237,6 @@ fn env_map(value: Option<&Value>) -> Result<BTreeMap<String, String>, ApiError> 
         env.insert(name.clone(), value.to_string());
     }
     Ok(env)
-}
-
-/// The API's path rule: 1–1024 bytes, relative, `/`-separated, no empty,
-/// `.` or `..` segment, no NUL.
-pub fn check_relative_path(path: &str) -> Result<(), String> {
-    if path.is_empty() || path.len() > MAX_PATH_BYTES {
-        return Err(format!("must be 1–{MAX_PATH_BYTES} bytes"));
-    }
-    if path.contains('\0') {
-        return Err("must not contain NUL".into());
-    }
-    if path.starts_with('/') {
-        return Err("must be relative".into());
-    }
-    if path
-        .split('/')
-        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
-    {
-        return Err("must not have empty, . or .. segments".into());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -431,7 +431,7 @@ pub async fn read_artifact(checkout: &Path, path: &str) -> Artifact {
         truncated: false,
         error: Some(error),
     };
-    if let Err(why) = cloudbox::run_spec::check_relative_path(path) {
+    if let Err(why) = cloudbox::paths::validate_path(path) {
         return missing(format!("bad artifact path: {why}"));
     }
     let root = match tokio::fs::canonicalize(checkout).await {

@@ -11,6 +11,7 @@ const FRAGMENTS: &[(&str, &str)] = &[
     ("keys.json", include_str!("keys.json")),
     ("workspaces.json", include_str!("workspaces.json")),
     ("runs.json", include_str!("runs.json")),
+    ("computers.json", include_str!("computers.json")),
 ];
 
 /// The merged document. A fragment that fails to parse is a build-time bug

@@ -2,6 +2,7 @@
 //! its handler. Handlers live one file per API surface.
 
 mod admin_keys;
+mod computers;
 mod diagnostics;
 mod health;
 mod runs;
@@ -92,5 +93,6 @@ async fn dispatch(route: Route, req: Request, ctx: Ctx<'_>) -> Result<Response, 
         Route::RunVerify => runs::verify(req, &ctx).await,
         Route::RunCancel => runs::cancel(req, &ctx).await,
         Route::RunDelete => runs::delete(req, &ctx).await,
+        Route::Computers(op) => computers::handle(op, req, &ctx).await,
     }
 }

@@ -37,9 +37,13 @@ const DEFAULT_VARS: &[(&str, &str)] = &[
     ("RATE_LIMIT_RUNS", "1000000"),
 ];
 
-/// The stack of this test binary, with the default vars.
+/// The stack of this test binary: the one already started (with whatever
+/// vars its binary asked for), else a new one with the default vars.
 pub fn stack() -> &'static Stack {
-    stack_with_vars(&[])
+    match STACK.get() {
+        Some(stack) => stack,
+        None => stack_with_vars(&[]),
+    }
 }
 
 /// The stack of this test binary, started with `vars` (`wrangler dev --var`)

@@ -1,14 +1,12 @@
-//! A scripted OpenAI Responses-API server: the only stand-in for the model
-//! service. The real Codex CLI talks to it (`wire_api = "responses"`), so the
-//! CLI's own tool loop, JSONL events and session files are exercised for real.
-//!
-//! What it answers depends on the task text (the last user message):
-//! - `write <path> <text>`: one `exec_command` that writes the file, then a message;
-//! - `loop`: `exec_command` forever (to outspend a hold);
-//! - `fail`: HTTP 500;
-//! - `slow`: waits 30 s before answering (for cancel tests);
-//! - anything else: a message `echo: <task>`.
-//! Every response reports `USAGE_IN` input and `USAGE_OUT` output tokens.
+//! A scripted OpenAI-compatible model server (the only stand-in for the
+//! model service): `POST /v1/chat/completions` on 127.0.0.1, std::net only.
+//! What it answers depends on the prompt, so parallel tests don't interfere:
+//! - a user message containing `[fail]` → HTTP 500;
+//! - containing `[slow]` → answers only after `SLOW_MS` (past the timeout);
+//! - starting `Brief:` → a valid ComputerSpec in a ```json fence;
+//! - starting `Criterion:` → `PASS: …` when it contains `pass-me`, else `FAIL: …`;
+//! - starting `Write the full content` → `scripted file: <first line>`;
+//! - anything else (a collaborator question) → `scripted reply: <message>`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -17,46 +15,40 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-pub const USAGE_IN: u64 = 1000;
-pub const USAGE_OUT: u64 = 100;
+/// How long a `[slow]` answer takes; the test stack's timeout is shorter.
+pub const SLOW_MS: u64 = 4_000;
 
 pub struct ModelServer {
-    /// Base URL for a Codex `model_providers` entry, e.g. `http://127.0.0.1:PORT/v1`.
     pub base_url: String,
-    /// Every request body received, in order.
-    pub requests: Arc<Mutex<Vec<Value>>>,
+    /// Every request seen: (authorization header, body).
+    pub requests: Arc<Mutex<Vec<(String, Value)>>>,
 }
 
-impl ModelServer {
-    pub fn start() -> ModelServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind model server");
-        let port = listener.local_addr().expect("addr").port();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let seen = requests.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let seen = seen.clone();
-                std::thread::spawn(move || {
-                    let _ = serve(stream, &seen);
-                });
-            }
-        });
-        ModelServer {
-            base_url: format!("http://127.0.0.1:{port}/v1"),
-            requests,
+pub fn start() -> ModelServer {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind model server");
+    let port = listener.local_addr().expect("addr").port();
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let seen = requests.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let _ = serve(stream, &seen);
+            });
         }
-    }
-
-    pub fn request_count(&self) -> usize {
-        self.requests.lock().map(|r| r.len()).unwrap_or(0)
+    });
+    ModelServer {
+        base_url: format!("http://127.0.0.1:{port}/v1"),
+        requests,
     }
 }
 
-fn serve(mut stream: TcpStream, seen: &Mutex<Vec<Value>>) -> std::io::Result<()> {
+fn serve(stream: TcpStream, seen: &Mutex<Vec<(String, Value)>>) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
-    let mut content_length = 0usize;
+    let mut length = 0usize;
+    let mut authorization = String::new();
     loop {
         let mut line = String::new();
         reader.read_line(&mut line)?;
@@ -65,101 +57,86 @@ fn serve(mut stream: TcpStream, seen: &Mutex<Vec<Value>>) -> std::io::Result<()>
             break;
         }
         if let Some((name, value)) = line.split_once(':') {
-            if name.eq_ignore_ascii_case("content-length") {
-                content_length = value.trim().parse().unwrap_or(0);
+            match name.trim().to_ascii_lowercase().as_str() {
+                "content-length" => length = value.trim().parse().unwrap_or(0),
+                "authorization" => authorization = value.trim().to_string(),
+                _ => {}
             }
         }
     }
-    let mut body = vec![0u8; content_length];
+    let mut body = vec![0u8; length];
     reader.read_exact(&mut body)?;
-    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    if let Ok(mut all) = seen.lock() {
-        all.push(request.clone());
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    seen.lock().unwrap().push((authorization, body.clone()));
+
+    let mut stream = stream;
+    if !request_line.starts_with("POST /v1/chat/completions") {
+        return respond(&mut stream, 404, &json!({"error": "not found"}));
     }
-    let (task, outputs_since_task) = conversation_state(&request);
-    if task.starts_with("fail") {
-        stream.write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 26\r\n\r\n{\"error\":\"scripted fail\"}\n")?;
-        return Ok(());
+    let user = body["messages"][1]["content"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    if user.contains("[fail]") {
+        return respond(
+            &mut stream,
+            500,
+            &json!({"error": {"message": "scripted failure"}}),
+        );
     }
-    if task.starts_with("slow") {
-        std::thread::sleep(Duration::from_secs(30));
+    if user.contains("[slow]") {
+        std::thread::sleep(Duration::from_millis(SLOW_MS));
     }
-    let item = next_item(&task, outputs_since_task);
-    stream.write_all(
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n",
-    )?;
-    let id = format!("resp_{}", outputs_since_task);
-    let events = [
-        json!({"type": "response.created", "response": {"id": id}}),
-        json!({"type": "response.output_item.done", "output_index": 0, "item": item}),
-        json!({"type": "response.completed", "response": {"id": id, "usage": {
-            "input_tokens": USAGE_IN,
-            "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens": USAGE_OUT,
-            "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": USAGE_IN + USAGE_OUT
-        }}}),
-    ];
-    for event in events {
-        let kind = event["type"].as_str().unwrap_or("");
-        write!(stream, "event: {kind}\ndata: {event}\n\n")?;
-        stream.flush()?;
-    }
-    Ok(())
+    let content = answer(&user);
+    respond(
+        &mut stream,
+        200,
+        &json!({
+            "id": "chatcmpl-test",
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+        }),
+    )
 }
 
-/// The last user message's text, and how many tool outputs follow it.
-fn conversation_state(request: &Value) -> (String, usize) {
-    let items = request["input"].as_array().cloned().unwrap_or_default();
-    let last_user = items
-        .iter()
-        .rposition(|i| i["role"] == "user" && i["type"] != "function_call_output");
-    let task = last_user
-        .and_then(|i| items[i]["content"].as_array().cloned())
-        .map(|parts| {
-            parts
-                .iter()
-                .filter_map(|p| p["text"].as_str())
-                .collect::<Vec<_>>()
-                .join("")
-        })
-        .unwrap_or_default();
-    let outputs = items
-        .iter()
-        .skip(last_user.map(|i| i + 1).unwrap_or(0))
-        .filter(|i| i["type"] == "function_call_output")
-        .count();
-    (task.trim().to_string(), outputs)
-}
-
-fn exec_call(n: usize, cmd: &str) -> Value {
-    json!({
-        "type": "function_call",
-        "id": format!("fc_{n}"),
-        "call_id": format!("call_{n}"),
-        "name": "exec_command",
-        "arguments": json!({"cmd": cmd}).to_string(),
-    })
-}
-
-fn message(text: &str) -> Value {
-    json!({
-        "type": "message",
-        "role": "assistant",
-        "id": "msg_1",
-        "content": [{"type": "output_text", "text": text}],
-    })
-}
-
-fn next_item(task: &str, step: usize) -> Value {
-    let words: Vec<&str> = task.splitn(3, ' ').collect();
-    match (words.as_slice(), step) {
-        (["write", path, text], 0) => {
-            let cmd = format!("mkdir -p \"$(dirname '{path}')\" && printf '%s' '{text}' > '{path}'");
-            exec_call(step, &cmd)
-        }
-        (["write", path, _], _) => message(&format!("wrote {path}")),
-        (["loop", ..], n) => exec_call(n, &format!("echo step {n} >> loop.log")),
-        _ => message(&format!("echo: {task}")),
+fn answer(user: &str) -> String {
+    if user.starts_with("Brief:") {
+        let spec = json!({
+            "name": "model draft",
+            "profile": {"role": "model-drafted engineer"},
+            "filesystem": [
+                {"path": "PLAN.md", "kind": "plan", "content": "scripted plan"},
+                {"path": "notes.md", "kind": "notes", "description": "notes", "dependsOn": ["PLAN.md"]}
+            ],
+            "collaborators": [{"id": "mentor", "role": "mentor"}],
+            "objectives": [{"id": "ship", "title": "Ship it"}],
+            "rubric": [{"id": "read-plan", "must": "Read the plan", "mustEvent": {"type": "read", "path": "PLAN.md"}}]
+        });
+        return format!("Here is the spec:\n```json\n{spec}\n```");
     }
+    if let Some(rest) = user.strip_prefix("Criterion:") {
+        return if rest.contains("pass-me") {
+            "PASS: the log shows it".to_string()
+        } else {
+            "FAIL: not in the log".to_string()
+        };
+    }
+    if user.starts_with("Write the full content") {
+        let first = user.lines().next().unwrap_or("");
+        return format!("scripted file: {first}");
+    }
+    format!("scripted reply: {user}")
+}
+
+fn respond(stream: &mut TcpStream, status: u16, body: &Value) -> std::io::Result<()> {
+    let text = body.to_string();
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        if status == 200 { "OK" } else { "Error" },
+        text.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(text.as_bytes())?;
+    stream.flush()
 }
