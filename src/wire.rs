@@ -71,6 +71,10 @@ pub enum RunEvent {
     Receipt(Receipt),
     Output(OutputChunk),
     Result(RunResult),
+    /// A workspace task's metered model call.
+    Usage(UsageReport),
+    /// A workspace task's end.
+    Task(TaskResult),
     Heartbeat,
 }
 
@@ -257,4 +261,74 @@ mod tests {
         assert!(!RunStatus::Running.is_terminal());
         assert!(RunStatus::ContainerLost.is_terminal());
     }
+}
+
+// ---------------------------------------------------------------------------
+// Workspace tasks (`/execute`): the DO syncs the workspace's blobs into the
+// runner's cache (`POST /blobs/missing`, `PUT /blobs/{sha}`), starts the task,
+// reads its NDJSON events (the same `WireEvent` framing as runs), and pulls
+// back only the blobs it lacks (`GET /blobs/{sha}`).
+
+/// `POST /tasks`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskStart {
+    pub task_id: String,
+    pub task: String,
+    /// The workspace version the agent starts from; every blob must be cached.
+    pub files: Vec<crate::workspace::FileEntry>,
+    /// The agent session's files (paths under `CODEX_HOME`), also cached blobs.
+    #[serde(default)]
+    pub session: Vec<crate::workspace::FileEntry>,
+    /// The thread to resume, if the workspace has one.
+    pub resume_thread: Option<String>,
+    /// `AGENT_COMMAND`; `None` runs the Codex CLI.
+    pub agent_command: Option<String>,
+    pub model: String,
+    /// Upstream Responses-API base URL, e.g. `https://api.openai.com/v1`.
+    pub model_base_url: String,
+    /// The upstream credential: used by the runner's proxy only, never given
+    /// to the agent process.
+    pub model_api_key: Option<String>,
+    pub input_micros_per_1k: i64,
+    pub output_micros_per_1k: i64,
+    /// Stop the agent once its metered cost reaches this (the hold).
+    pub max_cost_micros: Option<i64>,
+    pub timeout_ms: u64,
+}
+
+/// A metered model call (`type: "usage"` events).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageReport {
+    pub call: crate::agent_events::TokenUsage,
+    pub total: crate::agent_events::TokenUsage,
+    pub total_cost_micros: i64,
+}
+
+/// The last event of a task (`type: "task"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskResult {
+    /// The agent exited 0 and was neither stopped, cancelled nor timed out.
+    pub ok: bool,
+    pub output: String,
+    pub thread_id: Option<String>,
+    pub usage: crate::agent_events::TokenUsage,
+    pub cost_micros: i64,
+    /// The tree after the agent ran (every blob is in the runner's cache).
+    pub files: Vec<crate::workspace::FileEntry>,
+    pub session: Vec<crate::workspace::FileEntry>,
+    pub exit_code: Option<i32>,
+    pub stopped_at_cap: bool,
+    pub cancelled: bool,
+    pub timed_out: bool,
+    pub error: Option<String>,
+    pub container_ms: u64,
+}
+
+/// `POST /blobs/missing` both ways.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlobList {
+    pub sha256: Vec<String>,
 }

@@ -15,6 +15,12 @@ pub struct RunnerConfig {
     /// `PATH` and `HOME` given to steps (the only inherited variables).
     pub path: String,
     pub home: String,
+    /// The content-addressed cache of workspace blobs (`RUNNER_BLOB_DIR`,
+    /// default `$TMPDIR/cloudbox-blobs`). It survives tasks, so a re-sync
+    /// transfers only what changed.
+    pub blob_dir: PathBuf,
+    /// The Codex CLI (`CODEX_BIN`, default `codex` on PATH).
+    pub codex_bin: String,
 }
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -29,6 +35,10 @@ impl RunnerConfig {
             github_mirror: var("CLOUDBOX_GITHUB_MIRROR").map(PathBuf::from),
             path: var("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
             home: var("HOME").unwrap_or_else(|| "/tmp".into()),
+            blob_dir: var("RUNNER_BLOB_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| std::env::temp_dir().join("cloudbox-blobs")),
+            codex_bin: var("CODEX_BIN").unwrap_or_else(|| "codex".into()),
         }
     }
 
@@ -39,6 +49,8 @@ impl RunnerConfig {
             github_mirror: None,
             path: std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into()),
             home: std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()),
+            blob_dir: work_dir.join("blobs"),
+            codex_bin: "codex".into(),
         }
     }
 

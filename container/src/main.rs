@@ -16,6 +16,9 @@ mod model_proxy;
 mod process;
 mod run;
 mod server;
+mod task;
+#[cfg(test)]
+mod task_tests;
 #[cfg(test)]
 mod testing;
 mod tree;
@@ -44,7 +47,14 @@ async fn main() {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    if let Err(err) = axum::serve(listener, server::router(config::RunnerConfig::from_env()))
+    let app = match server::router(config::RunnerConfig::from_env()) {
+        Ok(app) => app,
+        Err(err) => {
+            eprintln!("cloudbox-runner: cannot open the blob cache: {err}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(err) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
     {

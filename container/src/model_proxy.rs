@@ -35,7 +35,15 @@ pub struct ProxyHandle {
     pub usage: mpsc::UnboundedReceiver<(TokenUsage, TokenUsage)>,
     /// Becomes true when the cap is reached.
     pub capped: watch::Receiver<bool>,
+    shared: Arc<Shared>,
     server: tokio::task::JoinHandle<()>,
+}
+
+impl ProxyHandle {
+    /// Everything metered so far.
+    pub fn total(&self) -> TokenUsage {
+        self.shared.total.lock().map(|t| *t).unwrap_or_default()
+    }
 }
 
 impl Drop for ProxyHandle {
@@ -80,7 +88,7 @@ pub async fn start(cfg: ProxyConfig) -> std::io::Result<ProxyHandle> {
         usage_tx,
         capped_tx,
     });
-    let app = Router::new().fallback(forward).with_state(shared);
+    let app = Router::new().fallback(forward).with_state(shared.clone());
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
@@ -88,6 +96,7 @@ pub async fn start(cfg: ProxyConfig) -> std::io::Result<ProxyHandle> {
         base_url: format!("http://{addr}/v1"),
         usage,
         capped,
+        shared,
         server,
     })
 }

@@ -45,7 +45,7 @@ impl RunHandle {
         }
     }
 
-    fn emit(&self, event: RunEvent) {
+    pub(crate) fn emit(&self, event: RunEvent) {
         let Ok(mut lines) = self.lines.lock() else {
             return;
         };
@@ -62,7 +62,7 @@ impl RunHandle {
         self.latest.send_replace(seq);
     }
 
-    fn finish(&self) {
+    pub(crate) fn finish(&self) {
         self.done.store(true, Ordering::SeqCst);
         self.latest.send_modify(|_| {});
     }
@@ -77,6 +77,11 @@ impl RunHandle {
     #[cfg(test)]
     pub fn all_lines(&self) -> Vec<Arc<str>> {
         self.lines_after(0)
+    }
+
+    /// Follows cancel requests (for work that runs outside `execute`).
+    pub(crate) fn cancel_receiver(&self) -> watch::Receiver<bool> {
+        self.cancel.subscribe()
     }
 
     pub fn cancel(&self) {
@@ -153,7 +158,20 @@ impl Registry {
 
     /// Starts a run in the background and returns its handle.
     pub fn start(self: &Arc<Self>, spec: RunStart) -> Result<Arc<RunHandle>, StartError> {
-        if !valid_run_id(&spec.run_id) {
+        let id = spec.run_id.clone();
+        self.spawn(&id, move |cfg, handle| async move {
+            execute(&cfg, spec, &handle).await;
+        })
+    }
+
+    /// Registers a new run or task under `id` and drives `work` in the
+    /// background; its log is kept for a late resume, then dropped.
+    pub fn spawn<F, Fut>(self: &Arc<Self>, id: &str, work: F) -> Result<Arc<RunHandle>, StartError>
+    where
+        F: FnOnce(Arc<RunnerConfig>, Arc<RunHandle>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if !valid_run_id(id) {
             return Err(StartError::BadId);
         }
         let handle = Arc::new(RunHandle::new());
@@ -161,16 +179,16 @@ impl Registry {
             let Ok(mut runs) = self.runs.lock() else {
                 return Err(StartError::Exists);
             };
-            if runs.contains_key(&spec.run_id) {
+            if runs.contains_key(id) {
                 return Err(StartError::Exists);
             }
-            runs.insert(spec.run_id.clone(), handle.clone());
+            runs.insert(id.to_string(), handle.clone());
         }
         let registry = self.clone();
         let run_handle = handle.clone();
+        let id = id.to_string();
         tokio::spawn(async move {
-            let id = spec.run_id.clone();
-            execute(&registry.cfg, spec, &run_handle).await;
+            work(registry.cfg.clone(), run_handle.clone()).await;
             run_handle.finish();
             tokio::time::sleep(RETAIN_AFTER_END).await;
             if let Ok(mut runs) = registry.runs.lock() {

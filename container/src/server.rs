@@ -1,6 +1,9 @@
 //! Routes of the runner's HTTP contract with the CloudboxRunner DO:
 //! `GET /health`; `POST /runs` (a `RunStart`) → NDJSON events;
 //! `GET /runs/{id}/events?after=N` → the rest of them; `POST /runs/{id}/cancel`.
+//! Workspace tasks: `POST /blobs/missing`, `PUT|GET /blobs/{sha}`,
+//! `POST /tasks` (a `TaskStart`) → NDJSON, `GET /tasks/{id}/events?after=N`,
+//! `POST /tasks/{id}/cancel`. Runs and tasks share one registry of ids.
 
 use std::sync::Arc;
 
@@ -10,20 +13,111 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use cloudbox::wire::{RunStart, RunnerHealth};
+use cloudbox::wire::{BlobList, RunStart, RunnerHealth, TaskStart};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::blob_cache::{BlobCache, PutError};
 use crate::config::RunnerConfig;
 use crate::run::{Registry, RunHandle, StartError};
 
-pub fn router(cfg: RunnerConfig) -> Router {
-    Router::new()
+/// Largest blob the runner accepts in one PUT.
+const MAX_BLOB_BYTES: usize = 512 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    runs: Arc<Registry>,
+    blobs: Arc<BlobCache>,
+}
+
+impl axum::extract::FromRef<AppState> for Arc<Registry> {
+    fn from_ref(state: &AppState) -> Self {
+        state.runs.clone()
+    }
+}
+
+pub fn router(cfg: RunnerConfig) -> std::io::Result<Router> {
+    let blobs = Arc::new(BlobCache::open(cfg.blob_dir.clone())?);
+    let state = AppState {
+        runs: Registry::new(cfg),
+        blobs,
+    };
+    Ok(Router::new()
         .route("/health", get(health))
         .route("/runs", post(start_run))
         .route("/runs/{id}/events", get(run_events))
         .route("/runs/{id}/cancel", post(cancel_run))
-        .with_state(Registry::new(cfg))
+        .route("/blobs/missing", post(blobs_missing))
+        .route("/blobs/{sha}", axum::routing::put(blob_put).get(blob_get))
+        .route("/tasks", post(start_task))
+        .route("/tasks/{id}/events", get(run_events))
+        .route("/tasks/{id}/cancel", post(cancel_run))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BLOB_BYTES))
+        .with_state(state))
+}
+
+async fn blobs_missing(State(state): State<AppState>, Json(list): Json<BlobList>) -> Json<BlobList> {
+    Json(BlobList {
+        sha256: state.blobs.missing(&list.sha256),
+    })
+}
+
+async fn blob_put(State(state): State<AppState>, Path(sha): Path<String>, body: Body) -> Response {
+    match state.blobs.put_stream(&sha, body.into_data_stream()).await {
+        Ok(true) => (StatusCode::CREATED, Json(json!({"stored": true}))).into_response(),
+        Ok(false) => Json(json!({"stored": false})).into_response(),
+        Err(PutError::BadName) => error(StatusCode::BAD_REQUEST, "bad_blob", "not a sha256"),
+        Err(PutError::HashMismatch { actual }) => error(
+            StatusCode::BAD_REQUEST,
+            "hash_mismatch",
+            &format!("body hashes to {actual}"),
+        ),
+        Err(PutError::Io(err)) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &err.to_string()),
+    }
+}
+
+async fn blob_get(State(state): State<AppState>, Path(sha): Path<String>) -> Response {
+    let Some(path) = state.blobs.path(&sha) else {
+        return error(StatusCode::BAD_REQUEST, "bad_blob", "not a sha256");
+    };
+    match tokio::fs::File::open(&path).await {
+        Ok(file) => {
+            let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+            ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response()
+        }
+        Err(_) => error(StatusCode::NOT_FOUND, "blob_not_found", "this runner has no such blob"),
+    }
+}
+
+async fn start_task(State(state): State<AppState>, Json(start): Json<TaskStart>) -> Response {
+    let wanted: Vec<String> = start
+        .files
+        .iter()
+        .chain(&start.session)
+        .map(|f| f.sha256.clone())
+        .collect();
+    let missing = state.blobs.missing(&wanted);
+    if !missing.is_empty() {
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({"error": "missing_blobs", "message": "push these blobs first", "missing": missing})),
+        )
+            .into_response();
+    }
+    let blobs = state.blobs.clone();
+    let id = start.task_id.clone();
+    let started = state.runs.spawn(&id, move |cfg, handle| {
+        crate::task::execute(cfg, blobs, start, handle)
+    });
+    match started {
+        Ok(handle) => ndjson(handle, 0),
+        Err(StartError::BadId) => error(StatusCode::BAD_REQUEST, "bad_task", "bad task id"),
+        Err(StartError::Exists) => error(
+            StatusCode::CONFLICT,
+            "task_exists",
+            "this task was already started; resume with GET /tasks/{id}/events?after=N",
+        ),
+    }
 }
 
 async fn health() -> Json<RunnerHealth> {
@@ -98,7 +192,8 @@ mod tests {
     async fn serve(cfg: RunnerConfig) -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router(cfg)).await });
+        let app = router(cfg).unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
         addr
     }
 

@@ -404,7 +404,7 @@ impl RunCtx {
                     .await?;
                 return Ok(true);
             }
-            RunEvent::Heartbeat => {}
+            RunEvent::Heartbeat | RunEvent::Usage(_) | RunEvent::Task(_) => {}
         }
         Ok(false)
     }
