@@ -6,10 +6,14 @@
 //! runner in `container/` depends on this crate without that feature to
 //! share the wire types.
 
+pub mod billing;
 pub mod error;
+pub mod idempotency;
 pub mod ids;
 pub mod keys;
+pub mod ledger_sql;
 pub mod openapi;
+pub mod ratelimit;
 pub mod route;
 pub mod runner_link;
 pub mod time;
