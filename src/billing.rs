@@ -301,7 +301,10 @@ mod tests {
         let cost = Pricing::DEFAULT.cost_micros(6548, 108);
         assert_eq!(cost, 103_080);
         assert_eq!(micros_to_usd(cost), 0.10308);
-        assert_eq!(serde_json::json!(micros_to_usd(cost)).to_string(), "0.10308");
+        assert_eq!(
+            serde_json::json!(micros_to_usd(cost)).to_string(),
+            "0.10308"
+        );
     }
 
     #[test]
@@ -504,9 +507,6 @@ mod tests {
             balance: 5_000_000,
             ..Default::default()
         };
-        assert_eq!(
-            alerts(KeyType::Standard, &zero, 0)[0].threshold,
-            Some(100)
-        );
+        assert_eq!(alerts(KeyType::Standard, &zero, 0)[0].threshold, Some(100));
     }
 }

@@ -60,7 +60,12 @@ pub enum Decision {
 }
 
 /// What to do when the key was already claimed.
-pub fn decide(existing: Option<&Record>, fingerprint: &str, now_ms: i64, stale_after_ms: i64) -> Decision {
+pub fn decide(
+    existing: Option<&Record>,
+    fingerprint: &str,
+    now_ms: i64,
+    stale_after_ms: i64,
+) -> Decision {
     let Some(r) = existing else {
         return Decision::Retry;
     };
@@ -174,10 +179,7 @@ impl Slot {
     pub fn abandon(&self, claimed_at: i64) -> Stmt {
         let mut args = self.args();
         args.push(Arg::Int(claimed_at));
-        Stmt {
-            sql: ABANDON,
-            args,
-        }
+        Stmt { sql: ABANDON, args }
     }
 }
 
@@ -208,14 +210,26 @@ mod tests {
 
     #[test]
     fn another_request_with_the_same_key_is_refused() {
-        assert_eq!(decide(Some(&record("f", true)), "g", 2_000, 60_000), Decision::Reused);
-        assert_eq!(decide(Some(&record("f", false)), "g", 2_000, 60_000), Decision::Reused);
+        assert_eq!(
+            decide(Some(&record("f", true)), "g", 2_000, 60_000),
+            Decision::Reused
+        );
+        assert_eq!(
+            decide(Some(&record("f", false)), "g", 2_000, 60_000),
+            Decision::Reused
+        );
     }
 
     #[test]
     fn a_running_first_request_is_in_flight_until_stale() {
-        assert_eq!(decide(Some(&record("f", false)), "f", 2_000, 60_000), Decision::InFlight);
-        assert_eq!(decide(Some(&record("f", false)), "f", 61_000, 60_000), Decision::TakeOver);
+        assert_eq!(
+            decide(Some(&record("f", false)), "f", 2_000, 60_000),
+            Decision::InFlight
+        );
+        assert_eq!(
+            decide(Some(&record("f", false)), "f", 61_000, 60_000),
+            Decision::TakeOver
+        );
         assert_eq!(decide(None, "f", 0, 60_000), Decision::Retry);
     }
 
@@ -224,9 +238,18 @@ mod tests {
         let a = fingerprint("POST", "/p", br#"{"amount": 5, "description":"x"}"#);
         let b = fingerprint("post", "/p", br#"{"description":"x","amount":5}"#);
         assert_eq!(a, b);
-        assert_ne!(a, fingerprint("POST", "/p", br#"{"amount":6,"description":"x"}"#));
-        assert_ne!(a, fingerprint("POST", "/q", br#"{"amount":5,"description":"x"}"#));
-        assert_ne!(fingerprint("POST", "/p", b"not json"), fingerprint("POST", "/p", b"not  json"));
+        assert_ne!(
+            a,
+            fingerprint("POST", "/p", br#"{"amount":6,"description":"x"}"#)
+        );
+        assert_ne!(
+            a,
+            fingerprint("POST", "/q", br#"{"amount":5,"description":"x"}"#)
+        );
+        assert_ne!(
+            fingerprint("POST", "/p", b"not json"),
+            fingerprint("POST", "/p", b"not  json")
+        );
     }
 
     #[test]
@@ -241,6 +264,8 @@ mod tests {
     #[test]
     fn only_answers_about_the_request_are_stored() {
         assert!(should_store(200) && should_store(201) && should_store(400) && should_store(404));
-        assert!(!should_store(409) && !should_store(429) && !should_store(500) && !should_store(503));
+        assert!(
+            !should_store(409) && !should_store(429) && !should_store(500) && !should_store(503)
+        );
     }
 }

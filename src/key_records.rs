@@ -152,10 +152,9 @@ pub fn validate_patch(body: &Value) -> Result<Patch, Vec<FieldError>> {
             },
             "description" => match v {
                 Value::Null => patch.push(("description", Set::Text(None))),
-                Value::String(d) if d.chars().count() <= 2_000 => patch.push((
-                    "description",
-                    Set::Text((!d.is_empty()).then(|| d.clone())),
-                )),
+                Value::String(d) if d.chars().count() <= 2_000 => {
+                    patch.push(("description", Set::Text((!d.is_empty()).then(|| d.clone()))))
+                }
                 _ => errors.push(FieldError::new(
                     "description",
                     "a string of at most 2000 characters, or null",
@@ -185,7 +184,9 @@ pub fn validate_patch(body: &Value) -> Result<Patch, Vec<FieldError>> {
                 Value::Null => patch.push(("expires_at", Set::Int(None))),
                 Value::String(s) => match chrono::DateTime::parse_from_rfc3339(s) {
                     Ok(t) => patch.push(("expires_at", Set::Int(Some(t.timestamp_millis())))),
-                    Err(_) => errors.push(FieldError::new("expiresAt", "an RFC 3339 time, or null")),
+                    Err(_) => {
+                        errors.push(FieldError::new("expiresAt", "an RFC 3339 time, or null"))
+                    }
                 },
                 _ => errors.push(FieldError::new("expiresAt", "an RFC 3339 time, or null")),
             },
@@ -241,7 +242,10 @@ pub fn validate_limits(body: &Value) -> Result<Patch, Vec<FieldError>> {
         }
     }
     if only.is_empty() && errors.is_empty() {
-        errors.push(FieldError::new("body", "give dailyLimit and/or monthlyLimit"));
+        errors.push(FieldError::new(
+            "body",
+            "give dailyLimit and/or monthlyLimit",
+        ));
     }
     match validate_patch(&Value::Object(only)) {
         Ok(p) if errors.is_empty() => Ok(p),
@@ -320,7 +324,14 @@ mod tests {
         fields.sort();
         assert_eq!(
             fields,
-            ["dailyLimit", "expiresAt", "key", "name", "permissions", "rateLimit"]
+            [
+                "dailyLimit",
+                "expiresAt",
+                "key",
+                "name",
+                "permissions",
+                "rateLimit"
+            ]
         );
         assert!(validate_patch(&json!([1])).is_err());
     }

@@ -40,10 +40,7 @@ impl BillingVars {
         };
         BillingVars {
             pricing: Pricing {
-                input_micros_per_1k: usd(
-                    "INPUT_USD_PER_1K",
-                    Pricing::DEFAULT.input_micros_per_1k,
-                ),
+                input_micros_per_1k: usd("INPUT_USD_PER_1K", Pricing::DEFAULT.input_micros_per_1k),
                 output_micros_per_1k: usd(
                     "OUTPUT_USD_PER_1K",
                     Pricing::DEFAULT.output_micros_per_1k,
@@ -254,7 +251,10 @@ pub async fn finish_run(
         )
         .await?;
         if applied {
-            return Ok(billing::settle_charge(hold.amount_micros, usage.cost_micros));
+            return Ok(billing::settle_charge(
+                hold.amount_micros,
+                usage.cost_micros,
+            ));
         }
     }
     run_plan_unguarded(

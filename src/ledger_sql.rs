@@ -107,8 +107,7 @@ pub fn credit_plan(c: &Credit) -> Vec<Stmt> {
 
 // --- hold -------------------------------------------------------------------------
 
-pub const ENSURE_SPEND: &str =
-    "INSERT OR IGNORE INTO key_spend (key_id, period) VALUES (?1, ?2)";
+pub const ENSURE_SPEND: &str = "INSERT OR IGNORE INTO key_spend (key_id, period) VALUES (?1, ?2)";
 
 /// Guard: a positive amount within the available balance and within the
 /// room (spend + open holds) under the key's daily and monthly limits.
@@ -274,11 +273,7 @@ pub fn settle_plan(s: &Settle) -> Vec<Stmt> {
         ),
         stmt(
             SETTLE_ACCOUNT,
-            vec![
-                s.usage_entry_id.into(),
-                s.hold_id.into(),
-                s.now_ms.into(),
-            ],
+            vec![s.usage_entry_id.into(), s.hold_id.into(), s.now_ms.into()],
         ),
         stmt(
             SETTLE_SPEND,
@@ -298,11 +293,7 @@ pub fn settle_plan(s: &Settle) -> Vec<Stmt> {
         ),
         stmt(
             SETTLE_HOLD,
-            vec![
-                s.usage_entry_id.into(),
-                s.hold_id.into(),
-                s.now_ms.into(),
-            ],
+            vec![s.usage_entry_id.into(), s.hold_id.into(), s.now_ms.into()],
         ),
         stmt(APPLIED_ENTRY, vec![s.usage_entry_id.into()]),
     ]

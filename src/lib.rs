@@ -10,9 +10,11 @@ pub mod billing;
 pub mod error;
 pub mod idempotency;
 pub mod ids;
+pub mod key_records;
 pub mod keys;
 pub mod ledger_sql;
 pub mod openapi;
+pub mod paging;
 pub mod ratelimit;
 pub mod route;
 pub mod runner_link;
@@ -29,6 +31,12 @@ mod config;
 mod entry;
 #[cfg(feature = "worker-runtime")]
 mod http;
+#[cfg(feature = "worker-runtime")]
+pub mod idempotency_d1;
+#[cfg(feature = "worker-runtime")]
+pub mod ledger_d1;
+#[cfg(feature = "worker-runtime")]
+mod ratelimit_d1;
 #[cfg(feature = "worker-runtime")]
 mod routes;
 #[cfg(feature = "worker-runtime")]

@@ -39,7 +39,9 @@ mod tests {
     fn limits_and_offsets() {
         assert_eq!(limit(None), Ok(50));
         assert_eq!(limit(Some("200")), Ok(200));
-        assert!(limit(Some("0")).is_err() && limit(Some("201")).is_err() && limit(Some("x")).is_err());
+        assert!(
+            limit(Some("0")).is_err() && limit(Some("201")).is_err() && limit(Some("x")).is_err()
+        );
         assert_eq!(offset(None), Ok(0));
         assert_eq!(offset(Some("7")), Ok(7));
         assert!(offset(Some("-1")).is_err());

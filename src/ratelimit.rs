@@ -80,7 +80,11 @@ pub fn client_ip(cf_connecting_ip: Option<&str>, forwarded_for: Option<&str>) ->
     };
     cf_connecting_ip
         .and_then(clean)
-        .or_else(|| forwarded_for.and_then(|f| f.split(',').next()).and_then(clean))
+        .or_else(|| {
+            forwarded_for
+                .and_then(|f| f.split(',').next())
+                .and_then(clean)
+        })
         .unwrap_or_else(|| "local".to_string())
 }
 
@@ -134,7 +138,8 @@ pub fn key_bucket(key_id: &str) -> String {
 }
 
 /// The atomic increment; answers one row `{hits}`.
-pub const HIT: &str = "INSERT INTO rate_limit_counters (bucket, window_start, hits) VALUES (?1, ?2, 1) \
+pub const HIT: &str =
+    "INSERT INTO rate_limit_counters (bucket, window_start, hits) VALUES (?1, ?2, 1) \
      ON CONFLICT (bucket, window_start) DO UPDATE SET hits = hits + 1 RETURNING hits";
 
 pub const PURGE_OLD: &str = "DELETE FROM rate_limit_counters WHERE window_start < ?1";
@@ -179,10 +184,24 @@ mod tests {
 
     #[test]
     fn the_nth_request_passes_exactly_when_n_is_at_most_the_limit() {
-        let v = verdict(&[Count { limit: 25, hits: 25 }], 10).unwrap();
+        let v = verdict(
+            &[Count {
+                limit: 25,
+                hits: 25,
+            }],
+            10,
+        )
+        .unwrap();
         assert!(v.allowed);
         assert_eq!(v.remaining, 0);
-        let v = verdict(&[Count { limit: 25, hits: 26 }], 10).unwrap();
+        let v = verdict(
+            &[Count {
+                limit: 25,
+                hits: 26,
+            }],
+            10,
+        )
+        .unwrap();
         assert!(!v.allowed);
         assert_eq!(v.remaining, 0);
         assert_eq!(verdict(&[], 10), None);
@@ -191,7 +210,16 @@ mod tests {
     #[test]
     fn headers_describe_the_tightest_bucket() {
         let v = verdict(
-            &[Count { limit: 100, hits: 10 }, Count { limit: 30, hits: 29 }],
+            &[
+                Count {
+                    limit: 100,
+                    hits: 10,
+                },
+                Count {
+                    limit: 30,
+                    hits: 29,
+                },
+            ],
             60,
         )
         .unwrap();

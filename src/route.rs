@@ -11,6 +11,19 @@ pub enum Route {
     OpenApi,
     // Keys (admin)
     AdminCreateKey,
+    AdminListKeys,
+    AdminGetKey,
+    AdminUpdateKey,
+    AdminRevokeKey,
+    AdminRotateKey,
+    AdminKeyUsage,
+    // Billing
+    BillingAccount,
+    BillingTransactions,
+    BillingTransaction,
+    BillingUsage,
+    BillingAdminCredits,
+    BillingAdminLimits,
     // Diagnostics (admin)
     AdminRunnerHealth,
 }
@@ -36,6 +49,30 @@ pub const ROUTES: &[RouteSpec] = &[
     row("GET", "/api/health", Route::ApiHealth),
     row("GET", "/openapi.json", Route::OpenApi),
     row("POST", "/admin/keys", Route::AdminCreateKey),
+    row("GET", "/admin/keys", Route::AdminListKeys),
+    row("GET", "/admin/keys/:id", Route::AdminGetKey),
+    row("PATCH", "/admin/keys/:id", Route::AdminUpdateKey),
+    row("DELETE", "/admin/keys/:id", Route::AdminRevokeKey),
+    row("POST", "/admin/keys/:id/rotate", Route::AdminRotateKey),
+    row("GET", "/admin/keys/:id/usage", Route::AdminKeyUsage),
+    row("GET", "/billing/account", Route::BillingAccount),
+    row("GET", "/billing/transactions", Route::BillingTransactions),
+    row(
+        "GET",
+        "/billing/transactions/:id",
+        Route::BillingTransaction,
+    ),
+    row("GET", "/billing/usage", Route::BillingUsage),
+    row(
+        "POST",
+        "/billing/admin/:apiKeyId/credits",
+        Route::BillingAdminCredits,
+    ),
+    row(
+        "POST",
+        "/billing/admin/:apiKeyId/limits",
+        Route::BillingAdminLimits,
+    ),
     row("GET", "/admin/runner/health", Route::AdminRunnerHealth),
 ];
 

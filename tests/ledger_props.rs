@@ -30,9 +30,18 @@ const START_MS: i64 = 1_795_300_000_000; // 2026-11-21T21:46:40Z, near a day and
 #[derive(Debug, Clone)]
 enum Op {
     Credit(i64),
-    Hold { key: usize, amount: i64, life_ms: i64 },
-    Settle { hold: usize, actual: i64 },
-    Release { hold: usize },
+    Hold {
+        key: usize,
+        amount: i64,
+        life_ms: i64,
+    },
+    Settle {
+        hold: usize,
+        actual: i64,
+    },
+    Release {
+        hold: usize,
+    },
     Expire,
     Advance(i64),
 }
@@ -68,7 +77,11 @@ fn open_db(daily: Option<i64>, monthly: Option<i64>) -> Connection {
     )
     .unwrap();
     for (i, key) in KEYS.iter().enumerate() {
-        let (d, m) = if i == 0 { (daily, monthly) } else { (None, None) };
+        let (d, m) = if i == 0 {
+            (daily, monthly)
+        } else {
+            (None, None)
+        };
         db.execute(
             "INSERT INTO api_keys (id, account_id, key_hash, key_prefix, name, key_type, permissions, \
              daily_limit_micros, monthly_limit_micros, created_at, updated_at) \
@@ -77,10 +90,13 @@ fn open_db(daily: Option<i64>, monthly: Option<i64>) -> Connection {
         )
         .unwrap();
     }
-    run(&db, &[sql::Stmt {
-        sql: sql::ENSURE_ACCOUNT,
-        args: vec![ACCOUNT.into(), 0i64.into()],
-    }]);
+    run(
+        &db,
+        &[sql::Stmt {
+            sql: sql::ENSURE_ACCOUNT,
+            args: vec![ACCOUNT.into(), 0i64.into()],
+        }],
+    );
     db
 }
 
@@ -199,14 +215,32 @@ fn check_invariants(db: &Connection, m: &Model, daily: Option<i64>, monthly: Opt
     // 1. balance = credits − settled usage, three ways.
     assert_eq!(balance, m.credits - m.charged, "model balance");
     assert_eq!(balance, m.balance);
-    let credits = q(db, "SELECT SUM(amount_micros) FROM ledger_entries WHERE type IN ('credit','adjustment')");
-    let usage = q(db, "SELECT -SUM(amount_micros) FROM ledger_entries WHERE type = 'usage'");
+    let credits = q(
+        db,
+        "SELECT SUM(amount_micros) FROM ledger_entries WHERE type IN ('credit','adjustment')",
+    );
+    let usage = q(
+        db,
+        "SELECT -SUM(amount_micros) FROM ledger_entries WHERE type = 'usage'",
+    );
     assert_eq!(balance, credits - usage, "ledger sums");
     assert_eq!(spent, usage, "total spent");
-    assert_eq!(usage, q(db, "SELECT SUM(charged_micros) FROM holds WHERE status = 'settled'"));
+    assert_eq!(
+        usage,
+        q(
+            db,
+            "SELECT SUM(charged_micros) FROM holds WHERE status = 'settled'"
+        )
+    );
     // 2. held = open holds; available ≥ 0.
     assert_eq!(held, m.held());
-    assert_eq!(held, q(db, "SELECT SUM(amount_micros) FROM holds WHERE status = 'held'"));
+    assert_eq!(
+        held,
+        q(
+            db,
+            "SELECT SUM(amount_micros) FROM holds WHERE status = 'held'"
+        )
+    );
     assert!(balance - held >= 0, "available {}", balance - held);
     // 3. each hold resolved at most once.
     let mut st = db
@@ -232,7 +266,10 @@ fn check_invariants(db: &Connection, m: &Model, daily: Option<i64>, monthly: Opt
     for row in rows {
         let (id, status, holds, usages, releases) = row.unwrap();
         assert_eq!(holds, 1, "{id}");
-        assert!(usages <= 1 && releases <= 1, "{id}: {usages} usage, {releases} release");
+        assert!(
+            usages <= 1 && releases <= 1,
+            "{id}: {usages} usage, {releases} release"
+        );
         match status.as_str() {
             "held" => assert_eq!(usages + releases, 0, "{id}"),
             "settled" => assert_eq!(usages, 1, "{id}"),
@@ -262,7 +299,11 @@ fn check_invariants(db: &Connection, m: &Model, daily: Option<i64>, monthly: Opt
         assert_eq!(spent, model_spent, "{key_id} {period} spent");
         assert_eq!(spent + held, m.committed(key, &period), "{key_id} {period}");
         if key == 0 {
-            let limit = if period.starts_with("d:") { daily } else { monthly };
+            let limit = if period.starts_with("d:") {
+                daily
+            } else {
+                monthly
+            };
             if let Some(limit) = limit {
                 assert!(spent + held <= limit, "{period}: {spent}+{held} > {limit}");
             }
@@ -270,7 +311,9 @@ fn check_invariants(db: &Connection, m: &Model, daily: Option<i64>, monthly: Opt
     }
     // 5. balanceAfter walks the balance, entry by entry.
     let mut st = db
-        .prepare("SELECT type, amount_micros, balance_after_micros FROM ledger_entries ORDER BY seq")
+        .prepare(
+            "SELECT type, amount_micros, balance_after_micros FROM ledger_entries ORDER BY seq",
+        )
         .unwrap();
     let rows = st
         .query_map([], |r| {
@@ -323,7 +366,11 @@ fn run_case(ops: &[Op], daily: Option<i64>, monthly: Option<i64>) {
                     m.credits += amount;
                 }
             }
-            Op::Hold { key, amount, life_ms } => {
+            Op::Hold {
+                key,
+                amount,
+                life_ms,
+            } => {
                 // The glue sizes a hold with the pure rule, then the guard
                 // re-checks it in SQL. Ask for the raw amount half the time
                 // (to exercise the guard) and the sized amount otherwise.
@@ -331,8 +378,13 @@ fn run_case(ops: &[Op], daily: Option<i64>, monthly: Option<i64>) {
                 let sized = billing::hold_amount(Some(*amount), 1_000_000, &state);
                 let ask = if amount % 2 == 0 { *amount } else { sized };
                 let (day, month) = billing::periods(now);
-                let (key_daily, key_monthly) = if *key == 0 { (daily, monthly) } else { (None, None) };
-                let room = |p: &str, l: Option<i64>| l.is_none_or(|l| m.committed(*key, p) + ask <= l);
+                let (key_daily, key_monthly) = if *key == 0 {
+                    (daily, monthly)
+                } else {
+                    (None, None)
+                };
+                let room =
+                    |p: &str, l: Option<i64>| l.is_none_or(|l| m.committed(*key, p) + ask <= l);
                 let expect = ask > 0
                     && m.balance - m.held() >= ask
                     && room(&day, key_daily)
@@ -357,7 +409,11 @@ fn run_case(ops: &[Op], daily: Option<i64>, monthly: Option<i64>) {
                         expires_at_ms: now + life_ms,
                     }),
                 );
-                assert_eq!(applied == 1, expect, "hold {ask} (asked {amount}) {state:?}");
+                assert_eq!(
+                    applied == 1,
+                    expect,
+                    "hold {ask} (asked {amount}) {state:?}"
+                );
                 count(0, expect);
                 if expect {
                     m.holds.push(ModelHold {
@@ -394,7 +450,13 @@ fn run_case(ops: &[Op], daily: Option<i64>, monthly: Option<i64>) {
                         now_ms: now,
                     }),
                 );
-                assert_eq!(applied == 1, h.open, "settle of {} (open: {})", h.id, h.open);
+                assert_eq!(
+                    applied == 1,
+                    h.open,
+                    "settle of {} (open: {})",
+                    h.id,
+                    h.open
+                );
                 count(1, h.open);
                 if h.open {
                     let charge = billing::settle_charge(h.amount, *actual);
@@ -442,7 +504,10 @@ fn run_case(ops: &[Op], daily: Option<i64>, monthly: Option<i64>) {
                 let all: Vec<String> = m.holds.iter().map(|h| h.id.clone()).collect();
                 for id in all {
                     let entry = fresh("txn_");
-                    let applied = run(&db, &sql::release_plan(&id, &entry, ReleaseKind::Expire, "x", now));
+                    let applied = run(
+                        &db,
+                        &sql::release_plan(&id, &entry, ReleaseKind::Expire, "x", now),
+                    );
                     assert_eq!(applied == 1, expected.contains(&id), "expire {id}");
                     count(3, applied == 1);
                 }
@@ -489,5 +554,8 @@ fn the_ledger_keeps_its_invariants_under_random_operations() {
         applied[3]
     );
     assert!(steps > 1000);
-    assert!(applied.iter().all(|n| *n > 50), "too few operations applied: {applied:?}");
+    assert!(
+        applied.iter().all(|n| *n > 50),
+        "too few operations applied: {applied:?}"
+    );
 }

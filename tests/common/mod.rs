@@ -276,7 +276,12 @@ pub fn agent() -> &'static ureq::Agent {
 
 /// Sends a request to the Worker. `headers` are (name, value) pairs.
 pub fn send(method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
-    let url = format!("{}{}", stack().base, path);
+    // The stack this binary started (with its vars), else the default one.
+    let base = match STACK.get() {
+        Some(started) => &started.base,
+        None => &stack().base,
+    };
+    let url = format!("{base}{path}");
     let mut req = agent().request(method, &url);
     for (k, v) in headers {
         req = req.set(k, v);
