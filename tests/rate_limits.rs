@@ -31,7 +31,12 @@ fn forty_parallel_requests_against_a_limit_of_25_pass_exactly_25() {
     });
     let passed: Vec<&Resp> = results.iter().filter(|r| r.status != 429).collect();
     let limited: Vec<&Resp> = results.iter().filter(|r| r.status == 429).collect();
-    assert_eq!(passed.len(), 25, "statuses: {:?}", results.iter().map(|r| r.status).collect::<Vec<_>>());
+    assert_eq!(
+        passed.len(),
+        25,
+        "statuses: {:?}",
+        results.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
     assert_eq!(limited.len(), 15);
     // The ones that passed went on to auth (no key → 401) and were each
     // told a distinct remaining count: no increment was lost.
@@ -49,7 +54,11 @@ fn forty_parallel_requests_against_a_limit_of_25_pass_exactly_25() {
         let body = r.json();
         assert_eq!(body["error"], "rate_limited");
         assert_eq!(r.header("ratelimit-remaining"), Some("0"));
-        let retry: u64 = r.header("retry-after").expect("retry-after").parse().unwrap();
+        let retry: u64 = r
+            .header("retry-after")
+            .expect("retry-after")
+            .parse()
+            .unwrap();
         let reset: u64 = r.header("ratelimit-reset").unwrap().parse().unwrap();
         assert!((1..=900).contains(&retry), "{retry}");
         assert_eq!(retry, reset.max(1));
