@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 const FRAGMENTS: &[(&str, &str)] = &[
     ("base.json", include_str!("base.json")),
     ("keys.json", include_str!("keys.json")),
+    ("billing.json", include_str!("billing.json")),
 ];
 
 /// The merged document. A fragment that fails to parse is a build-time bug
