@@ -6,6 +6,7 @@ mod common;
 
 use cloudbox::billing::{self, BudgetRefusal, BudgetState};
 use cloudbox::keys::KeyType;
+use cloudbox::ledger_sql::{self as sql, Arg, Stmt};
 use common::*;
 use serde_json::{json, Value};
 
@@ -374,4 +375,94 @@ fn usage_by_day_is_empty_for_a_new_account_and_validates_its_range() {
         assert_eq!(resp.status, 400, "{bad}");
     }
     assert_eq!(get("/billing/usage", None).status, 401);
+}
+
+/// A plan as SQL text with its arguments inlined, for `wrangler d1 execute`.
+fn render(plan: &[Stmt]) -> String {
+    plan.iter()
+        .map(|s| {
+            let mut text = s.sql.to_string();
+            for (i, arg) in s.args.iter().enumerate().rev() {
+                let literal = match arg {
+                    Arg::Int(n) => n.to_string(),
+                    Arg::Text(t) => format!("'{}'", t.replace('\'', "''")),
+                    Arg::Null => "NULL".to_string(),
+                };
+                text = text.replace(&format!("?{}", i + 1), &literal);
+            }
+            text
+        })
+        .collect::<Vec<_>>()
+        .join(";\n")
+}
+
+/// A run that crashed after taking its hold: the real hold plan, run on the
+/// stack's local D1 with an expiry already past, is released by the sweep.
+#[test]
+fn the_scheduled_sweep_releases_the_hold_of_a_crashed_run() {
+    let minted = mint_key(json!({"name": "crashed"}));
+    let (id, key) = (
+        minted["id"].as_str().unwrap(),
+        minted["key"].as_str().unwrap(),
+    );
+    credit(id, 5.0, None);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let plan = sql::hold_plan(&sql::Hold {
+        hold_id: "hold_crashed_run",
+        entry_id: "txn_crashed_run_hold",
+        key_id: id,
+        amount: 2_000_000,
+        run_id: Some("run_crashed"),
+        description: "hold for run",
+        now_ms: now - 10_000,
+        expires_at_ms: now - 1_000,
+    });
+    let out = std::process::Command::new(repo_root().join("scripts/wrangler"))
+        .args(["d1", "execute", "DB", "--local", "--persist-to"])
+        .arg(&stack().state_dir)
+        .args(["--command", &render(&plan)])
+        .env("CI", "true")
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let held = account(key);
+    assert_eq!(
+        (held["creditsBalance"].clone(), held["heldCredits"].clone()),
+        (json!(5.0), json!(2.0))
+    );
+    assert_eq!(held["availableCredits"], 3.0);
+
+    let swept = get("/__scheduled", None);
+    assert_eq!(swept.status, 200, "{}", swept.text);
+    let after = account(key);
+    assert_eq!(
+        (
+            after["creditsBalance"].clone(),
+            after["heldCredits"].clone()
+        ),
+        (json!(5.0), json!(0.0))
+    );
+    let list = transactions(key, "")["transactions"].clone();
+    assert_eq!(list[0]["type"], "release");
+    assert_eq!(list[0]["amount"], 2.0);
+    assert_eq!(list[0]["holdId"], "hold_crashed_run");
+    assert_eq!(list[0]["runId"], "run_crashed");
+    assert_eq!(list[1]["type"], "hold");
+    // A second sweep finds nothing more to release.
+    assert_eq!(get("/__scheduled", None).status, 200);
+    assert_eq!(
+        transactions(key, "")["transactions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
 }
