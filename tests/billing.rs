@@ -323,14 +323,14 @@ fn forty_parallel_credits_with_twenty_idempotency_keys_apply_exactly_twenty() {
         40 - done
     );
     // Retrying every key now replays; none of them credits again.
-    for k in 0..20 {
+    for (k, seen) in txn_of_key.iter().enumerate() {
         let resp = credit(id, 1.25, Some(&format!("burst-{k}")));
         assert_eq!(resp.status, 200, "{}", resp.text);
         let txn = resp.json()["transaction"]["id"]
             .as_str()
             .unwrap()
             .to_string();
-        if let Some(seen) = &txn_of_key[k] {
+        if let Some(seen) = seen {
             assert_eq!(seen, &txn);
         }
     }
