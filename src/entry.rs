@@ -11,7 +11,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
     let started_ms = Date::now().as_millis() as i64;
     let request_id = ids::new_id("req_").unwrap_or_else(|_| format!("req_{started_ms}"));
     let method = req.method().to_string();
-    let (route, result) = routes::handle(req, &env, &request_id, started_ms).await;
+    let (route, result, extra_headers) = routes::handle(req, &env, &request_id, started_ms).await;
     let resp = match result {
         Ok(resp) => resp,
         Err(err) => {
@@ -24,7 +24,10 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
             http::error_response(&err, &request_id)
         }
     };
-    let resp = http::with_request_id(resp, &request_id);
+    let mut resp = http::with_request_id(resp, &request_id);
+    for (name, value) in &extra_headers {
+        let _ = resp.headers_mut().set(name, value);
+    }
     // One structured line per request. The route is the pattern, never the
     // raw URL, so ids and query strings (where a key might be) stay out.
     worker::console_log!(
@@ -41,6 +44,21 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
 }
 
 #[event(scheduled)]
-async fn scheduled(_event: ScheduledEvent, _env: Env, _ctx: ScheduleContext) {
-    // The billing sweep (releasing holds of crashed runs) hooks in here.
+async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
+    // Releases the holds of runs that outlived their maximum life (crashed
+    // runs), and purges expired idempotency records and old rate windows.
+    let now_ms = Date::now().as_millis() as i64;
+    let window = crate::ratelimit_d1::limits(&env).window_secs;
+    let outcome = match env.d1("DB") {
+        Ok(db) => crate::ledger_d1::sweep(&db, now_ms, window).await,
+        Err(err) => Err(ApiError::from(err)),
+    };
+    match outcome {
+        Ok(released) => {
+            worker::console_log!("{}", json!({"sweep": "billing", "holdsReleased": released}))
+        }
+        Err(err) => {
+            worker::console_error!("{}", json!({"sweep": "billing", "error": err.to_string()}))
+        }
+    }
 }

@@ -42,6 +42,8 @@ pub enum ApiError {
     KeyInQuery,
     AdminDisabled,
     KeyNotFound,
+    /// Rotating a key that is already revoked.
+    KeyRevoked,
 
     // --- limits and money ---
     RateLimited {
@@ -52,6 +54,7 @@ pub enum ApiError {
         total_spent: f64,
     },
     SpendingLimitExceeded(String),
+    TransactionNotFound,
     IdempotencyKeyReused,
     InFlight,
 
@@ -109,11 +112,16 @@ impl ApiError {
             Unauthorized | InvalidKey => 401,
             InsufficientCredits { .. } => 402,
             Forbidden(_) => 403,
-            NotFound | KeyNotFound | WorkspaceNotFound | RunNotFound | FileNotFound
-            | CollaboratorNotFound | ObjectiveNotFound | ComputerNotFound | VersionNotFound
-            | BlobNotFound => 404,
+            NotFound | KeyNotFound | TransactionNotFound | WorkspaceNotFound | RunNotFound
+            | FileNotFound | CollaboratorNotFound | ObjectiveNotFound | ComputerNotFound
+            | VersionNotFound | BlobNotFound => 404,
             MethodNotAllowed { .. } => 405,
-            InFlight | VersionConflict { .. } | WorkspaceBusy | RunNotLive | RunNotRunning => 409,
+            InFlight
+            | KeyRevoked
+            | VersionConflict { .. }
+            | WorkspaceBusy
+            | RunNotLive
+            | RunNotRunning => 409,
             RunExpired => 410,
             BodyTooLarge { .. } | BlobTooLarge { .. } | SpecTooLarge | ContentTooLarge => 413,
             IdempotencyKeyReused => 422,
@@ -138,6 +146,8 @@ impl ApiError {
             KeyInQuery => "key_in_query",
             AdminDisabled => "admin_disabled",
             KeyNotFound => "key_not_found",
+            KeyRevoked => "key_revoked",
+            TransactionNotFound => "transaction_not_found",
             RateLimited { .. } => "rate_limited",
             InsufficientCredits { .. } => "insufficient_credits",
             SpendingLimitExceeded(_) => "spending_limit_exceeded",
@@ -197,6 +207,8 @@ impl ApiError {
             }
             AdminDisabled => "admin routes are disabled: ADMIN_API_KEY is not set".into(),
             KeyNotFound => "no such API key".into(),
+            KeyRevoked => "the API key is revoked".into(),
+            TransactionNotFound => "no such transaction".into(),
             RateLimited { retry_after_secs } => {
                 format!("rate limit exceeded; retry after {retry_after_secs} s")
             }

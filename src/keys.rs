@@ -281,6 +281,8 @@ pub struct NewKeyRequest {
     pub metadata: Option<serde_json::Value>,
     pub daily_limit: Option<f64>,
     pub monthly_limit: Option<f64>,
+    /// Requests per rate-limit window for this key (none: only the IP limits).
+    pub rate_limit: Option<f64>,
     pub account_id: Option<String>,
 }
 
@@ -296,6 +298,7 @@ pub struct NewKey {
     pub metadata: Option<String>,
     pub daily_limit_micros: Option<i64>,
     pub monthly_limit_micros: Option<i64>,
+    pub rate_limit_requests: Option<i64>,
     pub account_id: Option<String>,
 }
 
@@ -400,6 +403,17 @@ pub fn validate_new_key(req: NewKeyRequest, now_ms: i64) -> Result<NewKey, Vec<F
     };
     let daily_limit_micros = limit("dailyLimit", req.daily_limit);
     let monthly_limit_micros = limit("monthlyLimit", req.monthly_limit);
+    let rate_limit_requests = match req.rate_limit {
+        None => None,
+        Some(n) if n.fract() == 0.0 && (1.0..=1_000_000.0).contains(&n) => Some(n as i64),
+        Some(_) => {
+            errors.push(FieldError::new(
+                "rateLimit",
+                "a whole number of requests per window, 1–1000000",
+            ));
+            None
+        }
+    };
     let account_id = req.account_id.filter(|a| !a.is_empty());
     if account_id.as_ref().is_some_and(|a| !is_account_id(a)) {
         errors.push(FieldError::new("accountId", "not an account id"));
@@ -417,6 +431,7 @@ pub fn validate_new_key(req: NewKeyRequest, now_ms: i64) -> Result<NewKey, Vec<F
         metadata,
         daily_limit_micros,
         monthly_limit_micros,
+        rate_limit_requests,
         account_id,
     })
 }
@@ -458,6 +473,7 @@ mod request_tests {
                 permissions: Some(vec!["admin".into()]),
                 metadata: Some(serde_json::json!([1])),
                 daily_limit: Some(-5.0),
+                rate_limit: Some(2.5),
                 account_id: Some("acct_nothex".into()),
                 ..Default::default()
             },
@@ -475,6 +491,7 @@ mod request_tests {
                 "permissions",
                 "metadata",
                 "dailyLimit",
+                "rateLimit",
                 "accountId"
             ]
         );

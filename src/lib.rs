@@ -7,17 +7,23 @@
 //! share the wire types.
 
 pub mod agent_events;
+pub mod billing;
 pub mod blob_parts;
 pub mod canonical;
 pub mod computer_receipts;
 pub mod error;
 pub mod generate;
 pub mod grade;
+pub mod idempotency;
 pub mod ids;
+pub mod key_records;
 pub mod keys;
+pub mod ledger_sql;
 pub mod model_usage;
 pub mod openapi;
+pub mod paging;
 pub mod paths;
+pub mod ratelimit;
 pub mod receipts;
 pub mod route;
 pub mod run_events;
@@ -44,7 +50,13 @@ mod entry;
 #[cfg(feature = "worker-runtime")]
 mod http;
 #[cfg(feature = "worker-runtime")]
+pub mod idempotency_d1;
+#[cfg(feature = "worker-runtime")]
+pub mod ledger_d1;
+#[cfg(feature = "worker-runtime")]
 mod model;
+#[cfg(feature = "worker-runtime")]
+mod ratelimit_d1;
 #[cfg(feature = "worker-runtime")]
 mod routes;
 #[cfg(feature = "worker-runtime")]

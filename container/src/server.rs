@@ -56,7 +56,10 @@ pub fn router(cfg: RunnerConfig) -> std::io::Result<Router> {
         .with_state(state))
 }
 
-async fn blobs_missing(State(state): State<AppState>, Json(list): Json<BlobList>) -> Json<BlobList> {
+async fn blobs_missing(
+    State(state): State<AppState>,
+    Json(list): Json<BlobList>,
+) -> Json<BlobList> {
     Json(BlobList {
         sha256: state.blobs.missing(&list.sha256),
     })
@@ -72,7 +75,11 @@ async fn blob_put(State(state): State<AppState>, Path(sha): Path<String>, body: 
             "hash_mismatch",
             &format!("body hashes to {actual}"),
         ),
-        Err(PutError::Io(err)) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &err.to_string()),
+        Err(PutError::Io(err)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &err.to_string(),
+        ),
     }
 }
 
@@ -85,7 +92,11 @@ async fn blob_get(State(state): State<AppState>, Path(sha): Path<String>) -> Res
             let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
             ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response()
         }
-        Err(_) => error(StatusCode::NOT_FOUND, "blob_not_found", "this runner has no such blob"),
+        Err(_) => error(
+            StatusCode::NOT_FOUND,
+            "blob_not_found",
+            "this runner has no such blob",
+        ),
     }
 }
 

@@ -49,7 +49,12 @@ fn failed(error: String, started: Instant) -> TaskResult {
 
 /// Runs one task to its end, emitting `usage` events, an `exec` receipt and
 /// the final `task` event; removes the task's directory afterwards.
-pub async fn execute(cfg: Arc<RunnerConfig>, cache: Arc<BlobCache>, start: TaskStart, handle: Arc<RunHandle>) {
+pub async fn execute(
+    cfg: Arc<RunnerConfig>,
+    cache: Arc<BlobCache>,
+    start: TaskStart,
+    handle: Arc<RunHandle>,
+) {
     let started = Instant::now();
     let dir = cfg.work_dir.join(&start.task_id);
     let result = match execute_in(&cfg, &cache, &start, &handle, &dir, started).await {
@@ -87,7 +92,9 @@ async fn execute_in(
         upstream: start.model_base_url.trim_end_matches('/').to_string(),
         api_key: start.model_api_key.clone(),
         over_cap: Arc::new(move |total: &TokenUsage| {
-            cap.is_some_and(|cap| pricing.cost_micros(total.input_tokens, total.output_tokens) >= cap)
+            cap.is_some_and(|cap| {
+                pricing.cost_micros(total.input_tokens, total.output_tokens) >= cap
+            })
         }),
     })
     .await
@@ -152,7 +159,11 @@ async fn execute_in(
     // What the proxy metered is the truth for billing; an agent that never
     // called the model through it (a custom AGENT_COMMAND) reports its own.
     let metered = proxy.total();
-    let usage = if metered.total() > 0 { metered } else { summary.usage };
+    let usage = if metered.total() > 0 {
+        metered
+    } else {
+        summary.usage
+    };
     drop(proxy);
 
     let mut chain = Chain::after(None);
@@ -173,15 +184,22 @@ async fn execute_in(
     let files = tree::scan(cache, &workdir, &[]).map_err(|e| format!("scan workspace: {e}"))?;
     let session_root = codex_home.join(SESSION_DIR);
     let session = if session_root.is_dir() {
-        tree::scan(cache, &codex_home, &["shell_snapshots", "skills", ".tmp", "tmp"])
-            .map_err(|e| format!("scan session: {e}"))?
-            .into_iter()
-            .filter(|f| f.path.starts_with("sessions/"))
-            .collect()
+        tree::scan(
+            cache,
+            &codex_home,
+            &["shell_snapshots", "skills", ".tmp", "tmp"],
+        )
+        .map_err(|e| format!("scan session: {e}"))?
+        .into_iter()
+        .filter(|f| f.path.starts_with("sessions/"))
+        .collect()
     } else {
         Vec::new()
     };
-    let ok = finished.exit_code == Some(0) && !finished.cancelled && !finished.timed_out && !stopped_at_cap;
+    let ok = finished.exit_code == Some(0)
+        && !finished.cancelled
+        && !finished.timed_out
+        && !stopped_at_cap;
     let error = summary.failure.clone().or_else(|| {
         (!ok).then(|| {
             if stopped_at_cap {
@@ -191,7 +209,11 @@ async fn execute_in(
             } else if finished.cancelled {
                 "cancelled".to_string()
             } else {
-                format!("the agent exited with {:?}: {}", finished.exit_code, last_chars(&finished.stderr, 2000))
+                format!(
+                    "the agent exited with {:?}: {}",
+                    finished.exit_code,
+                    last_chars(&finished.stderr, 2000)
+                )
             }
         })
     });

@@ -26,7 +26,11 @@ fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let cfg = RunnerConfig::for_tests(&dir.path().join("work"));
     let cache = Arc::new(BlobCache::open(cfg.blob_dir.clone()).unwrap());
-    Fixture { cfg: Arc::new(cfg), cache, _dir: dir }
+    Fixture {
+        cfg: Arc::new(cfg),
+        cache,
+        _dir: dir,
+    }
 }
 
 /// Puts `files` into the cache; returns their manifest entries.
@@ -95,23 +99,36 @@ async fn upstream_model() -> String {
 #[tokio::test]
 async fn the_agent_edits_the_workspace_and_the_new_tree_comes_back_cached() {
     let fx = fixture();
-    let files = seed(&fx.cache, &[("keep.txt", "same"), ("edit.txt", "old"), ("gone.txt", "x")]);
+    let files = seed(
+        &fx.cache,
+        &[("keep.txt", "same"), ("edit.txt", "old"), ("gone.txt", "x")],
+    );
     let script = r#"printf new > edit.txt; rm gone.txt; mkdir -p src; printf 'fn main(){}' > src/main.rs
 echo '{"type":"thread.started","thread_id":"th-1"}'
 echo '{"type":"item.completed","item":{"type":"agent_message","text":"edited"}}'
 echo '{"type":"turn.completed","usage":{"input_tokens":6548,"output_tokens":108}}'"#;
-    let (events, result) = run(&fx, start("task_edit", script, files.clone(), "http://127.0.0.1:9/v1")).await;
+    let (events, result) = run(
+        &fx,
+        start("task_edit", script, files.clone(), "http://127.0.0.1:9/v1"),
+    )
+    .await;
     assert!(result.ok, "{result:?}");
     assert_eq!(result.output, "edited");
     assert_eq!(result.thread_id.as_deref(), Some("th-1"));
-    assert_eq!(paths(&result.files), ["edit.txt", "keep.txt", "src/main.rs"]);
+    assert_eq!(
+        paths(&result.files),
+        ["edit.txt", "keep.txt", "src/main.rs"]
+    );
     // 6548 in + 108 out at the contract's prices = 0.10308 USD.
     assert_eq!(result.cost_micros, 103_080);
     for f in &result.files {
         assert!(fx.cache.contains(&f.sha256), "{} not cached", f.path);
     }
     let keep = result.files.iter().find(|f| f.path == "keep.txt").unwrap();
-    assert_eq!(keep.sha256, files.iter().find(|f| f.path == "keep.txt").unwrap().sha256);
+    assert_eq!(
+        keep.sha256,
+        files.iter().find(|f| f.path == "keep.txt").unwrap().sha256
+    );
     let receipts: Vec<_> = events
         .iter()
         .filter_map(|e| match &e.event {
@@ -121,7 +138,10 @@ echo '{"type":"turn.completed","usage":{"input_tokens":6548,"output_tokens":108}
         .collect();
     assert_eq!(receipts.len(), 1);
     assert_eq!(receipts[0].exit_code, Some(0));
-    assert!(!fx.cfg.work_dir.join("task_edit").exists(), "task dir left behind");
+    assert!(
+        !fx.cfg.work_dir.join("task_edit").exists(),
+        "task dir left behind"
+    );
 }
 
 #[tokio::test]
@@ -142,7 +162,10 @@ while true; do curl -sf -X POST "$CLOUDBOX_MODEL_BASE_URL/responses" -d '{}' > /
     let calls = result.usage.input_tokens / 1000;
     assert!((3..=4).contains(&calls), "{calls} calls metered");
     assert_eq!(result.cost_micros, calls as i64 * 19_500);
-    let usage_events = events.iter().filter(|e| matches!(e.event, RunEvent::Usage(_))).count();
+    let usage_events = events
+        .iter()
+        .filter(|e| matches!(e.event, RunEvent::Usage(_)))
+        .count();
     assert_eq!(usage_events as u64, calls);
 }
 
@@ -157,7 +180,10 @@ async fn cancel_stops_the_agent_and_reports_it() {
     let running = tokio::spawn(async move { crate::task::execute(cfg, cache, task, h).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     handle.cancel();
-    tokio::time::timeout(Duration::from_secs(10), running).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .unwrap()
+        .unwrap();
     let last: WireEvent = serde_json::from_str(handle.all_lines().last().unwrap()).unwrap();
     match last.event {
         RunEvent::Task(r) => {
@@ -172,7 +198,11 @@ async fn session_files_are_returned_and_restored_for_the_next_task() {
     let fx = fixture();
     let first = r#"mkdir -p "$CODEX_HOME/sessions/2026" && echo "turn one" > "$CODEX_HOME/sessions/2026/rollout-th.jsonl"
 mkdir -p "$CODEX_HOME/tmp" && echo junk > "$CODEX_HOME/tmp/x""#;
-    let (_, one) = run(&fx, start("task_s1", first, vec![], "http://127.0.0.1:9/v1")).await;
+    let (_, one) = run(
+        &fx,
+        start("task_s1", first, vec![], "http://127.0.0.1:9/v1"),
+    )
+    .await;
     assert!(one.ok, "{one:?}");
     assert_eq!(paths(&one.session), ["sessions/2026/rollout-th.jsonl"]);
     let second = r#"cat "$CODEX_HOME/sessions/2026/rollout-th.jsonl" > seen.txt"#;
@@ -190,7 +220,16 @@ mkdir -p "$CODEX_HOME/tmp" && echo junk > "$CODEX_HOME/tmp/x""#;
 #[tokio::test]
 async fn a_failing_agent_is_reported_with_its_error() {
     let fx = fixture();
-    let (_, result) = run(&fx, start("task_fail", "echo boom >&2; exit 4", vec![], "http://127.0.0.1:9/v1")).await;
+    let (_, result) = run(
+        &fx,
+        start(
+            "task_fail",
+            "echo boom >&2; exit 4",
+            vec![],
+            "http://127.0.0.1:9/v1",
+        ),
+    )
+    .await;
     assert!(!result.ok);
     assert_eq!(result.exit_code, Some(4));
     assert!(result.error.unwrap_or_default().contains("boom"));

@@ -12,6 +12,7 @@ const FRAGMENTS: &[(&str, &str)] = &[
     ("workspaces.json", include_str!("workspaces.json")),
     ("runs.json", include_str!("runs.json")),
     ("computers.json", include_str!("computers.json")),
+    ("billing.json", include_str!("billing.json")),
 ];
 
 /// The merged document. A fragment that fails to parse is a build-time bug

@@ -2,6 +2,7 @@
 //! its handler. Handlers live one file per API surface.
 
 mod admin_keys;
+mod billing;
 mod computers;
 mod diagnostics;
 mod health;
@@ -13,7 +14,12 @@ use worker::{Env, Request, Response};
 use crate::auth;
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::ratelimit;
+use crate::ratelimit_d1;
 use crate::route::{self, Params, Resolution, Route};
+
+/// Response headers `handle` adds besides the handler's (`ratelimit-*`).
+pub type ExtraHeaders = Vec<(&'static str, String)>;
 
 /// What every handler gets besides the request.
 #[allow(dead_code)] // params/request_id: for the routes with ids
@@ -35,37 +41,65 @@ impl Ctx<'_> {
     }
 }
 
-/// Handles one request. Returns the route pattern (for the log line) and the
-/// handler's result.
+/// Handles one request. Returns the route pattern (for the log line), the
+/// handler's result and the `ratelimit-*` headers for the response.
 pub async fn handle(
     req: Request,
     env: &Env,
     request_id: &str,
     now_ms: i64,
-) -> (&'static str, Result<Response, ApiError>) {
+) -> (&'static str, Result<Response, ApiError>, ExtraHeaders) {
     let path = req.path();
     let method = req.method().to_string();
-    let (spec, params) = match route::resolve(&method, &path) {
+    let resolution = route::resolve(&method, &path);
+    let pattern = match &resolution {
+        Resolution::Found(spec, _) => spec.pattern,
+        Resolution::MethodNotAllowed(_) => "(method not allowed)",
+        Resolution::NotFound => "(no route)",
+    };
+    let cfg = Config::from_env(env);
+    // Every request passes here: count it before anything else is done.
+    let class = ratelimit::classify(&method, pattern);
+    let limit_headers = match ratelimit_d1::check(&req, env, &cfg, class, now_ms).await {
+        Ok(Some(verdict)) => {
+            let headers = verdict.headers();
+            if !verdict.allowed {
+                let err = ApiError::RateLimited {
+                    retry_after_secs: verdict.reset_secs.max(1) as u64,
+                };
+                return (pattern, Err(err), headers);
+            }
+            headers
+        }
+        Ok(None) => Vec::new(),
+        Err(err) => return (pattern, Err(err), Vec::new()),
+    };
+    let (spec, params) = match resolution {
         Resolution::Found(spec, params) => (spec, params),
         Resolution::MethodNotAllowed(allowed) => {
             return (
-                "(method not allowed)",
+                pattern,
                 Err(ApiError::MethodNotAllowed { allowed }),
+                limit_headers,
             )
         }
-        Resolution::NotFound => return ("(no route)", Err(ApiError::NotFound)),
+        Resolution::NotFound => return (pattern, Err(ApiError::NotFound), limit_headers),
     };
     if let Err(err) = auth::reject_key_in_query(&req) {
-        return (spec.pattern, Err(err));
+        return (spec.pattern, Err(err), limit_headers);
     }
     let ctx = Ctx {
         env,
-        cfg: Config::from_env(env),
+        cfg,
         params,
         now_ms,
         request_id,
     };
-    (spec.pattern, dispatch(spec.route, req, ctx).await)
+    (
+        spec.pattern,
+        dispatch(spec.route, req, ctx).await,
+        limit_headers,
+    )
 }
 
 async fn dispatch(route: Route, req: Request, ctx: Ctx<'_>) -> Result<Response, ApiError> {
@@ -73,6 +107,18 @@ async fn dispatch(route: Route, req: Request, ctx: Ctx<'_>) -> Result<Response, 
         Route::Health | Route::ApiHealth => health::health(&ctx),
         Route::OpenApi => health::openapi(),
         Route::AdminCreateKey => admin_keys::create(req, &ctx).await,
+        Route::AdminListKeys => admin_keys::list(req, &ctx).await,
+        Route::AdminGetKey => admin_keys::get(req, &ctx).await,
+        Route::AdminUpdateKey => admin_keys::update(req, &ctx).await,
+        Route::AdminRevokeKey => admin_keys::revoke(req, &ctx).await,
+        Route::AdminRotateKey => admin_keys::rotate(req, &ctx).await,
+        Route::AdminKeyUsage => admin_keys::usage(req, &ctx).await,
+        Route::BillingAccount => billing::account(req, &ctx).await,
+        Route::BillingTransactions => billing::transactions(req, &ctx).await,
+        Route::BillingTransaction => billing::transaction(req, &ctx).await,
+        Route::BillingUsage => billing::usage(req, &ctx).await,
+        Route::BillingAdminCredits => billing::admin_credits(req, &ctx).await,
+        Route::BillingAdminLimits => billing::admin_limits(req, &ctx).await,
         Route::AdminRunnerHealth => diagnostics::runner_health(req, &ctx).await,
         Route::WorkspaceList => workspaces::list(req, &ctx).await,
         Route::WorkspaceGet => workspaces::get(req, &ctx).await,

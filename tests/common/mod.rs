@@ -225,6 +225,8 @@ fn start_stack(vars: &[(String, String)]) -> Stack {
         "--ip",
         "127.0.0.1",
         "--show-interactive-dev-session=false",
+        // GET /__scheduled runs the cron handler (the billing sweep) on demand.
+        "--test-scheduled",
     ])
     .args([
         "--port",

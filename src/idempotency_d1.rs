@@ -1,0 +1,132 @@
+//! `Idempotency-Key` on D1, for any surface (credits now; /execute and
+//! /api/runs later):
+//!
+//! ```text
+//! let claim = match idempotency_d1::begin(&req_parts…).await? {
+//!     Begin::Replay(resp) => return Ok(resp),
+//!     Begin::Proceed(claim) => claim,
+//! };
+//! let outcome: Result<(u16, serde_json::Value), ApiError> = do_the_work().await;
+//! idempotency_d1::finish(&db, claim, outcome, request_id).await
+//! ```
+//! Without the header, `begin` answers `Begin::Proceed(None)`-like through
+//! `header_key` returning `None`; callers then skip it entirely.
+
+use serde::Deserialize;
+use serde_json::Value;
+use worker::{D1Database, Request, Response};
+
+use crate::error::{ApiError, FieldError};
+use crate::http;
+use crate::idempotency::{self, Decision, Record, Slot};
+use crate::ledger_d1::first;
+
+pub const HEADER: &str = "idempotency-key";
+
+/// The request's `Idempotency-Key`, if any (400 when malformed).
+pub fn header_key(req: &Request) -> Result<Option<String>, ApiError> {
+    match req.headers().get(HEADER)? {
+        None => Ok(None),
+        Some(k) if idempotency::valid_key(k.trim()) => Ok(Some(k.trim().to_string())),
+        Some(_) => Err(ApiError::ValidationFailed(vec![FieldError::new(
+            "Idempotency-Key",
+            "1–255 visible ASCII characters",
+        )])),
+    }
+}
+
+pub struct Claim {
+    slot: Slot,
+    claimed_at: i64,
+}
+
+pub enum Begin {
+    Proceed(Claim),
+    Replay(Response),
+}
+
+#[derive(Deserialize)]
+struct Claimed {
+    created_at: i64,
+}
+
+#[derive(Deserialize)]
+struct Row {
+    fingerprint: String,
+    state: String,
+    response_status: Option<i64>,
+    response_body: Option<String>,
+    created_at: i64,
+}
+
+/// Claims the key for this request, or answers with the first response
+/// (replay), 422 `idempotency_key_reused` or 409 `in_flight`.
+pub async fn begin(
+    db: &D1Database,
+    slot: Slot,
+    fingerprint: &str,
+    now_ms: i64,
+    stale_after_ms: i64,
+) -> Result<Begin, ApiError> {
+    for _ in 0..3 {
+        if let Some(c) = first::<Claimed>(db, &slot.claim(fingerprint, now_ms)).await? {
+            return Ok(Begin::Proceed(Claim {
+                slot,
+                claimed_at: c.created_at,
+            }));
+        }
+        let row = first::<Row>(db, &slot.read()).await?;
+        let record = row.as_ref().map(|r| Record {
+            fingerprint: r.fingerprint.clone(),
+            done: r.state == "done",
+            response_status: r.response_status.map(|s| s as u16),
+            response_body: r.response_body.clone(),
+            created_at_ms: r.created_at,
+        });
+        match idempotency::decide(record.as_ref(), fingerprint, now_ms, stale_after_ms) {
+            Decision::Replay { status, body } => {
+                let value: Value = serde_json::from_str(&body)?;
+                let mut resp = http::json(status, &value)?;
+                let _ = resp.headers_mut().set("idempotent-replayed", "true");
+                return Ok(Begin::Replay(resp));
+            }
+            Decision::Reused => return Err(ApiError::IdempotencyKeyReused),
+            Decision::InFlight => return Err(ApiError::InFlight),
+            Decision::TakeOver => {
+                let old = record.map(|r| r.created_at_ms).unwrap_or_default();
+                if let Some(c) = first::<Claimed>(db, &slot.take_over(old, now_ms)).await? {
+                    return Ok(Begin::Proceed(Claim {
+                        slot,
+                        claimed_at: c.created_at,
+                    }));
+                }
+            }
+            Decision::Retry => {}
+        }
+    }
+    Err(ApiError::InFlight)
+}
+
+/// Stores the outcome for replay (or frees the key when the outcome is
+/// about the moment rather than the request), then returns it.
+pub async fn finish(
+    db: &D1Database,
+    claim: Claim,
+    outcome: Result<(u16, Value), ApiError>,
+    request_id: &str,
+) -> Result<Response, ApiError> {
+    let (status, body) = match &outcome {
+        Ok((status, body)) => (*status, body.clone()),
+        Err(err) => (err.status(), err.body(request_id)),
+    };
+    let stmt = if idempotency::should_store(status) {
+        claim
+            .slot
+            .finish(status, &body.to_string(), claim.claimed_at)
+    } else {
+        claim.slot.abandon(claim.claimed_at)
+    };
+    crate::ledger_d1::bind(db, &stmt)?.run().await?;
+    let (status, body) = outcome?;
+    http::json(status, &body)
+}
