@@ -138,7 +138,7 @@ mod tests {
             .put_stream(&sha, chunks(&[b"hello world"]))
             .await
             .unwrap());
-        assert!(cache.missing(&[sha.clone()]).is_empty());
+        assert!(cache.missing(std::slice::from_ref(&sha)).is_empty());
         assert_eq!(
             std::fs::read(cache.path(&sha).unwrap()).unwrap(),
             b"hello world"

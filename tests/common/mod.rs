@@ -148,6 +148,7 @@ pub fn kill_group(pgid: u32) {
 
 /// Starts the runner binary on a free port; returns (pid, url).
 pub fn start_runner(dir: &Path, extra_env: &[(&str, &str)]) -> (u32, String) {
+    build_runner();
     let port = free_port();
     let bin = target_dir().join("debug").join("cloudbox-runner");
     let mut cmd = Command::new(&bin);
@@ -160,6 +161,20 @@ pub fn start_runner(dir: &Path, extra_env: &[(&str, &str)]) -> (u32, String) {
     let url = format!("http://127.0.0.1:{port}");
     wait_for(&format!("{url}/health"), &log, Duration::from_secs(20));
     (pid, url)
+}
+
+/// Builds the runner binary once per test binary (a no-op when fresh), so a
+/// test never talks to a stale runner.
+fn build_runner() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        run_ok(
+            Command::new(env!("CARGO"))
+                .args(["build", "--quiet", "-p", "cloudbox-runner"])
+                .current_dir(repo_root()),
+            "building the runner",
+        )
+    });
 }
 
 fn wait_for(url: &str, log: &Path, limit: Duration) {
@@ -185,12 +200,6 @@ fn start_stack(vars: &[(String, String)]) -> Stack {
             .arg(root.join("scripts/build-worker.sh"))
             .current_dir(&root),
         "building the worker",
-    );
-    run_ok(
-        Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "cloudbox-runner"])
-            .current_dir(&root),
-        "building the runner",
     );
     let dir = tempfile::Builder::new()
         .prefix("cloudbox-test-")

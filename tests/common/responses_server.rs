@@ -8,6 +8,7 @@
 //! - `fail`: HTTP 500;
 //! - `slow`: waits 30 s before answering (for cancel tests);
 //! - anything else: a message `echo: <task>`.
+//!
 //! Every response reports `USAGE_IN` input and `USAGE_OUT` output tokens.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -155,7 +156,8 @@ fn next_item(task: &str, step: usize) -> Value {
     let words: Vec<&str> = task.splitn(3, ' ').collect();
     match (words.as_slice(), step) {
         (["write", path, text], 0) => {
-            let cmd = format!("mkdir -p \"$(dirname '{path}')\" && printf '%s' '{text}' > '{path}'");
+            let cmd =
+                format!("mkdir -p \"$(dirname '{path}')\" && printf '%s' '{text}' > '{path}'");
             exec_call(step, &cmd)
         }
         (["write", path, _], _) => message(&format!("wrote {path}")),
