@@ -30,6 +30,7 @@ ADMIN_API_KEY=$(sed -n 's/^ADMIN_API_KEY=//p' .dev.vars | head -1)
 CI=true scripts/wrangler d1 migrations apply DB --local --persist-to "$STATE" >/dev/null
 
 CLOUDBOX_GITHUB_MIRROR="${CLOUDBOX_GITHUB_MIRROR:-}" RUNNER_LISTEN="127.0.0.1:$RUNNER_PORT" \
+  CODEX_BIN="${CODEX_BIN:-$PWD/node_modules/.bin/codex}" \
   target/debug/cloudbox-runner > .cloudbox/runner.log 2>&1 &
 runner_pid=$!
 trap 'kill $runner_pid 2>/dev/null' EXIT
