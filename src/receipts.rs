@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// `prevHash` of the first receipt of a run.
+/// `prevHash` of the first receipt of a run (and of a computer's log).
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const TAG: &str = "cloudbox.receipt.v1";
 
