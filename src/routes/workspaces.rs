@@ -72,10 +72,12 @@ pub async fn list(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     }
     let cursor = http::query(&req, "cursor")?.unwrap_or_default();
     let db = store::db(ctx.env)?;
-    let rows = store::list_rows(&db, &caller.account_id, &cursor, limit as u32).await?;
-    let next = (rows.len() as u64 == limit)
-        .then(|| rows.last().map(|r| r.id.clone()))
-        .flatten();
+    // One row more than the page says whether another page follows, so the
+    // last page's `nextCursor` is null even when it is exactly full.
+    let mut rows = store::list_rows(&db, &caller.account_id, &cursor, limit as u32 + 1).await?;
+    let more = rows.len() as u64 > limit;
+    rows.truncate(limit as usize);
+    let next = more.then(|| rows.last().map(|r| r.id.clone())).flatten();
     let items: Vec<_> = rows.iter().map(view).collect();
     http::json(200, &json!({ "workspaces": items, "nextCursor": next }))
 }
