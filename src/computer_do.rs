@@ -13,7 +13,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 use worker::{
-    durable_object, Date, DurableObject, Env, Request, Response, SqlStorage, SqlStorageValue, State,
+    durable_object, DurableObject, Env, Request, Response, SqlStorage, SqlStorageValue, State,
 };
 
 use crate::computer_receipts::{self, Receipt};
@@ -142,10 +142,6 @@ struct SubmitBody {
     decision: Option<String>,
     paths: Option<Vec<String>>,
     notes: Option<String>,
-}
-
-fn now_ms() -> i64 {
-    Date::now().as_millis() as i64
 }
 
 fn opt(value: &Option<String>) -> SqlStorageValue {
@@ -279,7 +275,7 @@ impl Computer {
         if self.meta("account")?.is_some() {
             return Self::created_response(&body.id, 200);
         }
-        let now = now_ms();
+        let now = time::now_ms();
         for (ord, file) in parsed.filesystem.iter().enumerate() {
             let (content, source) = materialized
                 .iter()
@@ -419,7 +415,7 @@ impl Computer {
             vec![
                 body.path.as_str().into(),
                 body.content.into(),
-                now_ms().into(),
+                time::now_ms().into(),
             ],
         )?;
         self.append(
@@ -467,7 +463,7 @@ impl Computer {
         let revealed = if first_ask && !self.revealed()?.contains(&collaborator.id) {
             self.sql.exec(
                 "INSERT INTO reveals (who, ms) VALUES (?, ?)",
-                vec![collaborator.id.as_str().into(), now_ms().into()],
+                vec![collaborator.id.as_str().into(), time::now_ms().into()],
             )?;
             revealed
         } else {
@@ -549,7 +545,7 @@ impl Computer {
         let prev = head
             .first()
             .map(|r| (r.hash.as_str(), r.seq as u64, r.ms as i64));
-        let receipt = computer_receipts::next_receipt(prev, now_ms(), kind, payload);
+        let receipt = computer_receipts::next_receipt(prev, time::now_ms(), kind, payload);
         self.sql.exec(
             "INSERT INTO receipts (seq, ms, ts, kind, payload, hash, prev_hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
             vec![

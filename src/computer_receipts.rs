@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 
 use crate::canonical;
 
-/// `prevHash` of the first receipt.
-pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// `prevHash` of the first receipt: the same 64 zeros as a run's chain.
+pub use crate::receipts::GENESIS;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -21,6 +21,15 @@ impl From<serde_json::Error> for ApiError {
     }
 }
 
+/// The first value of the query parameter `name`, percent-decoded.
+pub fn query(req: &Request, name: &str) -> Result<Option<String>, ApiError> {
+    Ok(req
+        .url()?
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned()))
+}
+
 /// Reads the whole body, refusing more than `limit` bytes.
 pub async fn read_body(req: &mut Request, limit: u64) -> Result<Vec<u8>, ApiError> {
     let declared = req

@@ -16,12 +16,24 @@ use crate::generate::{self, Prompt};
 const DEFAULT_TIMEOUT_MS: u64 = 20_000;
 const DEFAULT_MODEL: &str = "gpt-4.1-mini";
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ModelConfig {
     pub base_url: String,
     pub api_key: Option<String>,
     pub model: String,
     pub timeout_ms: u64,
+}
+
+/// Never prints the secret: a `{:?}` in a log line must not leak it.
+impl std::fmt::Debug for ModelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelConfig")
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("model", &self.model)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
 }
 
 impl ModelConfig {

@@ -12,9 +12,8 @@
 //! receipt's `prevHash` is 64 zeros.
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-/// `prevHash` of the first receipt of a run.
+/// `prevHash` of the first receipt of a run (and of a computer's log).
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const TAG: &str = "cloudbox.receipt.v1";
 
@@ -106,7 +105,7 @@ pub fn canonical(r: &Receipt) -> String {
 }
 
 pub fn compute_hash(r: &Receipt) -> String {
-    hex::encode(Sha256::digest(canonical(r).as_bytes()))
+    crate::canonical::sha256_hex(canonical(r).as_bytes())
 }
 
 /// The next number and hash of a run's chain; `append` seals a step into it.
@@ -205,6 +204,7 @@ pub fn verify_chain(receipts: &[Receipt]) -> ChainCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     fn step(kind: ReceiptKind, cmd: &str, exit: i32) -> Step {
         Step {

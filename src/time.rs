@@ -11,6 +11,13 @@ pub fn rfc3339(ms: i64) -> String {
     }
 }
 
+/// The Worker's clock in epoch milliseconds, for the Durable Objects, which
+/// have no request `Ctx` to carry `now_ms`.
+#[cfg(feature = "worker-runtime")]
+pub fn now_ms() -> i64 {
+    worker::Date::now().as_millis() as i64
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

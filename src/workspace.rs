@@ -112,11 +112,9 @@ pub fn check_path(path: &str) -> Result<(), ApiError> {
     paths::validate_path(path).map_err(|why| ApiError::BadPath(format!("{path:?}: {why}")))
 }
 
-/// Hex SHA-256 of some bytes.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(bytes))
-}
+/// Hex SHA-256 of some bytes: the crate's one helper, re-exported here
+/// because blob hashes are a workspace rule.
+pub use crate::canonical::sha256_hex;
 
 /// Checks every entry and returns the files sorted by path. Errors: a bad
 /// path → `bad_path`; duplicate paths, a path that is both a file and a

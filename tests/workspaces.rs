@@ -572,6 +572,12 @@ fn listing_session_reset_and_permissions() {
     let rest = api.req("GET", "/workspaces?limit=2&cursor=b", None).json();
     assert_eq!(rest["workspaces"][0]["id"], "c");
     assert!(rest["nextCursor"].is_null());
+    let full = api.req("GET", "/workspaces?limit=3", None).json();
+    assert_eq!(full["workspaces"].as_array().map(Vec::len), Some(3));
+    assert!(
+        full["nextCursor"].is_null(),
+        "an exactly full last page: {full}"
+    );
     assert_eq!(api.req("GET", "/workspaces?limit=0", None).status, 400);
 
     let reset = api.req("POST", "/workspaces/a/session/reset", None);

@@ -138,18 +138,10 @@ pub async fn load_key(db: &D1Database, id: &str) -> Result<KeyRow, ApiError> {
         .ok_or(ApiError::KeyNotFound)
 }
 
-fn query(req: &Request, name: &str) -> Result<Option<String>, ApiError> {
-    Ok(req
-        .url()?
-        .query_pairs()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned()))
-}
-
 pub async fn list(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     auth::require_admin(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
-    let limit = paging::limit(query(&req, "limit")?.as_deref());
-    let offset = paging::offset(query(&req, "offset")?.as_deref());
+    let limit = paging::limit(http::query(&req, "limit")?.as_deref());
+    let offset = paging::offset(http::query(&req, "offset")?.as_deref());
     let (limit, offset) = match (limit, offset) {
         (Ok(l), Ok(o)) => (l, o),
         (l, o) => {

@@ -20,14 +20,6 @@ const CREDIT_STALE_MS: i64 = 60_000;
 const MAX_CREDIT_USD: f64 = 1_000_000.0;
 const MAX_DESCRIPTION: usize = 500;
 
-fn query(req: &Request, name: &str) -> Result<Option<String>, ApiError> {
-    Ok(req
-        .url()?
-        .query_pairs()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned()))
-}
-
 /// `GET /billing/account` as seen through one key.
 fn account_view(row: &BudgetRow, vars: &BillingVars) -> Value {
     let state = row.state();
@@ -108,10 +100,10 @@ fn entry_view(e: &Entry) -> Value {
 /// transactions answers 400.
 pub async fn transactions(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     let caller = auth::authenticate(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
-    let limit = paging::limit(query(&req, "limit")?.as_deref())
+    let limit = paging::limit(http::query(&req, "limit")?.as_deref())
         .map_err(|e| ApiError::ValidationFailed(vec![e]))?;
     let db = ctx.env.d1("DB")?;
-    let before = match query(&req, "cursor")? {
+    let before = match http::query(&req, "cursor")? {
         None => i64::MAX,
         Some(cursor) => {
             #[derive(Deserialize)]
@@ -202,8 +194,8 @@ fn usage_json(executions: i64, input: i64, output: i64, cost: i64, charged: i64)
 pub async fn usage(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     let caller = auth::authenticate(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
     let (from, to) = billing::usage_range(
-        query(&req, "from")?.as_deref(),
-        query(&req, "to")?.as_deref(),
+        http::query(&req, "from")?.as_deref(),
+        http::query(&req, "to")?.as_deref(),
         ctx.now_ms,
     )
     .map_err(ApiError::ValidationFailed)?;

@@ -160,11 +160,7 @@ async fn action_body(
         ComputerRoute::Spec => ("spec", json!({})),
         ComputerRoute::Reset => ("reset", json!({})),
         ComputerRoute::Read => {
-            let url = req.url()?;
-            let path = url
-                .query_pairs()
-                .find(|(k, _)| k == "path")
-                .map(|(_, v)| v.into_owned())
+            let path = http::query(req, "path")?
                 .ok_or_else(|| invalid("path", "the path query parameter is required"))?;
             paths::check_path("path", &path)?;
             ("read", json!({ "path": path }))

@@ -119,12 +119,10 @@ pub async fn events(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     let caller = caller(&req, ctx, Permission::Read).await?;
     let id = run_id(ctx)?;
     // `Last-Event-ID` (what EventSource sends on reconnect) wins over `?after=`.
-    let url = req.url()?;
-    let after = req.headers().get("last-event-id")?.or_else(|| {
-        url.query_pairs()
-            .find(|(k, _)| k == "after")
-            .map(|(_, v)| v.into_owned())
-    });
+    let after = match req.headers().get("last-event-id")? {
+        Some(last) => Some(last),
+        None => http::query(&req, "after")?,
+    };
     let after = crate::run_events::parse_last_event_id(after.as_deref());
     to_run_do(
         ctx,
@@ -193,15 +191,9 @@ struct ListRow {
 
 pub async fn list(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     let caller = caller(&req, ctx, Permission::Read).await?;
-    let url = req.url()?;
-    let query = |name: &str| {
-        url.query_pairs()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.into_owned())
-    };
-    let limit = parse_limit(query("limit").as_deref())
+    let limit = parse_limit(http::query(&req, "limit")?.as_deref())
         .map_err(|m| ApiError::ValidationFailed(vec![FieldError::new("limit", m)]))?;
-    let cursor = match query("cursor") {
+    let cursor = match http::query(&req, "cursor")? {
         None => None,
         Some(text) => Some(ListCursor::decode(&text).ok_or_else(|| {
             ApiError::ValidationFailed(vec![FieldError::new(

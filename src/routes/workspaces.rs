@@ -35,16 +35,8 @@ async fn open<'c>(
     Ok((caller, id))
 }
 
-fn query(req: &Request, name: &str) -> Result<Option<String>, ApiError> {
-    Ok(req
-        .url()?
-        .query_pairs()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned()))
-}
-
 fn query_u64(req: &Request, name: &str) -> Result<Option<u64>, ApiError> {
-    match query(req, name)? {
+    match http::query(req, name)? {
         None => Ok(None),
         Some(text) => text.parse().map(Some).map_err(|_| {
             ApiError::ValidationFailed(vec![FieldError::new(
@@ -78,12 +70,14 @@ pub async fn list(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
             format!("must be 1–{LIST_MAX}"),
         )]));
     }
-    let cursor = query(&req, "cursor")?.unwrap_or_default();
+    let cursor = http::query(&req, "cursor")?.unwrap_or_default();
     let db = store::db(ctx.env)?;
-    let rows = store::list_rows(&db, &caller.account_id, &cursor, limit as u32).await?;
-    let next = (rows.len() as u64 == limit)
-        .then(|| rows.last().map(|r| r.id.clone()))
-        .flatten();
+    // One row more than the page says whether another page follows, so the
+    // last page's `nextCursor` is null even when it is exactly full.
+    let mut rows = store::list_rows(&db, &caller.account_id, &cursor, limit as u32 + 1).await?;
+    let more = rows.len() as u64 > limit;
+    rows.truncate(limit as usize);
+    let next = more.then(|| rows.last().map(|r| r.id.clone())).flatten();
     let items: Vec<_> = rows.iter().map(view).collect();
     http::json(200, &json!({ "workspaces": items, "nextCursor": next }))
 }
@@ -238,7 +232,7 @@ pub async fn file_get(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError>
 pub async fn file_put(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     let (caller, id) = open(&req, ctx, Permission::Write).await?;
     let path = file_path(ctx)?.to_string();
-    let mode = query(&req, "mode")?
+    let mode = http::query(&req, "mode")?
         .map(|m| workspace::parse_mode(&m))
         .transpose()?;
     let base = query_u64(&req, "baseVersion")?;

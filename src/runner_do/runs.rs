@@ -25,7 +25,7 @@ use futures_util::future::{select, Either};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use worker::{Date, Delay, Env, Headers, Method, Request, Response, SqlStorage, State};
+use worker::{Delay, Env, Headers, Method, Request, Response, SqlStorage, State};
 
 use super::{ensure_ready, record, send, Link};
 use crate::error::ApiError;
@@ -174,10 +174,6 @@ struct StartBody {
     deadline_ms: u64,
 }
 
-fn now_ms() -> i64 {
-    Date::now().as_millis() as i64
-}
-
 fn int(v: i64) -> worker::SqlStorageValue {
     worker::SqlStorageValue::Integer(v)
 }
@@ -297,7 +293,7 @@ impl RunCtx {
         if row.status().is_terminal() {
             return Ok(());
         }
-        let now = now_ms();
+        let now = time::now_ms();
         let container_ms = result
             .map(|r| r.container_ms as i64)
             .unwrap_or_else(|| (now - row.created_ms as i64).max(0));
@@ -370,7 +366,7 @@ impl RunCtx {
             stderr: reason,
             truncated: false,
             timed_out: status == RunStatus::TimedOut,
-            started_ms: now_ms(),
+            started_ms: time::now_ms(),
             duration_ms: 0,
         });
         self.store_receipt(&receipt)?;
@@ -410,14 +406,14 @@ impl RunCtx {
     }
 
     async fn wait_terminal(&self, limit_ms: Option<u64>) -> Result<RunRow, ApiError> {
-        let started = now_ms();
+        let started = time::now_ms();
         loop {
             let since = self.live.version.get();
             let row = self.load()?.ok_or(ApiError::RunNotFound)?;
             if row.status().is_terminal() {
                 return Ok(row);
             }
-            if limit_ms.is_some_and(|limit| (now_ms() - started) as u64 >= limit) {
+            if limit_ms.is_some_and(|limit| (time::now_ms() - started) as u64 >= limit) {
                 return Ok(row);
             }
             changed_or_timeout(&self.live, since, 1_000).await;
@@ -474,7 +470,7 @@ async fn pump_inner(ctx: &RunCtx) -> Result<(), ApiError> {
         if row.status().is_terminal() {
             return Ok(());
         }
-        if now_ms() > row.deadline_ms as i64 {
+        if time::now_ms() > row.deadline_ms as i64 {
             let _ = ctx.cancel_on_runner(&row.id).await;
             return ctx
                 .end_by_do(
@@ -587,7 +583,7 @@ async fn read_stream(ctx: &RunCtx, mut resp: Response) -> Result<Ended, ApiError
             if row.status().is_terminal() {
                 return Ok(Ended::Result);
             }
-            if now_ms() > row.deadline_ms as i64 {
+            if time::now_ms() > row.deadline_ms as i64 {
                 return Ok(Ended::Broken("deadline".into()));
             }
         }
@@ -607,7 +603,7 @@ pub async fn watchdog(ctx: RunCtx, state: &State) {
     if let Err(err) = state.storage().set_alarm(WATCHDOG_MS as i64).await {
         worker::console_error!("runs watchdog: cannot re-arm: {err}");
     }
-    if now_ms() > row.deadline_ms as i64 {
+    if time::now_ms() > row.deadline_ms as i64 {
         let _ = ctx.cancel_on_runner(&row.id).await;
         let _ = ctx
             .end_by_do(
@@ -706,7 +702,7 @@ async fn start(
     if ctx.load()?.is_some() {
         return Err(ApiError::Internal("run id reused".into()));
     }
-    let now = now_ms();
+    let now = time::now_ms();
     let spec = &body.spec;
     // The index row first: if D1 fails, nothing exists yet.
     ctx.env
