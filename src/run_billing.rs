@@ -33,7 +33,8 @@ pub const RECORD_RUN_USAGE: &str = "INSERT OR IGNORE INTO usage_events \
      (id, account_id, key_id, run_id, input_tokens, output_tokens, cost_micros, charged_micros, day, created_at) \
      VALUES (?1, ?2, ?3, ?4, 0, 0, ?5, 0, ?6, ?7)";
 
-pub const APPLIED_USAGE: &str = "SELECT EXISTS (SELECT 1 FROM usage_events WHERE id = ?1) AS applied";
+pub const APPLIED_USAGE: &str =
+    "SELECT EXISTS (SELECT 1 FROM usage_events WHERE id = ?1) AS applied";
 
 /// Fresh ids for one settlement's ledger entries.
 pub struct EntryIds<'a> {

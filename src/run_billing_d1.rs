@@ -44,8 +44,8 @@ pub async fn begin(
     let max_cost = billing::run_cost_micros(deadline_ms, price);
     let vars = BillingVars::from_env(env);
     let max_life = deadline_ms + RUN_HOLD_GRACE_MS;
-    let hold = ledger_d1::begin_run(db, &vars, caller, Some(max_cost), run_id, max_life, now_ms)
-        .await?;
+    let hold =
+        ledger_d1::begin_run(db, &vars, caller, Some(max_cost), run_id, max_life, now_ms).await?;
     Ok(match hold {
         None => (free, deadline_ms), // internal key: never billed
         Some(ticket) => {

@@ -259,7 +259,8 @@ fn a_retry_while_the_first_run_is_going_is_409_in_flight() {
     let (key, key_id) = key("standard");
     credit(&key_id, 5.0);
     let repo = fixture_repo("acme", "inflight", &[("README.md", "hi\n")]);
-    let body = json!({"repo": repo, "commands": ["sleep 4"], "verify": ["true"], "timeoutMs": 10000});
+    let body =
+        json!({"repo": repo, "commands": ["sleep 4"], "verify": ["true"], "timeoutMs": 10000});
     let first = {
         let (key, body) = (key.clone(), body.clone());
         std::thread::spawn(move || post_run(&key, &body, Some("slow-1")))

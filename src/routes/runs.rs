@@ -12,11 +12,11 @@ use worker::{Headers, Method, Request, RequestInit, Response};
 use super::Ctx;
 use crate::auth::{self, Caller};
 use crate::error::{ApiError, FieldError};
+use crate::idempotency::{self, Slot};
+use crate::idempotency_d1::{self, Begin};
 use crate::keys::Permission;
 use crate::run_events::{parse_limit, ListCursor};
 use crate::wire::RunStart;
-use crate::idempotency::{self, Slot};
-use crate::idempotency_d1::{self, Begin};
 use crate::{http, ids, run_billing_d1, run_spec};
 
 async fn caller(req: &Request, ctx: &Ctx<'_>, permission: Permission) -> Result<Caller, ApiError> {
@@ -111,7 +111,10 @@ pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiErro
         Ok(spec) => match start_run(ctx, &caller, spec, false).await {
             Ok(mut resp) => {
                 let status = resp.status_code();
-                resp.json::<Value>().await.map(|body| (status, body)).map_err(ApiError::from)
+                resp.json::<Value>()
+                    .await
+                    .map(|body| (status, body))
+                    .map_err(ApiError::from)
             }
             Err(err) => Err(err),
         },
@@ -125,7 +128,8 @@ fn parse_spec(bytes: &[u8]) -> Result<run_spec::RunSpec, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::BadJson("the body is empty".into()));
     }
-    let body: Value = serde_json::from_slice(bytes).map_err(|e| ApiError::BadJson(e.to_string()))?;
+    let body: Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::BadJson(e.to_string()))?;
     run_spec::validate(&body)
 }
 

@@ -30,10 +30,10 @@ use worker::{Date, Delay, Env, Headers, Method, Request, Response, SqlStorage, S
 use super::{ensure_ready, record, send, Link};
 use crate::error::ApiError;
 use crate::receipts::{verify_chain, Chain, Receipt, ReceiptKind, Step};
+use crate::run_billing::RunBilling;
 use crate::run_events::{
     parse_last_event_id, sse_frame, LineSplitter, SSE_HEARTBEAT, SSE_HEARTBEAT_MS, SSE_PREAMBLE,
 };
-use crate::run_billing::RunBilling;
 use crate::runner_link::RunnerEvent;
 use crate::wire::{RunEvent, RunResult, RunStart, RunStatus, WireEvent};
 use crate::{http, time};
@@ -359,7 +359,10 @@ impl RunCtx {
         }
         // A failure here is retried by the watchdog (the hold, if any, is
         // released by the sweep past its expiry at the latest).
-        if let Err(err) = self.settle_billing(&row.id, &row.account_id, container_ms).await {
+        if let Err(err) = self
+            .settle_billing(&row.id, &row.account_id, container_ms)
+            .await
+        {
             worker::console_error!("runs: billing of {}: {err}", row.id);
         }
         Ok(())
@@ -658,7 +661,10 @@ pub async fn watchdog(ctx: RunCtx, state: &State) {
     if row.status().is_terminal() {
         // The run is over; its billing may still need settling.
         let container_ms = row.container_ms.unwrap_or(0.0) as i64;
-        if let Err(err) = ctx.settle_billing(&row.id, &row.account_id, container_ms).await {
+        if let Err(err) = ctx
+            .settle_billing(&row.id, &row.account_id, container_ms)
+            .await
+        {
             worker::console_error!("runs watchdog: billing of {}: {err}", row.id);
             let _ = state.storage().set_alarm(WATCHDOG_MS as i64).await;
         }
