@@ -167,6 +167,32 @@ pub fn settle_charge(hold: i64, actual: i64) -> i64 {
     actual.clamp(0, hold.max(0))
 }
 
+/// The price of a repo run's container time: `usd_per_minute` (micro-dollars
+/// per minute, from `RUN_USD_PER_MINUTE`) × `container_ms`, rounded half up
+/// to the micro-dollar. 0 when either is 0 (or negative).
+pub fn run_cost_micros(container_ms: i64, usd_per_minute: i64) -> i64 {
+    if container_ms <= 0 || usd_per_minute <= 0 {
+        return 0;
+    }
+    let micros = (container_ms as i128 * usd_per_minute as i128 + 30_000) / 60_000;
+    micros.min(i64::MAX as i128) as i64
+}
+
+/// The container time a hold pays for at `usd_per_minute` (rounded down, so
+/// `run_cost_micros(run_affordable_ms(h, p), p) <= h`); `i64::MAX` when free.
+pub fn run_affordable_ms(hold_micros: i64, usd_per_minute: i64) -> i64 {
+    if usd_per_minute <= 0 {
+        return i64::MAX;
+    }
+    let ms = (hold_micros.max(0) as i128 * 60_000) / usd_per_minute as i128;
+    ms.min(i64::MAX as i128) as i64
+}
+
+/// How long a run's hold outlives the run's maximum life before the
+/// scheduled sweep may release it (the DO settles it at the run's end; the
+/// watchdog ends a run within seconds of its deadline).
+pub const RUN_HOLD_GRACE_MS: i64 = 10 * 60_000;
+
 /// A crossed budget threshold, as listed in `GET /billing/account`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -468,6 +494,36 @@ mod tests {
         assert_eq!(settle_charge(100, 40), 40);
         assert_eq!(settle_charge(100, 400), 100);
         assert_eq!(settle_charge(100, -5), 0);
+    }
+
+    #[test]
+    fn run_cost_is_container_time_times_the_minute_price() {
+        // 0.60 USD per minute = 10 micro-dollars per ms.
+        let price = parse_usd_var("0.6").unwrap();
+        assert_eq!(run_cost_micros(1_234, price), 12_340);
+        assert_eq!(run_cost_micros(60_000, price), 600_000);
+        // Half a micro-dollar rounds up, less rounds down.
+        assert_eq!(run_cost_micros(1, 30_000), 1);
+        assert_eq!(run_cost_micros(1, 29_999), 0);
+        // Free when the price is 0; nothing for no time.
+        assert_eq!(run_cost_micros(90_000, 0), 0);
+        assert_eq!(run_cost_micros(0, price), 0);
+        assert_eq!(run_cost_micros(-5, price), 0);
+        assert_eq!(run_cost_micros(i64::MAX, i64::MAX), i64::MAX);
+    }
+
+    #[test]
+    fn a_hold_buys_at_most_its_worth_of_container_time() {
+        let price = 600_000;
+        assert_eq!(run_affordable_ms(750_000, price), 75_000);
+        assert_eq!(run_affordable_ms(1, price), 0);
+        assert_eq!(run_affordable_ms(5, 0), i64::MAX);
+        for hold in [1, 7, 999, 123_457, 5_000_000] {
+            for price in [1, 7, 30_000, 600_000, 1_000_000_000] {
+                let ms = run_affordable_ms(hold, price);
+                assert!(run_cost_micros(ms, price) <= hold, "{hold} {price}");
+            }
+        }
     }
 
     #[test]

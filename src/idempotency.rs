@@ -83,9 +83,10 @@ pub fn decide(
 }
 
 /// Only responses that are the request's answer are kept for replay; a 5xx
-/// (or a 409/429 about the moment, not the request) frees the key instead.
+/// (or a 402/409/429 about the moment — the balance, a conflict, a limit —
+/// not the request) frees the key instead, so a retry may succeed later.
 pub fn should_store(status: u16) -> bool {
-    (200..500).contains(&status) && status != 409 && status != 429
+    (200..500).contains(&status) && !matches!(status, 402 | 409 | 429)
 }
 
 // --- SQL ----------------------------------------------------------------------------
@@ -265,7 +266,11 @@ mod tests {
     fn only_answers_about_the_request_are_stored() {
         assert!(should_store(200) && should_store(201) && should_store(400) && should_store(404));
         assert!(
-            !should_store(409) && !should_store(429) && !should_store(500) && !should_store(503)
+            !should_store(402)
+                && !should_store(409)
+                && !should_store(429)
+                && !should_store(500)
+                && !should_store(503)
         );
     }
 }

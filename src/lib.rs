@@ -26,6 +26,7 @@ pub mod paths;
 pub mod ratelimit;
 pub mod receipts;
 pub mod route;
+pub mod run_billing;
 pub mod run_events;
 pub mod run_spec;
 pub mod runner_link;
@@ -59,6 +60,8 @@ mod model;
 mod ratelimit_d1;
 #[cfg(feature = "worker-runtime")]
 mod routes;
+#[cfg(feature = "worker-runtime")]
+mod run_billing_d1;
 #[cfg(feature = "worker-runtime")]
 mod runner_do;
 #[cfg(feature = "worker-runtime")]

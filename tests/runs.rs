@@ -550,3 +550,37 @@ fn cancel_stops_the_running_command_and_ends_the_run_cancelled() {
         true
     );
 }
+
+#[test]
+fn at_the_default_price_a_run_records_its_container_time_uncharged() {
+    let key = key();
+    let repo = demo_repo("metered-free");
+    let resp = post_json(
+        "/api/runs",
+        Some(&key),
+        &json!({"repo": repo, "commands": ["sleep 0.2"], "verify": ["true"]}),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text);
+    let container_ms = resp.json()["containerMs"].as_u64().unwrap();
+    // The usage event is written as the run is settled, a moment after the answer.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let totals = loop {
+        let usage = get("/billing/usage", Some(&key));
+        assert_eq!(usage.status, 200, "{}", usage.text);
+        let totals = usage.json()["totals"].clone();
+        if totals["executions"] == 1 {
+            break totals;
+        }
+        assert!(Instant::now() < deadline, "no usage recorded: {totals}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(totals["containerSeconds"], container_ms as f64 / 1000.0);
+    assert_eq!(totals["cost"], 0.0);
+    assert_eq!(totals["charged"], 0.0);
+    // No budget check, no hold, no charge: the ledger stays empty.
+    let txns = get("/billing/transactions", Some(&key)).json();
+    assert_eq!(txns["transactions"], json!([]));
+    let account = get("/billing/account", Some(&key)).json();
+    assert_eq!(account["creditsBalance"], 0.0);
+    assert_eq!(account["heldCredits"], 0.0);
+}

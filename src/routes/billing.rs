@@ -177,9 +177,11 @@ struct DayUsage {
     output_tokens: i64,
     cost_micros: i64,
     charged_micros: i64,
+    container_ms: i64,
 }
 
-fn usage_json(executions: i64, input: i64, output: i64, cost: i64, charged: i64) -> Value {
+fn usage_json(n: &[i64; 6]) -> Value {
+    let [executions, input, output, cost, charged, container_ms] = *n;
     json!({
         "executions": executions,
         "inputTokens": input,
@@ -187,6 +189,8 @@ fn usage_json(executions: i64, input: i64, output: i64, cost: i64, charged: i64)
         "totalTokens": input + output,
         "cost": micros_to_usd(cost),
         "charged": micros_to_usd(charged),
+        // Repo runs are metered by container time (RUN_USD_PER_MINUTE).
+        "containerSeconds": container_ms as f64 / 1000.0,
     })
 }
 
@@ -204,7 +208,7 @@ pub async fn usage(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
         .prepare(
             "SELECT day, COUNT(*) AS executions, SUM(input_tokens) AS input_tokens, \
              SUM(output_tokens) AS output_tokens, SUM(cost_micros) AS cost_micros, \
-             SUM(charged_micros) AS charged_micros \
+             SUM(charged_micros) AS charged_micros, SUM(container_ms) AS container_ms \
              FROM usage_events WHERE account_id = ?1 AND day >= ?2 AND day <= ?3 \
              GROUP BY day ORDER BY day",
         )
@@ -216,26 +220,22 @@ pub async fn usage(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
         .all()
         .await?
         .results()?;
-    let mut total = [0i64; 5];
+    let mut total = [0i64; 6];
     let days: Vec<Value> = rows
         .iter()
         .map(|d| {
-            for (t, v) in total.iter_mut().zip([
+            let n = [
                 d.executions,
                 d.input_tokens,
                 d.output_tokens,
                 d.cost_micros,
                 d.charged_micros,
-            ]) {
+                d.container_ms,
+            ];
+            for (t, v) in total.iter_mut().zip(n) {
                 *t += v;
             }
-            let mut v = usage_json(
-                d.executions,
-                d.input_tokens,
-                d.output_tokens,
-                d.cost_micros,
-                d.charged_micros,
-            );
+            let mut v = usage_json(&n);
             v["date"] = json!(d.day);
             v
         })
@@ -245,7 +245,7 @@ pub async fn usage(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
         &json!({
             "from": from,
             "to": to,
-            "totals": usage_json(total[0], total[1], total[2], total[3], total[4]),
+            "totals": usage_json(&total),
             "days": days,
         }),
     )

@@ -6,16 +6,18 @@
 //! DO (named by the run id) that owns its state and checks the account.
 
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use worker::{Headers, Method, Request, RequestInit, Response};
 
 use super::Ctx;
 use crate::auth::{self, Caller};
 use crate::error::{ApiError, FieldError};
+use crate::idempotency::{self, Slot};
+use crate::idempotency_d1::{self, Begin};
 use crate::keys::Permission;
 use crate::run_events::{parse_limit, ListCursor};
 use crate::wire::RunStart;
-use crate::{http, ids, run_spec};
+use crate::{http, ids, run_billing_d1, run_spec};
 
 async fn caller(req: &Request, ctx: &Ctx<'_>, permission: Permission) -> Result<Caller, ApiError> {
     let caller = auth::authenticate(req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
@@ -68,17 +70,97 @@ fn wants_sse(req: &Request) -> bool {
         .is_some_and(|a| a.to_ascii_lowercase().contains("text/event-stream"))
 }
 
+/// A first `POST /api/runs` with an `Idempotency-Key` is "in flight" for
+/// as long as its run may last, plus this; then a retry may take it over.
+const IDEM_STALE_GRACE_MS: i64 = 60_000;
+
+/// `POST /api/runs`. With `Idempotency-Key` (JSON form only): a retry with
+/// the same body replays the first answer and starts nothing.
 pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     let caller = caller(&req, ctx, Permission::Execute).await?;
+    let idem_key = idempotency_d1::header_key(&req)?;
+    let sse = wants_sse(&req);
+    if idem_key.is_some() && sse {
+        return Err(ApiError::ValidationFailed(vec![FieldError::new(
+            "Idempotency-Key",
+            "not supported with accept: text/event-stream; send it with the JSON form, \
+             or follow a started run with GET /api/runs/{id}/events",
+        )]));
+    }
     let bytes = http::read_body(&mut req, http::MAX_JSON_BYTES).await?;
+    let spec = parse_spec(&bytes);
+    let Some(idem) = idem_key else {
+        return start_run(ctx, &caller, spec?, sse).await;
+    };
+    let db = ctx.env.d1("DB")?;
+    let stale_after = match &spec {
+        Ok(spec) => spec.deadline_ms() as i64 + IDEM_STALE_GRACE_MS,
+        Err(_) => IDEM_STALE_GRACE_MS,
+    };
+    let slot = Slot {
+        account_id: caller.account_id.clone(),
+        scope: "runs.create",
+        key: idem,
+    };
+    let fp = idempotency::fingerprint("POST", "/api/runs", &bytes);
+    let claim = match idempotency_d1::begin(&db, slot, &fp, ctx.now_ms, stale_after).await? {
+        Begin::Replay(resp) => return with_run_id_header(resp).await,
+        Begin::Proceed(claim) => claim,
+    };
+    let outcome = match spec {
+        Ok(spec) => match start_run(ctx, &caller, spec, false).await {
+            Ok(mut resp) => {
+                let status = resp.status_code();
+                resp.json::<Value>()
+                    .await
+                    .map(|body| (status, body))
+                    .map_err(ApiError::from)
+            }
+            Err(err) => Err(err),
+        },
+        Err(err) => Err(err),
+    };
+    let resp = idempotency_d1::finish(&db, claim, outcome, ctx.request_id).await?;
+    with_run_id_header(resp).await
+}
+
+fn parse_spec(bytes: &[u8]) -> Result<run_spec::RunSpec, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::BadJson("the body is empty".into()));
     }
-    let body: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::BadJson(e.to_string()))?;
-    let spec = run_spec::validate(&body)?;
+    let body: Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::BadJson(e.to_string()))?;
+    run_spec::validate(&body)
+}
+
+/// Every run answer carries `x-run-id`, replays too.
+async fn with_run_id_header(mut resp: Response) -> Result<Response, ApiError> {
+    let body = resp.cloned()?.json::<Value>().await.unwrap_or(Value::Null);
+    if let Some(id) = body["runId"].as_str() {
+        resp.headers_mut().set("x-run-id", id)?;
+    }
+    Ok(resp)
+}
+
+/// Billing first (budget checks, the hold: a refusal starts nothing), then
+/// the run's DO. The DO settles the hold when the run ends.
+async fn start_run(
+    ctx: &Ctx<'_>,
+    caller: &Caller,
+    spec: run_spec::RunSpec,
+    sse: bool,
+) -> Result<Response, ApiError> {
     let run_id = ids::new_id("run_")?;
-    let deadline_ms = spec.deadline_ms();
+    let db = ctx.env.d1("DB")?;
+    let (billing, deadline_ms) = run_billing_d1::begin(
+        &db,
+        ctx.env,
+        caller,
+        &run_id,
+        spec.deadline_ms() as i64,
+        ctx.now_ms,
+    )
+    .await?;
     let start = RunStart {
         run_id: run_id.clone(),
         repo: spec.repo,
@@ -89,24 +171,43 @@ pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiErro
         timeout_ms: spec.timeout_ms,
         env: spec.env,
     };
-    // Metering hook: the DO records the run's container time in D1
-    // (`runs.container_ms`) when it ends; billing charges from there.
     let body = json!({
         "accountId": caller.account_id,
         "keyId": caller.key_id,
         "spec": start,
-        "deadlineMs": deadline_ms,
+        "deadlineMs": deadline_ms.max(0),
+        "billing": billing,
     });
-    let respond = if wants_sse(&req) { "events" } else { "result" };
-    to_run_do(
+    let respond = if sse { "events" } else { "result" };
+    let sent = to_run_do(
         ctx,
-        &caller,
+        caller,
         &run_id,
         Method::Post,
         &format!("/runs/{run_id}/start?respond={respond}"),
         Some(body.to_string()),
     )
-    .await
+    .await;
+    let failed = match &sent {
+        Ok(resp) => resp.status_code() >= 500,
+        Err(_) => true,
+    };
+    if failed && billing.hold_id.is_some() && !run_exists(&db, &run_id).await.unwrap_or(true) {
+        // The run never came into being: give the hold back now.
+        if let Err(err) = run_billing_d1::release(&db, &billing, ctx.now_ms).await {
+            worker::console_error!("runs: release of the hold of {run_id}: {err}");
+        }
+    }
+    sent
+}
+
+async fn run_exists(db: &worker::D1Database, run_id: &str) -> Result<bool, ApiError> {
+    let row: Option<Value> = db
+        .prepare("SELECT 1 AS one FROM runs WHERE id = ?1")
+        .bind(&[run_id.into()])?
+        .first(None)
+        .await?;
+    Ok(row.is_some())
 }
 
 pub async fn get(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {

@@ -30,6 +30,7 @@ use worker::{Delay, Env, Headers, Method, Request, Response, SqlStorage, State};
 use super::{ensure_ready, record, send, Link};
 use crate::error::ApiError;
 use crate::receipts::{verify_chain, Chain, Receipt, ReceiptKind, Step};
+use crate::run_billing::RunBilling;
 use crate::run_events::{
     parse_last_event_id, sse_frame, LineSplitter, SSE_HEARTBEAT, SSE_HEARTBEAT_MS, SSE_PREAMBLE,
 };
@@ -69,6 +70,12 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS run_receipts (
         seq INTEGER PRIMARY KEY,
         body TEXT NOT NULL
+    )",
+    // The run's billing (`RunBilling` as JSON) until it is settled in D1.
+    "CREATE TABLE IF NOT EXISTS run_billing (
+        key_id TEXT NOT NULL,
+        billing TEXT NOT NULL,
+        settled INTEGER NOT NULL DEFAULT 0
     )",
 ];
 
@@ -172,6 +179,9 @@ struct StartBody {
     key_id: String,
     spec: RunStart,
     deadline_ms: u64,
+    /// Metering: the price and the hold the Worker took (absent: not billed).
+    #[serde(default)]
+    billing: Option<RunBilling>,
 }
 
 fn int(v: i64) -> worker::SqlStorageValue {
@@ -343,6 +353,53 @@ impl RunCtx {
         if let Err(err) = updated {
             worker::console_error!("runs: D1 update of {}: {err}", row.id);
         }
+        // A failure here is retried by the watchdog (the hold, if any, is
+        // released by the sweep past its expiry at the latest).
+        if let Err(err) = self
+            .settle_billing(&row.id, &row.account_id, container_ms)
+            .await
+        {
+            worker::console_error!("runs: billing of {}: {err}", row.id);
+        }
+        Ok(())
+    }
+
+    /// Settles the run's billing once (container time × price, the rest of
+    /// the hold released); nothing to do once settled.
+    async fn settle_billing(
+        &self,
+        run_id: &str,
+        account_id: &str,
+        container_ms: i64,
+    ) -> Result<(), ApiError> {
+        #[derive(Deserialize)]
+        struct Row {
+            key_id: String,
+            billing: String,
+        }
+        let rows: Vec<Row> = self
+            .sql
+            .exec(
+                "SELECT key_id, billing FROM run_billing WHERE settled = 0 LIMIT 1",
+                None,
+            )?
+            .to_array()?;
+        let Some(row) = rows.into_iter().next() else {
+            return Ok(());
+        };
+        let billing: RunBilling = serde_json::from_str(&row.billing)?;
+        let db = self.env.d1("DB")?;
+        crate::run_billing_d1::settle(
+            &db,
+            account_id,
+            &row.key_id,
+            run_id,
+            &billing,
+            container_ms,
+            now_ms(),
+        )
+        .await?;
+        self.sql.exec("UPDATE run_billing SET settled = 1", None)?;
         Ok(())
     }
 
@@ -598,6 +655,15 @@ pub async fn watchdog(ctx: RunCtx, state: &State) {
         _ => return,
     };
     if row.status().is_terminal() {
+        // The run is over; its billing may still need settling.
+        let container_ms = row.container_ms.unwrap_or(0.0) as i64;
+        if let Err(err) = ctx
+            .settle_billing(&row.id, &row.account_id, container_ms)
+            .await
+        {
+            worker::console_error!("runs watchdog: billing of {}: {err}", row.id);
+            let _ = state.storage().set_alarm(WATCHDOG_MS as i64).await;
+        }
         return;
     }
     if let Err(err) = state.storage().set_alarm(WATCHDOG_MS as i64).await {
@@ -670,6 +736,7 @@ pub async fn handle(ctx: RunCtx, state: &State, mut req: Request) -> Result<Resp
                 cancel(&ctx, &row).await?;
             }
             for stmt in [
+                "DELETE FROM run_billing",
                 "DELETE FROM run_events",
                 "DELETE FROM run_receipts",
                 "DELETE FROM run",
@@ -731,6 +798,15 @@ async fn start(
             int(now + body.deadline_ms as i64),
         ],
     )?;
+    if let Some(billing) = &body.billing {
+        ctx.sql.exec(
+            "INSERT INTO run_billing (key_id, billing) VALUES (?, ?)",
+            vec![
+                body.key_id.as_str().into(),
+                serde_json::to_string(billing)?.into(),
+            ],
+        )?;
+    }
     state.storage().set_alarm(WATCHDOG_MS as i64).await?;
     worker::wasm_bindgen_futures::spawn_local(pump(ctx.clone()));
     let mut resp = match respond {
