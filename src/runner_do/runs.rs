@@ -396,7 +396,7 @@ impl RunCtx {
             run_id,
             &billing,
             container_ms,
-            now_ms(),
+            time::now_ms(),
         )
         .await?;
         self.sql.exec("UPDATE run_billing SET settled = 1", None)?;
