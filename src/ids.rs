@@ -14,6 +14,17 @@ pub fn new_id(prefix: &str) -> Result<String, ApiError> {
     Ok(format!("{prefix}{}", hex::encode(random_bytes::<12>()?)))
 }
 
+/// Whether `id` looks like one `new_id(prefix)` made: the prefix and 24
+/// lowercase hex characters.
+pub fn has_shape(id: &str, prefix: &str) -> bool {
+    id.strip_prefix(prefix).is_some_and(|rest| {
+        rest.len() == 24
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -22,5 +33,9 @@ mod tests {
         let b = super::new_id("key_").unwrap();
         assert!(a.starts_with("key_") && a.len() == 28);
         assert_ne!(a, b);
+        assert!(super::has_shape(&a, "key_"));
+        assert!(!super::has_shape(&a, "run_"));
+        assert!(!super::has_shape("key_0123", "key_"));
+        assert!(!super::has_shape("key_ABCDEF0123456789abcdef01", "key_"));
     }
 }

@@ -54,8 +54,9 @@ async fn to_run_do(
 /// Run ids are ours (`run_` + hex); anything else cannot exist.
 fn run_id<'a>(ctx: &'a Ctx<'_>) -> Result<&'a str, ApiError> {
     let id = ctx.param("id")?;
-    let plain = id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if plain {
+    // Checked before any Durable Object is touched, so probing random ids
+    // cannot create empty objects.
+    if ids::has_shape(id, "run_") {
         Ok(id)
     } else {
         Err(ApiError::RunNotFound)
