@@ -12,7 +12,6 @@ use crate::keys::{self, KeyType, Permission};
 const CREDENTIAL_QUERY_NAMES: &[&str] = &["key", "api_key", "apikey", "access_token", "token"];
 
 /// An authenticated API key.
-#[allow(dead_code)] // read by the keyed surfaces as they land
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub key_id: String,
@@ -21,7 +20,6 @@ pub struct Caller {
     pub permissions: Vec<Permission>,
 }
 
-#[allow(dead_code)]
 impl Caller {
     pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
         if self.permissions.contains(&permission) {
@@ -89,7 +87,6 @@ pub async fn require_admin(
 }
 
 /// Any route that needs an API key.
-#[allow(dead_code)]
 pub async fn authenticate(
     req: &Request,
     env: &Env,

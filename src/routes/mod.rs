@@ -22,7 +22,6 @@ use crate::route::{self, Params, Resolution, Route};
 pub type ExtraHeaders = Vec<(&'static str, String)>;
 
 /// What every handler gets besides the request.
-#[allow(dead_code)] // params/request_id: for the routes with ids
 pub struct Ctx<'a> {
     pub env: &'a Env,
     pub cfg: Config,
@@ -31,7 +30,6 @@ pub struct Ctx<'a> {
     pub request_id: &'a str,
 }
 
-#[allow(dead_code)]
 impl Ctx<'_> {
     /// A path parameter the route pattern guarantees.
     pub fn param(&self, name: &str) -> Result<&str, ApiError> {
