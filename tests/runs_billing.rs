@@ -277,3 +277,23 @@ fn a_retry_while_the_first_run_is_going_is_409_in_flight() {
     assert_eq!(first.status, 200, "{}", first.text);
     assert_eq!(runs(&key).len(), 1);
 }
+
+#[test]
+fn a_key_at_its_daily_limit_is_refused_with_429_before_any_work() {
+    let (key, key_id) = key("standard");
+    credit(&key_id, 5.0);
+    let limits = post_json(
+        &format!("/billing/admin/{key_id}/limits"),
+        Some(ADMIN_KEY),
+        &json!({"dailyLimit": 0}),
+    );
+    assert_eq!(limits.status, 200, "{}", limits.text);
+    let repo = fixture_repo("acme", "capped", &[("README.md", "hi\n")]);
+    let resp = post_run(&key, &short_run(&repo), None);
+    assert_eq!(resp.status, 429, "{}", resp.text);
+    assert_eq!(resp.json()["error"], "spending_limit_exceeded");
+    assert!(runs(&key).is_empty(), "a refused run was created");
+    assert_eq!(account(&key)["heldCredits"], 0.0);
+    let kinds: Vec<Value> = transactions(&key).iter().map(|t| t["type"].clone()).collect();
+    assert_eq!(kinds, vec![json!("credit")]);
+}
