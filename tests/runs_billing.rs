@@ -294,6 +294,9 @@ fn a_key_at_its_daily_limit_is_refused_with_429_before_any_work() {
     assert_eq!(resp.json()["error"], "spending_limit_exceeded");
     assert!(runs(&key).is_empty(), "a refused run was created");
     assert_eq!(account(&key)["heldCredits"], 0.0);
-    let kinds: Vec<Value> = transactions(&key).iter().map(|t| t["type"].clone()).collect();
+    let kinds: Vec<Value> = transactions(&key)
+        .iter()
+        .map(|t| t["type"].clone())
+        .collect();
     assert_eq!(kinds, vec![json!("credit")]);
 }
