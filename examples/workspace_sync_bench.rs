@@ -15,6 +15,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cloudbox::sync::{self, PushReport, Transport};
+use common::SyncClient;
 use serde_json::json;
 
 const FILES: usize = 500;
@@ -22,55 +23,14 @@ const TOTAL_BYTES: usize = 50 * 1000 * 1000;
 const NO_CHANGE_RUNS: usize = 5;
 const ONE_CHANGE_RUNS: usize = 3;
 
-struct Client {
-    auth: String,
-    agent: ureq::Agent,
-    base: String,
-}
-
-impl Client {
-    fn new(key: &str) -> Self {
-        Client {
-            auth: format!("Bearer {key}"),
-            agent: ureq::AgentBuilder::new()
-                .timeout(Duration::from_secs(300))
-                .max_idle_connections_per_host(16)
-                .build(),
-            base: common::stack().base.clone(),
-        }
-    }
-}
-
-impl Transport for Client {
-    fn send(
-        &self,
-        method: &str,
-        path: &str,
-        content_type: Option<&str>,
-        body: Option<&[u8]>,
-    ) -> Result<(u16, Vec<u8>), String> {
-        let url = format!("{}{}", self.base, path);
-        let mut req = self
-            .agent
-            .request(method, &url)
-            .set("authorization", &self.auth);
-        if let Some(ct) = content_type {
-            req = req.set("content-type", ct);
-        }
-        let result = match body {
-            Some(bytes) => req.send_bytes(bytes),
-            None => req.call(),
-        };
-        let resp = match result {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => return Err(e.to_string()),
-        };
-        let status = resp.status();
-        let mut out = Vec::new();
-        std::io::Read::read_to_end(&mut resp.into_reader(), &mut out).map_err(|e| e.to_string())?;
-        Ok((status, out))
-    }
+/// The sync client's transport for the bench: the shared one, with a long
+/// timeout and a pool for the parallel uploads.
+fn client(key: &str) -> SyncClient {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(300))
+        .max_idle_connections_per_host(16)
+        .build();
+    SyncClient::with_agent(key, agent)
 }
 
 /// Deterministic pseudo-random bytes (incompressible, like real binaries).
@@ -127,7 +87,7 @@ fn secs(d: Duration) -> String {
 }
 
 /// Changes one file and pushes it by hand, timing each step.
-fn breakdown(client: &Client, root: &Path) -> String {
+fn breakdown(client: &SyncClient, root: &Path) -> String {
     let path = root.join("pkg19/src/file499.bin");
     let mut bytes = fs::read(&path).unwrap();
     bytes[0] ^= 0xff;
@@ -174,8 +134,8 @@ fn main() {
             .unwrap()
             .to_string()
     };
-    let incremental = Client::new(&key("bench incremental"));
-    let naive = Client::new(&key("bench naive"));
+    let incremental = client(&key("bench incremental"));
+    let naive = client(&key("bench naive"));
 
     let tree = tempfile::tempdir().unwrap();
     let total = make_tree(tree.path());

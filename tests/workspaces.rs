@@ -32,12 +32,15 @@ fn account_key() -> String {
 
 struct Api {
     auth: String,
+    /// The same key as a sync-client transport.
+    sync: SyncClient,
 }
 
 impl Api {
     fn new(key: &str) -> Self {
         Api {
             auth: format!("Bearer {key}"),
+            sync: SyncClient::new(key),
         }
     }
     fn req(&self, method: &str, path: &str, body: Option<&[u8]>) -> Resp {
@@ -62,37 +65,6 @@ impl Api {
         let resp = self.req("GET", &format!("/workspaces/{ws}/manifest"), None);
         assert_eq!(resp.status, 200, "{}", resp.text);
         resp.json()
-    }
-}
-
-impl Transport for Api {
-    fn send(
-        &self,
-        method: &str,
-        path: &str,
-        content_type: Option<&str>,
-        body: Option<&[u8]>,
-    ) -> Result<(u16, Vec<u8>), String> {
-        let url = format!("{}{}", ws_stack().base, path);
-        let mut req = agent()
-            .request(method, &url)
-            .set("authorization", &self.auth);
-        if let Some(ct) = content_type {
-            req = req.set("content-type", ct);
-        }
-        let result = match body {
-            Some(bytes) => req.send_bytes(bytes),
-            None => req.call(),
-        };
-        let resp = match result {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => return Err(e.to_string()),
-        };
-        let status = resp.status();
-        let mut out = Vec::new();
-        std::io::Read::read_to_end(&mut resp.into_reader(), &mut out).map_err(|e| e.to_string())?;
-        Ok((status, out))
     }
 }
 
@@ -140,7 +112,7 @@ fn a_300_file_tree_round_trips_and_resyncs_incrementally() {
     let src = tempfile::tempdir().unwrap();
     make_tree(src.path());
 
-    let first = sync::push(&api, "tree", src.path()).unwrap();
+    let first = sync::push(&api.sync, "tree", src.path()).unwrap();
     assert_eq!(first.version, 1);
     assert!(first.committed);
     assert_eq!(first.missing, 299, "two files share content");
@@ -159,14 +131,16 @@ fn a_300_file_tree_round_trips_and_resyncs_incrementally() {
     assert!(info["sessionId"].is_null());
 
     let dest = tempfile::tempdir().unwrap();
-    let pulled = sync::pull(&api, "tree", dest.path(), None).unwrap();
+    let pulled = sync::pull(&api.sync, "tree", dest.path(), None).unwrap();
     assert_eq!(pulled.version, 1);
     assert_same_tree(src.path(), dest.path());
 
     // Unchanged: the server lacks nothing, nothing is uploaded or committed.
     let hashes: Vec<String> = local.iter().map(|f| f.entry.sha256.clone()).collect();
-    assert!(sync::ask_missing(&api, "tree", &hashes).unwrap().is_empty());
-    let again = sync::push(&api, "tree", src.path()).unwrap();
+    assert!(sync::ask_missing(&api.sync, "tree", &hashes)
+        .unwrap()
+        .is_empty());
+    let again = sync::push(&api.sync, "tree", src.path()).unwrap();
     assert_eq!((again.missing, again.uploaded_blobs), (0, 0));
     assert!(!again.committed);
     assert_eq!(again.version, 1);
@@ -174,12 +148,12 @@ fn a_300_file_tree_round_trips_and_resyncs_incrementally() {
     // One changed file: exactly one blob moves, one new version.
     let changed = src.path().join("d3/s1/file-10.txt");
     fs::write(&changed, b"a brand new line\n").unwrap();
-    let one = sync::push(&api, "tree", src.path()).unwrap();
+    let one = sync::push(&api.sync, "tree", src.path()).unwrap();
     assert_eq!((one.missing, one.uploaded_blobs), (1, 1));
     assert_eq!(one.uploaded_bytes, 17);
     assert_eq!(one.version, 2);
     let dest2 = tempfile::tempdir().unwrap();
-    sync::pull(&api, "tree", dest2.path(), None).unwrap();
+    sync::pull(&api.sync, "tree", dest2.path(), None).unwrap();
     assert_same_tree(src.path(), dest2.path());
 
     // The old version is still there, unchanged.
@@ -270,7 +244,7 @@ fn a_corrupt_blob_is_400_and_never_stored() {
     let get = api.req("GET", &format!("/workspaces/w/blobs/{claimed}"), None);
     assert_eq!(get.status, 404);
     assert_eq!(get.json()["error"], "blob_not_found");
-    let missing = sync::ask_missing(&api, "w", std::slice::from_ref(&claimed)).unwrap();
+    let missing = sync::ask_missing(&api.sync, "w", std::slice::from_ref(&claimed)).unwrap();
     assert_eq!(missing, vec![claimed.clone()]);
 
     // A body that does match is then accepted: 201 once, 200 after.
@@ -316,6 +290,7 @@ fn a_blob_over_the_streaming_threshold_round_trips() {
     assert_eq!(api.put_blob("big", &big).status, 200);
     let sha = sha256_hex(&big);
     let (status, bytes) = api
+        .sync
         .send("GET", &format!("/workspaces/big/blobs/{sha}"), None, None)
         .unwrap();
     assert_eq!(status, 200);
@@ -498,7 +473,7 @@ fn another_accounts_workspace_is_404_as_if_absent() {
     );
     assert_eq!(other.manifest("mine"), json!({"version": 0, "files": []}));
     assert_eq!(
-        sync::ask_missing(&other, "mine", std::slice::from_ref(&sha)).unwrap(),
+        sync::ask_missing(&other.sync, "mine", std::slice::from_ref(&sha)).unwrap(),
         vec![sha.clone()]
     );
     assert_eq!(other.req("DELETE", "/workspaces/mine", None).status, 404);

@@ -395,3 +395,58 @@ pub fn mint_key(body: Value) -> Value {
     assert_eq!(resp.status, 201, "{}", resp.text);
     resp.json()
 }
+
+/// The workspace sync client's transport over real HTTP to this binary's
+/// stack, authenticated with one key (used by the workspace tests and the
+/// sync bench).
+pub struct SyncClient {
+    pub auth: String,
+    pub agent: ureq::Agent,
+}
+
+impl SyncClient {
+    pub fn new(key: &str) -> Self {
+        Self::with_agent(key, agent().clone())
+    }
+
+    pub fn with_agent(key: &str, agent: ureq::Agent) -> Self {
+        SyncClient {
+            auth: format!("Bearer {key}"),
+            agent,
+        }
+    }
+}
+
+impl cloudbox::sync::Transport for SyncClient {
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> Result<(u16, Vec<u8>), String> {
+        let url = format!("{}{}", current().base, path);
+        let mut req = self
+            .agent
+            .request(method, &url)
+            .set("authorization", &self.auth);
+        if let Some(ct) = content_type {
+            req = req.set("content-type", ct);
+        }
+        let result = match body {
+            Some(bytes) => req.send_bytes(bytes),
+            None => req.call(),
+        };
+        let resp = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => return Err(e.to_string()),
+        };
+        let status = resp.status();
+        let mut out = Vec::new();
+        resp.into_reader()
+            .read_to_end(&mut out)
+            .map_err(|e| e.to_string())?;
+        Ok((status, out))
+    }
+}
