@@ -55,7 +55,7 @@ fn heartbeats_flow_then_a_killed_runner_ends_the_run_container_lost() {
     assert_eq!(running["status"], "running");
     assert!(running["ok"].is_null());
 
-    kill_group(stack.runner_pid);
+    kill_group(stack.runner_pid());
 
     // The stream ends with a container_lost result; the run is never left running.
     let mut last_data = String::new();

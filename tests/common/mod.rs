@@ -10,6 +10,7 @@ use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,12 @@ pub struct Stack {
     pub vars: Vec<(String, String)>,
     pub runner_url: String,
     pub state_dir: PathBuf,
-    pub runner_pid: u32,
+    /// The current runner's process group (it changes on `restart_runner`).
+    runner_pid: AtomicU32,
+    /// How many runners this stack has started (names their fresh dirs).
+    runner_starts: AtomicU32,
+    /// The stack's temp dir (logs, runner dirs), removed at exit.
+    dir: PathBuf,
     /// The stack's runner clones `https://github.com/<o>/<r>` from the bare
     /// repo `<github_dir>/<o>/<r>.git` (see `fixture_repo`).
     pub github_dir: PathBuf,
@@ -148,19 +154,36 @@ pub fn kill_group(pgid: u32) {
 
 /// Starts the runner binary on a free port; returns (pid, url).
 pub fn start_runner(dir: &Path, extra_env: &[(&str, &str)]) -> (u32, String) {
-    build_runner();
     let port = free_port();
+    let pid = start_runner_on(dir, port, extra_env);
+    (pid, format!("http://127.0.0.1:{port}"))
+}
+
+/// Starts the runner binary on `port` (waiting for a killed predecessor to
+/// free it) and waits for its health; returns its pid (= process group).
+pub fn start_runner_on(dir: &Path, port: u16, extra_env: &[(&str, &str)]) -> u32 {
+    build_runner();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpListener::bind(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "port {port} is still taken");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let bin = target_dir().join("debug").join("cloudbox-runner");
     let mut cmd = Command::new(&bin);
     cmd.env("RUNNER_LISTEN", format!("127.0.0.1:{port}"));
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
-    let log = dir.join(format!("runner-{port}.log"));
+    let log = dir.join(format!("runner-{port}-{}.log", unique_suffix()));
     let pid = spawn_logged(&mut cmd, &log);
     let url = format!("http://127.0.0.1:{port}");
     wait_for(&format!("{url}/health"), &log, Duration::from_secs(20));
-    (pid, url)
+    pid
+}
+
+fn unique_suffix() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Builds the runner binary once per test binary (a no-op when fresh), so a
@@ -211,8 +234,9 @@ fn start_stack(vars: &[(String, String)]) -> Stack {
 
     let github_dir = dir.join("github");
     std::fs::create_dir_all(&github_dir).expect("github mirror dir");
-    let mirror = github_dir.display().to_string();
-    let (runner_pid, runner_url) = start_runner(&dir, &[("CLOUDBOX_GITHUB_MIRROR", &mirror)]);
+    let runner_port = free_port();
+    let runner_url = format!("http://127.0.0.1:{runner_port}");
+    let runner_pid = start_stack_runner(&dir, &github_dir, runner_port, 0);
 
     let wrangler = root.join("scripts/wrangler");
     run_ok(
@@ -265,9 +289,109 @@ fn start_stack(vars: &[(String, String)]) -> Stack {
         vars: vars.to_vec(),
         runner_url,
         state_dir,
-        runner_pid,
+        runner_pid: AtomicU32::new(runner_pid),
+        runner_starts: AtomicU32::new(1),
+        dir,
         github_dir,
     }
+}
+
+/// Starts the stack's runner on `port` like a new container: fresh blob
+/// cache and work dirs (`n` numbers them), the GitHub mirror, and the real
+/// Codex CLI when scripts/setup.sh installed it.
+fn start_stack_runner(dir: &Path, github_dir: &Path, port: u16, n: u32) -> u32 {
+    let runner_dir = dir.join(format!("runner-{n}"));
+    let (blobs, work) = (runner_dir.join("blobs"), runner_dir.join("work"));
+    for d in [&blobs, &work] {
+        std::fs::create_dir_all(d).expect("runner dir");
+    }
+    let mut env = vec![
+        ("CLOUDBOX_GITHUB_MIRROR", github_dir.display().to_string()),
+        ("RUNNER_BLOB_DIR", blobs.display().to_string()),
+        ("RUNNER_WORK_DIR", work.display().to_string()),
+    ];
+    let codex = repo_root().join("node_modules/.bin/codex");
+    if codex.exists() {
+        env.push(("CODEX_BIN", codex.display().to_string()));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    start_runner_on(dir, port, &env)
+}
+
+impl Stack {
+    /// The current runner's pid (its own process group).
+    pub fn runner_pid(&self) -> u32 {
+        self.runner_pid.load(Ordering::SeqCst)
+    }
+
+    /// Kills the stack's runner and every process it started (the agent
+    /// runs in groups of its own) with SIGKILL, as a crashed container.
+    pub fn kill_runner(&self) {
+        let pid = self.runner_pid();
+        let groups = descendant_groups(pid);
+        kill_group(pid);
+        for group in groups {
+            kill_group(group);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while unsafe { libc::kill(pid as i32, 0) } == 0 {
+            assert!(Instant::now() < deadline, "runner {pid} survived SIGKILL");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Replaces the stack's runner by a new one on the same port (the
+    /// Worker's `RUNNER_URL` is fixed) with fresh dirs, as a new container.
+    pub fn restart_runner(&self) {
+        self.kill_runner();
+        let port: u16 = self
+            .runner_url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("runner port");
+        let n = self.runner_starts.fetch_add(1, Ordering::SeqCst);
+        let pid = start_stack_runner(&self.dir, &self.github_dir, port, n);
+        self.runner_pid.store(pid, Ordering::SeqCst);
+    }
+}
+
+/// The process groups of `pid`'s descendants (from /proc), other than its own.
+fn descendant_groups(pid: u32) -> Vec<u32> {
+    // (pid, ppid, pgid) of every process we can read.
+    let procs: Vec<(u32, u32, u32)> = std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter_map(|p| {
+                    let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+                    // Fields after the `(comm)`: state ppid pgrp ...
+                    let rest = &stat[stat.rfind(')')? + 2..];
+                    let mut fields = rest.split(' ').skip(1);
+                    let ppid = fields.next()?.parse().ok()?;
+                    let pgid = fields.next()?.parse().ok()?;
+                    Some((p, ppid, pgid))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let own = unsafe { libc::getpgrp() } as u32;
+    let mut family = vec![pid];
+    let mut i = 0;
+    while i < family.len() {
+        let parent = family[i];
+        family.extend(procs.iter().filter(|p| p.1 == parent).map(|p| p.0));
+        i += 1;
+    }
+    let mut groups: Vec<u32> = procs
+        .iter()
+        .filter(|p| family.contains(&p.0) && p.2 != pid && p.2 != own && p.2 > 1)
+        .map(|p| p.2)
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    groups
 }
 
 /// Creates the bare repo `<github_dir>/<owner>/<name>.git` with one commit

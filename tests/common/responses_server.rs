@@ -7,9 +7,13 @@
 //! - `loop`: `exec_command` forever (to outspend a hold);
 //! - `fail`: HTTP 500;
 //! - `slow`: waits 30 s before answering (for cancel tests);
+//! - `nap`: waits `NAP` before answering `echo: <task>` (to overlap runs);
+//! - `writefail <path> <text>`: writes the file like `write`, then HTTP 500;
 //! - anything else: a message `echo: <task>`.
 //!
 //! Every response reports `USAGE_IN` input and `USAGE_OUT` output tokens.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -20,12 +24,16 @@ use serde_json::{json, Value};
 
 pub const USAGE_IN: u64 = 1000;
 pub const USAGE_OUT: u64 = 100;
+/// How long a `nap` task's model call takes.
+pub const NAP: Duration = Duration::from_secs(5);
 
 pub struct ModelServer {
     /// Base URL for a Codex `model_providers` entry, e.g. `http://127.0.0.1:PORT/v1`.
     pub base_url: String,
     /// Every request body received, in order.
     pub requests: Arc<Mutex<Vec<Value>>>,
+    /// The `authorization` header of every request, in order.
+    pub authorizations: Arc<Mutex<Vec<String>>>,
 }
 
 impl ModelServer {
@@ -33,31 +41,46 @@ impl ModelServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind model server");
         let port = listener.local_addr().expect("addr").port();
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let seen = requests.clone();
+        let authorizations = Arc::new(Mutex::new(Vec::new()));
+        let (seen, auths) = (requests.clone(), authorizations.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let seen = seen.clone();
+                let (seen, auths) = (seen.clone(), auths.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(stream, &seen);
+                    let _ = serve(stream, &seen, &auths);
                 });
             }
         });
         ModelServer {
             base_url: format!("http://127.0.0.1:{port}/v1"),
             requests,
+            authorizations,
         }
     }
 
     pub fn request_count(&self) -> usize {
         self.requests.lock().map(|r| r.len()).unwrap_or(0)
     }
+
+    /// The requests whose task (last user message) is `task`, in order.
+    pub fn requests_for(&self, task: &str) -> Vec<Value> {
+        let all = self.requests.lock().map(|r| r.clone()).unwrap_or_default();
+        all.into_iter()
+            .filter(|r| conversation_state(r).0 == task.trim())
+            .collect()
+    }
 }
 
-fn serve(mut stream: TcpStream, seen: &Mutex<Vec<Value>>) -> std::io::Result<()> {
+fn serve(
+    mut stream: TcpStream,
+    seen: &Mutex<Vec<Value>>,
+    auths: &Mutex<Vec<String>>,
+) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
     let mut content_length = 0usize;
+    let mut authorization = String::new();
     loop {
         let mut line = String::new();
         reader.read_line(&mut line)?;
@@ -69,21 +92,32 @@ fn serve(mut stream: TcpStream, seen: &Mutex<Vec<Value>>) -> std::io::Result<()>
             if name.eq_ignore_ascii_case("content-length") {
                 content_length = value.trim().parse().unwrap_or(0);
             }
+            if name.eq_ignore_ascii_case("authorization") {
+                authorization = value.trim().to_string();
+            }
         }
     }
     let mut body = vec![0u8; content_length];
     reader.read_exact(&mut body)?;
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if let Ok(mut all) = auths.lock() {
+        all.push(authorization);
+    }
     if let Ok(mut all) = seen.lock() {
         all.push(request.clone());
     }
     let (task, outputs_since_task) = conversation_state(&request);
-    if task.starts_with("fail") {
+    let fails =
+        task.starts_with("fail") || (task.starts_with("writefail") && outputs_since_task > 0);
+    if fails {
         stream.write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 26\r\n\r\n{\"error\":\"scripted fail\"}\n")?;
         return Ok(());
     }
     if task.starts_with("slow") {
         std::thread::sleep(Duration::from_secs(30));
+    }
+    if task.starts_with("nap") {
+        std::thread::sleep(NAP);
     }
     let item = next_item(&task, outputs_since_task);
     stream.write_all(
@@ -155,7 +189,7 @@ fn message(text: &str) -> Value {
 fn next_item(task: &str, step: usize) -> Value {
     let words: Vec<&str> = task.splitn(3, ' ').collect();
     match (words.as_slice(), step) {
-        (["write", path, text], 0) => {
+        (["write" | "writefail", path, text], 0) => {
             let cmd =
                 format!("mkdir -p \"$(dirname '{path}')\" && printf '%s' '{text}' > '{path}'");
             exec_call(step, &cmd)
