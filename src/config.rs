@@ -33,3 +33,31 @@ impl Config {
         }
     }
 }
+
+/// How `/execute` runs its agent. The credential goes to the runner's
+/// metering proxy only; the agent process never sees it.
+pub struct AgentVars {
+    /// `AGENT_COMMAND`; `None` runs the Codex CLI.
+    pub command: Option<String>,
+    /// `AGENT_MODEL`.
+    pub model: String,
+    /// `AGENT_MODEL_BASE_URL`: the upstream Responses API.
+    pub model_base_url: String,
+    /// The `OPENAI_API_KEY` secret.
+    pub model_api_key: Option<String>,
+}
+
+impl AgentVars {
+    pub const DEFAULT_MODEL: &'static str = "gpt-5-codex";
+    pub const DEFAULT_BASE_URL: &'static str = "https://api.openai.com/v1";
+
+    pub fn from_env(env: &Env) -> Self {
+        Self {
+            command: env_string(env, "AGENT_COMMAND"),
+            model: env_string(env, "AGENT_MODEL").unwrap_or_else(|| Self::DEFAULT_MODEL.into()),
+            model_base_url: env_string(env, "AGENT_MODEL_BASE_URL")
+                .unwrap_or_else(|| Self::DEFAULT_BASE_URL.into()),
+            model_api_key: env_string(env, "OPENAI_API_KEY"),
+        }
+    }
+}

@@ -12,6 +12,8 @@ pub mod blob_parts;
 pub mod canonical;
 pub mod computer_receipts;
 pub mod error;
+pub mod execute_spec;
+pub mod execution;
 pub mod generate;
 pub mod grade;
 pub mod idempotency;

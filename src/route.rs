@@ -39,6 +39,9 @@ pub enum Route {
     WorkspaceFilePut,
     WorkspaceFileDelete,
     WorkspaceSessionReset,
+    // Execute an agent task
+    Execute,
+    ExecuteCancel,
     // Repo runs
     RunCreate,
     RunList,
@@ -153,6 +156,8 @@ pub const ROUTES: &[RouteSpec] = &[
         "/workspaces/:id/session/reset",
         Route::WorkspaceSessionReset,
     ),
+    row("POST", "/execute", Route::Execute),
+    row("POST", "/execute/:runId/cancel", Route::ExecuteCancel),
     row("POST", "/api/runs", Route::RunCreate),
     row("GET", "/api/runs", Route::RunList),
     row("GET", "/api/runs/:id", Route::RunGet),

@@ -4,6 +4,8 @@
 //! step (`runnerReceipts`) in its SQLite storage. Repo runs live in
 //! `runner_do/runs.rs` (one DO per run).
 
+mod executions;
+mod live;
 mod runs;
 
 use std::rc::Rc;
@@ -11,6 +13,7 @@ use std::time::Duration;
 
 use futures_util::future::{select, Either};
 use serde_json::json;
+use worker::wasm_bindgen::JsValue;
 use worker::{
     durable_object, Container, ContainerStartupOptions, Date, Delay, DurableObject, Env, Fetch,
     Method, Request, RequestInit, Response, SqlStorage, State,
@@ -49,7 +52,7 @@ pub struct CloudboxRunner {
     state: State,
     env: Env,
     sql: SqlStorage,
-    live: Rc<runs::Live>,
+    live: Rc<live::Live>,
 }
 
 /// Where the runner server is reached.
@@ -65,11 +68,12 @@ impl DurableObject for CloudboxRunner {
             worker::console_error!("runner_do schema: {err}");
         }
         runs::init_schema(&sql);
+        executions::init_schema(&sql);
         Self {
             state,
             env,
             sql,
-            live: Rc::new(runs::Live::default()),
+            live: Rc::new(live::Live::default()),
         }
     }
 
@@ -87,6 +91,10 @@ impl DurableObject for CloudboxRunner {
                 Ok(ctx) => runs::handle(ctx, &self.state, req).await,
                 Err(err) => Err(err),
             },
+            (_, p) if p.starts_with("/executions/") => match self.exec_ctx() {
+                Ok(ctx) => executions::handle(ctx, &self.state, req).await,
+                Err(err) => Err(err),
+            },
             _ => Err(ApiError::NotFound),
         };
         Ok(result.unwrap_or_else(|err| {
@@ -98,8 +106,13 @@ impl DurableObject for CloudboxRunner {
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
+        // A DO serves either one repo run or one workspace; each watchdog
+        // finds nothing to do in the other kind.
         if let Ok(ctx) = self.run_ctx() {
             runs::watchdog(ctx, &self.state).await;
+        }
+        if let Ok(ctx) = self.exec_ctx() {
+            executions::watchdog(ctx, &self.state).await;
         }
         Response::ok("ok")
     }
@@ -108,6 +121,15 @@ impl DurableObject for CloudboxRunner {
 impl CloudboxRunner {
     fn run_ctx(&self) -> Result<runs::RunCtx, ApiError> {
         Ok(runs::RunCtx {
+            sql: self.sql.clone(),
+            env: self.env.clone(),
+            link: Rc::new(self.link()?),
+            live: self.live.clone(),
+        })
+    }
+
+    fn exec_ctx(&self) -> Result<executions::ExecCtx, ApiError> {
+        Ok(executions::ExecCtx {
             sql: self.sql.clone(),
             env: self.env.clone(),
             link: Rc::new(self.link()?),
@@ -265,13 +287,25 @@ pub(crate) async fn send(
     body: Option<String>,
     timeout_ms: u64,
 ) -> Result<Response, String> {
+    let body = body.map(|json| (JsValue::from_str(&json), "application/json"));
+    send_body(link, method, path, body, timeout_ms).await
+}
+
+/// `send` with any body (a string or a `ReadableStream`) and its content type.
+pub(crate) async fn send_body(
+    link: &Link,
+    method: Method,
+    path: &str,
+    body: Option<(JsValue, &str)>,
+    timeout_ms: u64,
+) -> Result<Response, String> {
     let mut init = RequestInit::new();
     init.with_method(method);
-    if let Some(body) = body {
+    if let Some((body, content_type)) = body {
         let headers = worker::Headers::new();
-        let _ = headers.set("content-type", "application/json");
+        let _ = headers.set("content-type", content_type);
         init.with_headers(headers);
-        init.with_body(Some(body.into()));
+        init.with_body(Some(body));
     }
     let request = async {
         match link {

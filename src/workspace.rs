@@ -296,6 +296,28 @@ pub fn without_file(files: &[FileEntry], path: &str) -> Option<Vec<FileEntry>> {
     (out.len() < files.len()).then_some(out)
 }
 
+/// Applies what changed from `base` to `ours` on top of `current`: an
+/// agent's edits replayed onto a version someone committed while it ran,
+/// so neither side's write is lost. Where both touched a path, ours wins.
+pub fn rebase(base: &[FileEntry], ours: &[FileEntry], current: &[FileEntry]) -> Vec<FileEntry> {
+    let changes = diff(base, ours);
+    let ours_by_path: BTreeMap<&str, &FileEntry> =
+        ours.iter().map(|f| (f.path.as_str(), f)).collect();
+    let mut out: BTreeMap<String, FileEntry> = current
+        .iter()
+        .map(|f| (f.path.clone(), f.clone()))
+        .collect();
+    for path in changes.added.iter().chain(&changes.modified) {
+        if let Some(f) = ours_by_path.get(path.as_str()) {
+            out.insert(path.clone(), (*f).clone());
+        }
+    }
+    for path in &changes.deleted {
+        out.remove(path);
+    }
+    out.into_values().collect()
+}
+
 /// A mode given as octal text (`644`, `0644`, `0o755`) on a file PUT.
 pub fn parse_mode(text: &str) -> Result<u32, ApiError> {
     let digits = text.trim_start_matches("0o").trim_start_matches('0');
@@ -318,6 +340,14 @@ pub fn manifest_key(account: &str, workspace: &str, version: u64, digest: &str) 
     format!("manifests/{account}/{workspace}/{version}-{digest}.json")
 }
 
+/// `sessions/<account>/<session id>.json`: the agent session's files (a
+/// list of `FileEntry` under `CODEX_HOME`), rewritten after each task of
+/// that session. One workspace's DO runs its tasks one at a time, and a
+/// session id names one thread, so writers never race.
+pub fn session_key(account: &str, session_id: &str) -> String {
+    format!("sessions/{account}/{session_id}.json")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,6 +359,40 @@ mod tests {
             size: 3,
             mode: MODE_FILE,
         }
+    }
+
+    #[test]
+    fn rebase_replays_our_changes_onto_the_current_version() {
+        let base = vec![entry("a", 'a'), entry("b", 'b'), entry("c", 'c')];
+        // We changed a, deleted b, added d.
+        let ours = vec![entry("a", '1'), entry("c", 'c'), entry("d", 'd')];
+        // Meanwhile someone changed c and added e.
+        let current = vec![
+            entry("a", 'a'),
+            entry("b", 'b'),
+            entry("c", '2'),
+            entry("e", 'e'),
+        ];
+        let merged = rebase(&base, &ours, &current);
+        assert_eq!(
+            merged,
+            vec![
+                entry("a", '1'),
+                entry("c", '2'),
+                entry("d", 'd'),
+                entry("e", 'e')
+            ]
+        );
+        // With nothing committed in between, the result is ours.
+        assert_eq!(rebase(&base, &ours, &base), ours);
+        // Where both changed a path, ours wins.
+        let theirs = vec![entry("a", '9'), entry("b", 'b'), entry("c", 'c')];
+        assert_eq!(rebase(&base, &ours, &theirs)[0], entry("a", '1'));
+    }
+
+    #[test]
+    fn session_keys_are_per_account() {
+        assert_eq!(session_key("acct_1", "th-1"), "sessions/acct_1/th-1.json");
     }
 
     fn code(err: ApiError) -> &'static str {

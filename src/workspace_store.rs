@@ -553,3 +553,28 @@ pub async fn reset_session(
 ) -> Result<bool, ApiError> {
     set_session(db, account, id, None, now_ms).await
 }
+
+/// The files of a stored agent session (`workspace::session_key`), if the
+/// account has that session.
+pub async fn load_session(
+    env: &Env,
+    account: &str,
+    session_id: &str,
+) -> Result<Option<Vec<FileEntry>>, ApiError> {
+    let key = workspace::session_key(account, session_id);
+    let Some(object) = bucket(env)?.get(&key).execute().await? else {
+        return Ok(None);
+    };
+    let bytes = object
+        .body()
+        .ok_or_else(|| ApiError::Internal(format!("session object {key} has no body")))?
+        .bytes()
+        .await?;
+    Ok(Some(serde_json::from_slice(&bytes)?))
+}
+
+/// Whether the account has the agent session `session_id`.
+pub async fn session_exists(env: &Env, account: &str, session_id: &str) -> Result<bool, ApiError> {
+    let key = workspace::session_key(account, session_id);
+    Ok(bucket(env)?.head(&key).await?.is_some())
+}

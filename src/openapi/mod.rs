@@ -10,6 +10,7 @@ const FRAGMENTS: &[(&str, &str)] = &[
     ("base.json", include_str!("base.json")),
     ("keys.json", include_str!("keys.json")),
     ("workspaces.json", include_str!("workspaces.json")),
+    ("execute.json", include_str!("execute.json")),
     ("runs.json", include_str!("runs.json")),
     ("computers.json", include_str!("computers.json")),
     ("billing.json", include_str!("billing.json")),

@@ -5,6 +5,7 @@ mod admin_keys;
 mod billing;
 mod computers;
 mod diagnostics;
+mod execute;
 mod health;
 mod runs;
 mod workspaces;
@@ -130,6 +131,8 @@ async fn dispatch(route: Route, req: Request, ctx: Ctx<'_>) -> Result<Response, 
         Route::WorkspaceFilePut => workspaces::file_put(req, &ctx).await,
         Route::WorkspaceFileDelete => workspaces::file_delete(req, &ctx).await,
         Route::WorkspaceSessionReset => workspaces::session_reset(req, &ctx).await,
+        Route::Execute => execute::create(req, &ctx).await,
+        Route::ExecuteCancel => execute::cancel(req, &ctx).await,
         Route::RunCreate => runs::create(req, &ctx).await,
         Route::RunList => runs::list(req, &ctx).await,
         Route::RunGet => runs::get(req, &ctx).await,

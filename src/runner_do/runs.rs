@@ -14,11 +14,7 @@
 //! `GET /runs/:id/events?after=N`, `GET /runs/:id/verify`,
 //! `POST /runs/:id/cancel`, `DELETE /runs/:id`.
 
-use std::cell::{Cell, RefCell};
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_util::future::{select, Either};
@@ -27,6 +23,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use worker::{Delay, Env, Headers, Method, Request, Response, SqlStorage, State};
 
+use super::live::{changed_or_timeout, Live};
 use super::{ensure_ready, record, send, Link};
 use crate::error::ApiError;
 use crate::receipts::{verify_chain, Chain, Receipt, ReceiptKind, Step};
@@ -85,53 +82,6 @@ pub fn init_schema(sql: &SqlStorage) {
             worker::console_error!("runs schema: {err}");
         }
     }
-}
-
-// ---------------------------------------------------------------------------
-// In-memory signal: wakes SSE streams and waiters when an event is stored.
-
-#[derive(Default)]
-pub struct Live {
-    version: Cell<u64>,
-    wakers: RefCell<Vec<Waker>>,
-    pumping: Cell<bool>,
-}
-
-impl Live {
-    fn notify(&self) {
-        self.version.set(self.version.get() + 1);
-        let wakers: Vec<Waker> = self.wakers.borrow_mut().drain(..).collect();
-        for waker in wakers {
-            waker.wake();
-        }
-    }
-}
-
-struct Changed {
-    live: Rc<Live>,
-    since: u64,
-}
-
-impl Future for Changed {
-    type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.live.version.get() > self.since {
-            Poll::Ready(())
-        } else {
-            self.live.wakers.borrow_mut().push(cx.waker().clone());
-            Poll::Pending
-        }
-    }
-}
-
-/// Waits until something is stored after `since`, or `ms` pass. True if changed.
-async fn changed_or_timeout(live: &Rc<Live>, since: u64, ms: u64) -> bool {
-    let changed = Changed {
-        live: live.clone(),
-        since,
-    };
-    let timer = Delay::from(Duration::from_millis(ms));
-    matches!(select(changed, timer).await, Either::Left(_))
 }
 
 // ---------------------------------------------------------------------------
@@ -465,7 +415,7 @@ impl RunCtx {
     async fn wait_terminal(&self, limit_ms: Option<u64>) -> Result<RunRow, ApiError> {
         let started = time::now_ms();
         loop {
-            let since = self.live.version.get();
+            let since = self.live.version();
             let row = self.load()?.ok_or(ApiError::RunNotFound)?;
             if row.status().is_terminal() {
                 return Ok(row);
@@ -851,7 +801,7 @@ struct EventRow {
     data: String,
 }
 
-fn heartbeat_ms(env: &Env) -> u64 {
+pub(super) fn heartbeat_ms(env: &Env) -> u64 {
     crate::config::env_string(env, "SSE_HEARTBEAT_MS")
         .and_then(|v| v.parse().ok())
         .filter(|&ms| ms >= 100)
@@ -887,7 +837,7 @@ fn sse_response(ctx: RunCtx, after: u64) -> Result<Response, ApiError> {
             if st.done {
                 return None;
             }
-            let since = st.ctx.live.version.get();
+            let since = st.ctx.live.version();
             let rows: Vec<EventRow> = st
                 .ctx
                 .sql

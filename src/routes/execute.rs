@@ -1,0 +1,321 @@
+//! `POST /execute` and `POST /execute/:runId/cancel`.
+//!
+//! The Worker authenticates, validates and takes the hold (a refusal starts
+//! nothing); the workspace's CloudboxRunner DO (named by account and
+//! workspace) queues the execute, runs it, commits and settles — see
+//! `runner_do/executions.rs`. D1 `executions` says which DO holds a run id.
+
+use serde::Deserialize;
+use serde_json::Value;
+use worker::{Headers, Method, Request, RequestInit, Response};
+
+use super::Ctx;
+use crate::auth::{self, Caller};
+use crate::error::{ApiError, FieldError};
+use crate::execute_spec::{self, ExecuteSpec};
+use crate::execution::{self, ExecStart, HOLD_GRACE_MS};
+use crate::idempotency::{self, Slot};
+use crate::idempotency_d1::{self, Begin};
+use crate::keys::{KeyType, Permission};
+use crate::ledger_d1::{self, BillingVars, HoldTicket};
+use crate::{http, ids, workspace};
+
+async fn caller(req: &Request, ctx: &Ctx<'_>) -> Result<Caller, ApiError> {
+    let caller = auth::authenticate(req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
+    caller.require(Permission::Execute)?;
+    Ok(caller)
+}
+
+/// The DO of one workspace of one account.
+fn workspace_do_name(account: &str, workspace_id: &str) -> String {
+    format!("ws:{account}:{workspace_id}")
+}
+
+async fn to_workspace_do(
+    ctx: &Ctx<'_>,
+    account: &str,
+    workspace_id: &str,
+    path_and_query: &str,
+    body: Option<String>,
+) -> Result<Response, ApiError> {
+    let stub = ctx
+        .env
+        .durable_object("RUNNER")?
+        .id_from_name(&workspace_do_name(account, workspace_id))?
+        .get_stub()?;
+    let headers = Headers::new();
+    headers.set("x-cloudbox-account", account)?;
+    headers.set("x-request-id", ctx.request_id)?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post).with_headers(headers);
+    if let Some(body) = body {
+        init.with_body(Some(body.into()));
+    }
+    let req = Request::new_with_init(&format!("https://runner.do{path_and_query}"), &init)?;
+    Ok(stub.fetch_with_request(req).await?)
+}
+
+fn wants_sse(req: &Request) -> bool {
+    req.headers()
+        .get("accept")
+        .ok()
+        .flatten()
+        .is_some_and(|a| a.to_ascii_lowercase().contains("text/event-stream"))
+}
+
+/// `?wait=false` refuses instead of queueing behind another execute.
+fn wait_param(req: &Request) -> Result<bool, ApiError> {
+    match http::query(req, "wait")?.as_deref() {
+        None | Some("true") | Some("1") => Ok(true),
+        Some("false") | Some("0") => Ok(false),
+        Some(_) => Err(ApiError::ValidationFailed(vec![FieldError::new(
+            "wait",
+            "must be true or false",
+        )])),
+    }
+}
+
+/// `POST /execute`. With `Idempotency-Key` (JSON form only): a retry with
+/// the same body replays the first answer and runs nothing.
+pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    let caller = caller(&req, ctx).await?;
+    let idem_key = idempotency_d1::header_key(&req)?;
+    let sse = wants_sse(&req);
+    if idem_key.is_some() && sse {
+        return Err(ApiError::ValidationFailed(vec![FieldError::new(
+            "Idempotency-Key",
+            "not supported with accept: text/event-stream; send it with the JSON form",
+        )]));
+    }
+    let wait = wait_param(&req)?;
+    let bytes = http::read_body(&mut req, http::MAX_JSON_BYTES).await?;
+    let spec = parse_spec(&bytes);
+    let Some(idem) = idem_key else {
+        return start(ctx, &caller, spec?, wait, sse).await;
+    };
+    let db = ctx.env.d1("DB")?;
+    let stale_after = match &spec {
+        Ok(spec) => spec.timeout_ms as i64 + HOLD_GRACE_MS,
+        Err(_) => HOLD_GRACE_MS,
+    };
+    let slot = Slot {
+        account_id: caller.account_id.clone(),
+        scope: "execute",
+        key: idem,
+    };
+    let fp = idempotency::fingerprint("POST", "/execute", &bytes);
+    let claim = match idempotency_d1::begin(&db, slot, &fp, ctx.now_ms, stale_after).await? {
+        Begin::Replay(resp) => return with_run_id_header(resp).await,
+        Begin::Proceed(claim) => claim,
+    };
+    let outcome = match spec {
+        Ok(spec) => match start(ctx, &caller, spec, wait, false).await {
+            Ok(mut resp) => {
+                let status = resp.status_code();
+                resp.json::<Value>()
+                    .await
+                    .map(|body| (status, body))
+                    .map_err(ApiError::from)
+            }
+            Err(err) => Err(err),
+        },
+        Err(err) => Err(err),
+    };
+    let resp = idempotency_d1::finish(&db, claim, outcome, ctx.request_id).await?;
+    let resp = with_run_id_header(resp).await?;
+    with_budget_warning(ctx, &caller, resp).await
+}
+
+fn parse_spec(bytes: &[u8]) -> Result<ExecuteSpec, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadJson("the body is empty".into()));
+    }
+    let body: Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::BadJson(e.to_string()))?;
+    execute_spec::validate(&body)
+}
+
+async fn with_run_id_header(mut resp: Response) -> Result<Response, ApiError> {
+    let body = resp.cloned()?.json::<Value>().await.unwrap_or(Value::Null);
+    if let Some(id) = body["runId"].as_str() {
+        resp.headers_mut().set("x-run-id", id)?;
+    }
+    Ok(resp)
+}
+
+/// `x-budget-warning` when one of the caller's alerts is active.
+async fn with_budget_warning(
+    ctx: &Ctx<'_>,
+    caller: &Caller,
+    mut resp: Response,
+) -> Result<Response, ApiError> {
+    let db = ctx.env.d1("DB")?;
+    let vars = BillingVars::from_env(ctx.env);
+    match ledger_d1::budget_warning(&db, &vars, caller, crate::time::now_ms()).await {
+        Ok(Some(warning)) => resp.headers_mut().set("x-budget-warning", &warning)?,
+        Ok(None) => {}
+        Err(err) => worker::console_error!("execute: budget warning: {err}"),
+    }
+    Ok(resp)
+}
+
+/// Budget checks and the hold first (a refusal starts nothing), then the
+/// workspace's DO. A start the DO refuses gives the hold back at once.
+async fn start(
+    ctx: &Ctx<'_>,
+    caller: &Caller,
+    spec: ExecuteSpec,
+    wait: bool,
+    sse: bool,
+) -> Result<Response, ApiError> {
+    if let Some(sid) = &spec.session_id {
+        let known =
+            crate::workspace_store::session_exists(ctx.env, &caller.account_id, sid).await?;
+        if !known {
+            return Err(ApiError::ValidationFailed(vec![FieldError::new(
+                "sessionId",
+                "no such session in this account",
+            )]));
+        }
+    }
+    let run_id = ids::new_id("exe_")?;
+    let db = ctx.env.d1("DB")?;
+    let vars = BillingVars::from_env(ctx.env);
+    let max_life = spec.timeout_ms as i64 + HOLD_GRACE_MS;
+    let hold = ledger_d1::begin_run(
+        &db,
+        &vars,
+        caller,
+        spec.max_cost_micros,
+        &run_id,
+        max_life,
+        ctx.now_ms,
+    )
+    .await?;
+    let give_back = |hold: Option<HoldTicket>| async move {
+        if let Some(hold) = hold {
+            if let Err(err) = ledger_d1::release(&db, &hold, crate::time::now_ms()).await {
+                worker::console_error!("execute: release of {}: {err}", hold.hold_id);
+            }
+        }
+    };
+    let index = index_execution(ctx, caller, &run_id, &spec.workspace_id).await;
+    if let Err(err) = index {
+        give_back(hold).await;
+        return Err(err);
+    }
+    let start = ExecStart {
+        run_id: run_id.clone(),
+        account_id: caller.account_id.clone(),
+        key_id: caller.key_id.clone(),
+        key_type: match caller.key_type {
+            KeyType::Internal => "internal".into(),
+            KeyType::Standard => "standard".into(),
+        },
+        workspace_id: spec.workspace_id.clone(),
+        task: spec.task,
+        session_id: spec.session_id,
+        timeout_ms: spec.timeout_ms,
+        hold_id: hold.as_ref().map(|h| h.hold_id.clone()),
+        hold_micros: hold.as_ref().map(|h| h.amount_micros).unwrap_or(0),
+        hold_expires_ms: hold.as_ref().map(|h| h.expires_at_ms).unwrap_or(0),
+        cap_micros: execution::cap_micros(
+            hold.as_ref().map(|h| h.amount_micros),
+            spec.max_cost_micros,
+        ),
+        wait,
+    };
+    let respond = if sse { "events" } else { "result" };
+    let sent = to_workspace_do(
+        ctx,
+        &caller.account_id,
+        &spec.workspace_id,
+        &format!("/executions/{run_id}/start?respond={respond}"),
+        Some(serde_json::to_string(&start)?),
+    )
+    .await;
+    // 409: the DO refused before queueing, so nothing ran. (A 5xx or a
+    // lost connection is ambiguous: the DO may own the execute, and ends it
+    // and settles; if it never took it, the sweep releases the hold.)
+    if matches!(&sent, Ok(resp) if resp.status_code() == 409) {
+        give_back(hold).await;
+        forget_execution(ctx, &run_id).await;
+    }
+    let resp = sent?;
+    if sse {
+        return Ok(resp);
+    }
+    with_budget_warning(ctx, caller, resp).await
+}
+
+async fn index_execution(
+    ctx: &Ctx<'_>,
+    caller: &Caller,
+    run_id: &str,
+    workspace_id: &str,
+) -> Result<(), ApiError> {
+    let now = ctx.now_ms as f64;
+    ctx.env
+        .d1("DB")?
+        .prepare(
+            "INSERT INTO executions (id, account_id, key_id, workspace_id, status, created_at, \
+             updated_at) VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?5)",
+        )
+        .bind(&[
+            run_id.into(),
+            caller.account_id.as_str().into(),
+            caller.key_id.as_str().into(),
+            workspace_id.into(),
+            now.into(),
+        ])?
+        .run()
+        .await?;
+    Ok(())
+}
+
+async fn forget_execution(ctx: &Ctx<'_>, run_id: &str) {
+    let deleted = match ctx.env.d1("DB") {
+        Ok(db) => match db
+            .prepare("DELETE FROM executions WHERE id = ?1")
+            .bind(&[run_id.into()])
+        {
+            Ok(stmt) => stmt.run().await.map(|_| ()),
+            Err(err) => Err(err),
+        },
+        Err(err) => Err(err),
+    };
+    if let Err(err) = deleted {
+        worker::console_error!("execute: forgetting {run_id}: {err}");
+    }
+}
+
+#[derive(Deserialize)]
+struct Located {
+    workspace_id: String,
+}
+
+/// `POST /execute/:runId/cancel`.
+pub async fn cancel(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    let caller = caller(&req, ctx).await?;
+    let run_id = ctx.param("runId")?;
+    if !ids::has_shape(run_id, "exe_") {
+        return Err(ApiError::RunNotFound);
+    }
+    let located: Option<Located> = ctx
+        .env
+        .d1("DB")?
+        .prepare("SELECT workspace_id FROM executions WHERE id = ?1 AND account_id = ?2")
+        .bind(&[run_id.into(), caller.account_id.as_str().into()])?
+        .first(None)
+        .await?;
+    let located = located.ok_or(ApiError::RunNotFound)?;
+    workspace::validate_workspace_id(&located.workspace_id)?;
+    to_workspace_do(
+        ctx,
+        &caller.account_id,
+        &located.workspace_id,
+        &format!("/executions/{run_id}/cancel"),
+        None,
+    )
+    .await
+}

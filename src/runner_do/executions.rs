@@ -1,0 +1,1241 @@
+//! Workspace executes (`/execute`) inside the workspace's CloudboxRunner DO
+//! (one DO per account and workspace, so two executes never race on a tree).
+//!
+//! Executes queue in this DO's SQLite and a *driver* (spawned, so it
+//! outlives the client) runs them one at a time:
+//! 1. the runner is made ready; the workspace's current manifest and its
+//!    agent session (files in R2) are read;
+//! 2. sync in: the runner answers which blobs its cache lacks, the DO
+//!    streams just those from R2;
+//! 3. `POST /tasks`; its NDJSON events (metered `usage`, the `exec`
+//!    receipt, the final `task`) are stored as they arrive, and the stream is
+//!    resumed after the last stored event if the connection breaks;
+//! 4. sync out: only the blobs the account lacks are pulled into R2, then
+//!    the new version is committed in one guarded step (replayed onto a
+//!    version someone committed meanwhile). A task that is not ok commits
+//!    nothing;
+//! 5. the hold is settled once: the metered cost, never more than the hold.
+//!
+//! Internal routes (the Worker is the only caller and passes the caller's
+//! account in `x-cloudbox-account`):
+//! `POST /executions/:id/start?respond=result|events`,
+//! `POST /executions/:id/cancel`.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_util::future::{select, Either};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use worker::wasm_bindgen::JsValue;
+use worker::{Delay, Env, Headers, Method, Request, Response, SqlStorage, SqlStorageValue, State};
+
+use super::live::{changed_or_timeout, Live};
+use super::{ensure_ready, record, send, send_body, Link};
+use crate::agent_events::TokenUsage;
+use crate::auth::Caller;
+use crate::billing;
+use crate::config::AgentVars;
+use crate::error::ApiError;
+use crate::execution::{
+    self, BillingBody, ExecStart, ExecStatus, ExecutionBody, UsageBody, MAX_QUEUED,
+    MAX_QUEUE_WAIT_MS,
+};
+use crate::keys::KeyType;
+use crate::ledger_d1::{self, BillingVars, HoldTicket};
+use crate::ledger_sql::Usage;
+use crate::receipts::Receipt;
+use crate::run_events::{sse_frame, LineSplitter, SSE_HEARTBEAT, SSE_PREAMBLE};
+use crate::runner_link::RunnerEvent;
+use crate::wire::{BlobList, RunEvent, TaskResult, TaskStart, WireEvent};
+use crate::workspace::{self, FileEntry, Manifest};
+use crate::{http, time, workspace_store};
+
+/// The watchdog alarm's period while an execute is open.
+const WATCHDOG_MS: i64 = 5_000;
+/// No event and no heartbeat for this long: the runner stopped answering.
+const STALL_MS: u64 = 10_000;
+/// Connection failures in a row before the execute is `container_lost`.
+const MAX_LINK_FAILURES: u32 = 4;
+/// Past its timeout, a task gets this long (sync out, commit) before the
+/// DO ends it as `timed_out`.
+const DEADLINE_GRACE_MS: i64 = 5 * 60_000;
+/// Finished executes kept per workspace (with their events).
+const KEEP_FINISHED: i64 = 50;
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS executions (
+        id TEXT PRIMARY KEY,
+        queue_seq INTEGER NOT NULL,
+        start TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        started_ms INTEGER,
+        finished_ms INTEGER,
+        dispatched INTEGER NOT NULL DEFAULT 0,
+        runner_seq INTEGER NOT NULL DEFAULT 0,
+        base_version INTEGER,
+        session_id TEXT,
+        usage TEXT,
+        body TEXT
+    )",
+    "CREATE TABLE IF NOT EXISTS execution_events (
+        exec_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (exec_id, seq)
+    )",
+];
+
+pub fn init_schema(sql: &SqlStorage) {
+    for stmt in SCHEMA {
+        if let Err(err) = sql.exec(stmt, None) {
+            worker::console_error!("executions schema: {err}");
+        }
+    }
+}
+
+fn int(v: i64) -> SqlStorageValue {
+    SqlStorageValue::Integer(v)
+}
+
+/// Everything the handlers, the driver and the streams need; cheap to clone.
+#[derive(Clone)]
+pub struct ExecCtx {
+    pub sql: SqlStorage,
+    pub env: Env,
+    pub link: Rc<Link>,
+    pub live: Rc<Live>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct ExecRow {
+    id: String,
+    start: String,
+    status: String,
+    created_ms: f64,
+    started_ms: Option<f64>,
+    dispatched: f64,
+    runner_seq: f64,
+    base_version: Option<f64>,
+    session_id: Option<String>,
+    usage: Option<String>,
+    body: Option<String>,
+}
+
+impl ExecRow {
+    fn status(&self) -> ExecStatus {
+        ExecStatus::parse(&self.status).unwrap_or(ExecStatus::Failed)
+    }
+    fn start(&self) -> Result<ExecStart, ApiError> {
+        Ok(serde_json::from_str(&self.start)?)
+    }
+    fn usage(&self) -> TokenUsage {
+        self.usage
+            .as_deref()
+            .and_then(|u| serde_json::from_str(u).ok())
+            .unwrap_or_default()
+    }
+    fn body(&self) -> Result<Option<ExecutionBody>, ApiError> {
+        match &self.body {
+            Some(text) => Ok(Some(serde_json::from_str(text)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// How an execute ends.
+struct Ending {
+    status: ExecStatus,
+    detail: Option<String>,
+    usage: TokenUsage,
+    output: String,
+    saved: Option<Saved>,
+}
+
+impl Ending {
+    fn without_work(status: ExecStatus, detail: impl Into<String>, usage: TokenUsage) -> Self {
+        Ending {
+            status,
+            detail: Some(detail.into()),
+            usage,
+            output: String::new(),
+            saved: None,
+        }
+    }
+}
+
+/// What a successful task left in the workspace.
+struct Saved {
+    version: u64,
+    changed_files: Vec<String>,
+    session_id: Option<String>,
+}
+
+impl ExecCtx {
+    fn load(&self, id: &str) -> Result<Option<ExecRow>, ApiError> {
+        let rows: Vec<ExecRow> = self
+            .sql
+            .exec("SELECT * FROM executions WHERE id = ?", vec![id.into()])?
+            .to_array()?;
+        Ok(rows.into_iter().next())
+    }
+
+    fn get(&self, id: &str) -> Result<ExecRow, ApiError> {
+        self.load(id)?.ok_or(ApiError::RunNotFound)
+    }
+
+    /// The execute, if it belongs to `account`; else 404 as if absent.
+    fn owned(&self, id: &str, account: &str) -> Result<ExecRow, ApiError> {
+        let row = self.get(id)?;
+        if row.start()?.account_id == account {
+            Ok(row)
+        } else {
+            Err(ApiError::RunNotFound)
+        }
+    }
+
+    /// The oldest execute not yet ended.
+    fn next_open(&self) -> Result<Option<ExecRow>, ApiError> {
+        let rows: Vec<ExecRow> = self
+            .sql
+            .exec(
+                "SELECT * FROM executions WHERE status IN ('queued', 'running') \
+                 ORDER BY queue_seq LIMIT 1",
+                None,
+            )?
+            .to_array()?;
+        Ok(rows.into_iter().next())
+    }
+
+    fn open_count(&self) -> Result<usize, ApiError> {
+        #[derive(Deserialize)]
+        struct Count {
+            n: f64,
+        }
+        let rows: Vec<Count> = self
+            .sql
+            .exec(
+                "SELECT COUNT(*) AS n FROM executions WHERE status IN ('queued', 'running')",
+                None,
+            )?
+            .to_array()?;
+        Ok(rows.first().map(|c| c.n as usize).unwrap_or(0))
+    }
+
+    fn append_event(&self, id: &str, kind: &str, data: &str) -> Result<(), ApiError> {
+        self.sql.exec(
+            "INSERT INTO execution_events (exec_id, seq, kind, data) VALUES (?, \
+             (SELECT COALESCE(MAX(seq), 0) + 1 FROM execution_events WHERE exec_id = ?), ?, ?)",
+            vec![id.into(), id.into(), kind.into(), data.into()],
+        )?;
+        self.live.notify();
+        Ok(())
+    }
+
+    /// Records a lifecycle step in `runnerReceipts` and as a `runner` event.
+    fn runner_step(&self, id: &str, event: RunnerEvent) -> Result<(), ApiError> {
+        let mut list = Vec::new();
+        record(&self.sql, id, &mut list, event);
+        for receipt in list {
+            self.append_event(id, "runner", &serde_json::to_string(&receipt)?)?;
+        }
+        Ok(())
+    }
+
+    fn receipts(&self, id: &str) -> Result<Vec<Receipt>, ApiError> {
+        #[derive(Deserialize)]
+        struct Row {
+            data: String,
+        }
+        let rows: Vec<Row> = self
+            .sql
+            .exec(
+                "SELECT data FROM execution_events WHERE exec_id = ? AND kind = 'receipt' \
+                 ORDER BY seq",
+                vec![id.into()],
+            )?
+            .to_array()?;
+        rows.iter()
+            .map(|r| serde_json::from_str(&r.data).map_err(ApiError::from))
+            .collect()
+    }
+
+    fn is_terminal(&self, id: &str) -> bool {
+        self.load(id)
+            .ok()
+            .flatten()
+            .is_none_or(|row| row.status().is_terminal())
+    }
+
+    /// Waits until the execute has its final body (or `limit_ms` pass).
+    async fn wait_finished(&self, id: &str, limit_ms: Option<i64>) -> Result<ExecRow, ApiError> {
+        let started = time::now_ms();
+        loop {
+            let since = self.live.version();
+            let row = self.get(id)?;
+            if row.body.is_some() {
+                return Ok(row);
+            }
+            if limit_ms.is_some_and(|limit| time::now_ms() - started >= limit) {
+                return Ok(row);
+            }
+            changed_or_timeout(&self.live, since, 1_000).await;
+        }
+    }
+
+    async fn cancel_on_runner(&self, id: &str) -> Result<u16, String> {
+        send(
+            &self.link,
+            Method::Post,
+            &format!("/tasks/{id}/cancel"),
+            None,
+            3_000,
+        )
+        .await
+        .map(|r| r.status_code())
+    }
+
+    /// Ends the execute (once). The status is set first, synchronously, so
+    /// nothing else starts or ends it meanwhile; then the hold is settled
+    /// and the body stored. Waiters wait for the body.
+    async fn end(&self, id: &str, ending: Ending) -> Result<(), ApiError> {
+        let Some(row) = self.load(id)? else {
+            return Ok(());
+        };
+        if row.status().is_terminal() {
+            return Ok(());
+        }
+        self.sql.exec(
+            "UPDATE executions SET status = ?, finished_ms = ? WHERE id = ?",
+            vec![
+                ending.status.as_str().into(),
+                int(time::now_ms()),
+                id.into(),
+            ],
+        )?;
+        self.finish_end(row, ending).await
+    }
+
+    /// The second half of `end`: billing, body, `result` event, D1 index.
+    async fn finish_end(&self, row: ExecRow, ending: Ending) -> Result<(), ApiError> {
+        let id = row.id.as_str();
+        let start = row.start()?;
+        let now = time::now_ms();
+        let vars = BillingVars::from_env(&self.env);
+        let (cost, _) = execution::charge_micros(&vars.pricing, &ending.usage, None);
+        let db = self.env.d1("DB")?;
+        let key_type = KeyType::parse(&start.key_type).unwrap_or(KeyType::Standard);
+        let caller = Caller {
+            key_id: start.key_id.clone(),
+            account_id: start.account_id.clone(),
+            key_type,
+            permissions: Vec::new(),
+        };
+        let hold = start.hold_id.as_ref().map(|hold_id| HoldTicket {
+            hold_id: hold_id.clone(),
+            amount_micros: start.hold_micros,
+            expires_at_ms: start.hold_expires_ms,
+        });
+        let usage = Usage {
+            input_tokens: ending.usage.input_tokens as i64,
+            output_tokens: ending.usage.output_tokens as i64,
+            cost_micros: cost,
+        };
+        let mut billing_body = None;
+        match ledger_d1::finish_run(&db, &caller, hold.as_ref(), id, usage, now).await {
+            Ok(_) if key_type == KeyType::Standard => {
+                if let Some(budget) = ledger_d1::budget_of_key(&db, &start.key_id, now).await? {
+                    billing_body = Some(BillingBody {
+                        balance_after: billing::micros_to_usd(budget.balance_micros),
+                        total_spent: billing::micros_to_usd(budget.total_spent_micros),
+                    });
+                }
+            }
+            Ok(_) => {}
+            // The hold is released by the sweep past its expiry at the latest.
+            Err(err) => worker::console_error!("execute {id}: settling: {err}"),
+        }
+        let (version, changed_files, session_id) = match ending.saved {
+            Some(saved) => (saved.version, saved.changed_files, saved.session_id),
+            None => {
+                let ws = workspace_store::get_row(&db, &start.account_id, &start.workspace_id)
+                    .await
+                    .ok()
+                    .flatten();
+                let version = ws
+                    .as_ref()
+                    .map(|w| w.version as u64)
+                    .or(row.base_version.map(|v| v as u64))
+                    .unwrap_or(0);
+                let session = row
+                    .session_id
+                    .clone()
+                    .or_else(|| ws.and_then(|w| w.session_id));
+                (version, Vec::new(), session)
+            }
+        };
+        let failure = execution::failure(ending.status, ending.detail.as_deref());
+        let body = ExecutionBody {
+            error: failure.as_ref().map(|f| f.0.clone()),
+            message: failure.map(|f| f.1),
+            ok: ending.status == ExecStatus::Succeeded,
+            status: ending.status,
+            output: ending.output,
+            run_id: id.to_string(),
+            session_id,
+            workspace_id: start.workspace_id.clone(),
+            version,
+            changed_files,
+            usage: UsageBody::new(&ending.usage, cost),
+            billing: billing_body,
+            receipts: self.receipts(id)?,
+        };
+        let text = serde_json::to_string(&body)?;
+        self.sql.exec(
+            "UPDATE executions SET body = ?, usage = ? WHERE id = ?",
+            vec![
+                text.clone().into(),
+                serde_json::to_string(&ending.usage)?.into(),
+                id.into(),
+            ],
+        )?;
+        self.runner_step(
+            id,
+            RunnerEvent::Exit {
+                reason: ending.status.as_str().to_string(),
+            },
+        )?;
+        self.append_event(id, "result", &text)?;
+        let indexed = db
+            .prepare(
+                "UPDATE executions SET status = ?1, input_tokens = ?2, output_tokens = ?3, \
+                 cost_micros = ?4, version = ?5, finished_at = ?6, updated_at = ?6 WHERE id = ?7",
+            )
+            .bind(&[
+                ending.status.as_str().into(),
+                (ending.usage.input_tokens as f64).into(),
+                (ending.usage.output_tokens as f64).into(),
+                (cost as f64).into(),
+                (body.version as f64).into(),
+                (now as f64).into(),
+                id.into(),
+            ])?
+            .run()
+            .await;
+        if let Err(err) = indexed {
+            worker::console_error!("execute {id}: D1 index: {err}");
+        }
+        self.prune()
+    }
+
+    /// Forgets all but the last `KEEP_FINISHED` finished executes.
+    fn prune(&self) -> Result<(), ApiError> {
+        let old = "SELECT id FROM executions WHERE body IS NOT NULL \
+                   ORDER BY queue_seq DESC LIMIT -1 OFFSET ?";
+        self.sql.exec(
+            &format!("DELETE FROM execution_events WHERE exec_id IN ({old})"),
+            vec![int(KEEP_FINISHED)],
+        )?;
+        self.sql.exec(
+            &format!("DELETE FROM runner_receipts WHERE op IN ({old})"),
+            vec![int(KEEP_FINISHED)],
+        )?;
+        self.sql.exec(
+            &format!("DELETE FROM executions WHERE id IN ({old})"),
+            vec![int(KEEP_FINISHED)],
+        )?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The driver: runs the queue, one execute at a time.
+
+struct DriveGuard(Rc<Live>);
+impl Drop for DriveGuard {
+    fn drop(&mut self) {
+        self.0.driving.set(false);
+    }
+}
+
+async fn drive(ctx: ExecCtx) {
+    if ctx.live.driving.get() {
+        return;
+    }
+    ctx.live.driving.set(true);
+    let _guard = DriveGuard(ctx.live.clone());
+    loop {
+        let row = match ctx.next_open() {
+            Ok(Some(row)) => row,
+            Ok(None) => return,
+            Err(err) => {
+                worker::console_error!("executions driver: {err}");
+                return;
+            }
+        };
+        let id = row.id.clone();
+        if let Err(err) = run_one(&ctx, row).await {
+            worker::console_error!("execute {id}: {err}");
+            let ending = Ending::without_work(
+                ExecStatus::Failed,
+                format!("internal error: {err}"),
+                ctx.load(&id)
+                    .ok()
+                    .flatten()
+                    .map(|r| r.usage())
+                    .unwrap_or_default(),
+            );
+            if let Err(err) = ctx.end(&id, ending).await {
+                worker::console_error!("execute {id}: cannot end: {err}");
+                // Never loop on an execute that cannot be ended.
+                if !ctx.is_terminal(&id) {
+                    let _ = ctx.sql.exec(
+                        "UPDATE executions SET status = 'failed' WHERE id = ?",
+                        vec![id.as_str().into()],
+                    );
+                }
+            }
+        }
+    }
+}
+
+enum Prepared {
+    /// The task was sent; follow its events (the response, if the send answered).
+    Dispatched(Option<Response>),
+    /// Ended before the task was sent (cancelled meanwhile).
+    Ended,
+    Fail(ExecStatus, String),
+}
+
+enum Followed {
+    Result(Box<TaskResult>),
+    /// Ended by the DO meanwhile (a cancel).
+    Ended,
+    Lost(String),
+    TimedOut,
+}
+
+async fn run_one(ctx: &ExecCtx, row: ExecRow) -> Result<(), ApiError> {
+    let id = row.id.clone();
+    let start = row.start()?;
+    let now = time::now_ms();
+    if row.status() == ExecStatus::Queued {
+        if now - row.created_ms as i64 > MAX_QUEUE_WAIT_MS {
+            let why = "it waited over 30 minutes behind other executes of this workspace";
+            return ctx
+                .end(
+                    &id,
+                    Ending::without_work(ExecStatus::Failed, why, TokenUsage::default()),
+                )
+                .await;
+        }
+        ctx.sql.exec(
+            "UPDATE executions SET status = 'running', started_ms = ? WHERE id = ?",
+            vec![int(now), id.as_str().into()],
+        )?;
+        let _ = ctx
+            .env
+            .d1("DB")?
+            .prepare("UPDATE executions SET status = 'running', updated_at = ?1 WHERE id = ?2")
+            .bind(&[(now as f64).into(), id.as_str().into()])?
+            .run()
+            .await;
+    }
+    let first = if row.dispatched == 0.0 {
+        match prepare(ctx, &id, &start).await? {
+            Prepared::Dispatched(resp) => resp,
+            Prepared::Ended => return Ok(()),
+            Prepared::Fail(status, why) => {
+                return ctx
+                    .end(
+                        &id,
+                        Ending::without_work(status, why, TokenUsage::default()),
+                    )
+                    .await
+            }
+        }
+    } else {
+        None
+    };
+    match follow(ctx, &id, &start, first).await? {
+        Followed::Result(result) => complete(ctx, &id, &start, *result).await,
+        Followed::Ended => Ok(()),
+        Followed::Lost(why) => {
+            let usage = ctx.get(&id)?.usage();
+            ctx.end(
+                &id,
+                Ending::without_work(ExecStatus::ContainerLost, why, usage),
+            )
+            .await
+        }
+        Followed::TimedOut => {
+            let _ = ctx.cancel_on_runner(&id).await;
+            let usage = ctx.get(&id)?.usage();
+            ctx.end(
+                &id,
+                Ending::without_work(
+                    ExecStatus::TimedOut,
+                    "the task passed its time limit",
+                    usage,
+                ),
+            )
+            .await
+        }
+    }
+}
+
+/// Readiness, the workspace and session, sync in, `POST /tasks`.
+async fn prepare(ctx: &ExecCtx, id: &str, start: &ExecStart) -> Result<Prepared, ApiError> {
+    let mut receipts = Vec::new();
+    let ready = ensure_ready(&ctx.sql, &ctx.link, id, &mut receipts).await;
+    for receipt in &receipts {
+        ctx.append_event(id, "runner", &serde_json::to_string(receipt)?)?;
+    }
+    if let Err(why) = ready {
+        return Ok(Prepared::Fail(ExecStatus::ContainerLost, why));
+    }
+    let account = start.account_id.as_str();
+    let db = workspace_store::db(&ctx.env)?;
+    let ws = workspace_store::get_row(&db, account, &start.workspace_id).await?;
+    let manifest = match &ws {
+        Some(row) => {
+            read_manifest_at(&ctx.env, account, &start.workspace_id, row.version as u64).await?
+        }
+        None => Manifest::empty(),
+    };
+    let session_id = start
+        .session_id
+        .clone()
+        .or_else(|| ws.and_then(|w| w.session_id));
+    let session_files = match &session_id {
+        Some(sid) => workspace_store::load_session(&ctx.env, account, sid)
+            .await?
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    ctx.sql.exec(
+        "UPDATE executions SET base_version = ?, session_id = ? WHERE id = ?",
+        vec![
+            int(manifest.version as i64),
+            session_id
+                .clone()
+                .map(SqlStorageValue::String)
+                .unwrap_or(SqlStorageValue::Null),
+            id.into(),
+        ],
+    )?;
+    if let Err(why) = sync_in(ctx, account, &manifest.files, &session_files).await {
+        return Ok(Prepared::Fail(
+            ExecStatus::Failed,
+            format!("sending the workspace to the runner: {why}"),
+        ));
+    }
+    let agent = AgentVars::from_env(&ctx.env);
+    let pricing = BillingVars::from_env(&ctx.env).pricing;
+    let task = TaskStart {
+        task_id: id.to_string(),
+        task: start.task.clone(),
+        files: manifest.files,
+        session: session_files,
+        resume_thread: session_id,
+        agent_command: agent.command,
+        model: agent.model,
+        model_base_url: agent.model_base_url,
+        model_api_key: agent.model_api_key,
+        input_micros_per_1k: pricing.input_micros_per_1k,
+        output_micros_per_1k: pricing.output_micros_per_1k,
+        max_cost_micros: start.cap_micros,
+        timeout_ms: start.timeout_ms,
+    };
+    let body = serde_json::to_string(&task)?;
+    // A cancel may have ended it during the sync.
+    if ctx.is_terminal(id) {
+        return Ok(Prepared::Ended);
+    }
+    ctx.sql.exec(
+        "UPDATE executions SET dispatched = 1 WHERE id = ?",
+        vec![id.into()],
+    )?;
+    match send(&ctx.link, Method::Post, "/tasks", Some(body), 30_000).await {
+        Ok(resp) => {
+            ctx.runner_step(
+                id,
+                RunnerEvent::Response {
+                    status: resp.status_code(),
+                },
+            )?;
+            if resp.status_code() == 200 {
+                Ok(Prepared::Dispatched(Some(resp)))
+            } else {
+                let why = refusal(resp).await;
+                Ok(Prepared::Fail(
+                    ExecStatus::Failed,
+                    format!("the runner refused the task: {why}"),
+                ))
+            }
+        }
+        // It may have started anyway: follow its events, which also tells.
+        Err(_) => Ok(Prepared::Dispatched(None)),
+    }
+}
+
+async fn refusal(mut resp: Response) -> String {
+    let status = resp.status_code();
+    let text = resp.text().await.unwrap_or_default();
+    format!("{status} {}", text.chars().take(500).collect::<String>())
+}
+
+/// The manifest of `version` (0: the empty one).
+async fn read_manifest_at(
+    env: &Env,
+    account: &str,
+    workspace_id: &str,
+    version: u64,
+) -> Result<Manifest, ApiError> {
+    if version == 0 {
+        return Ok(Manifest::empty());
+    }
+    workspace_store::read_manifest(env, account, workspace_id, Some(version)).await
+}
+
+/// Streams to the runner only the blobs its cache lacks.
+async fn sync_in(
+    ctx: &ExecCtx,
+    account: &str,
+    files: &[FileEntry],
+    session: &[FileEntry],
+) -> Result<(), String> {
+    let all: Vec<FileEntry> = files.iter().chain(session).cloned().collect();
+    let wanted = workspace::unique_blobs(&all);
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let list = serde_json::to_string(&BlobList { sha256: wanted }).map_err(|e| e.to_string())?;
+    let mut resp = send(
+        &ctx.link,
+        Method::Post,
+        "/blobs/missing",
+        Some(list),
+        30_000,
+    )
+    .await?;
+    if resp.status_code() != 200 {
+        return Err(format!("/blobs/missing answered {}", resp.status_code()));
+    }
+    let missing: BlobList = resp.json().await.map_err(|e| e.to_string())?;
+    for sha in &missing.sha256 {
+        let object = workspace_store::get_blob(&ctx.env, account, sha)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("blob {sha} is missing from storage"))?;
+        let body = object
+            .body()
+            .ok_or_else(|| format!("blob {sha} has no body"))?
+            .response_body()
+            .map_err(|e| e.to_string())?;
+        let body: JsValue = match body {
+            worker::ResponseBody::Stream(stream) => stream.into(),
+            worker::ResponseBody::Body(bytes) => {
+                worker::js_sys::Uint8Array::from(bytes.as_slice()).into()
+            }
+            worker::ResponseBody::Empty => worker::js_sys::Uint8Array::new_with_length(0).into(),
+        };
+        let resp = send_body(
+            &ctx.link,
+            Method::Put,
+            &format!("/blobs/{sha}"),
+            Some((body, "application/octet-stream")),
+            120_000,
+        )
+        .await?;
+        if ![200, 201].contains(&resp.status_code()) {
+            return Err(format!("PUT /blobs/{sha}: {}", refusal(resp).await));
+        }
+    }
+    Ok(())
+}
+
+/// Follows the task's events until its result, reconnecting after breaks.
+async fn follow(
+    ctx: &ExecCtx,
+    id: &str,
+    start: &ExecStart,
+    first: Option<Response>,
+) -> Result<Followed, ApiError> {
+    let mut next = first;
+    let mut failures = 0u32;
+    loop {
+        let row = ctx.get(id)?;
+        if row.status().is_terminal() {
+            return Ok(Followed::Ended);
+        }
+        let started = row.started_ms.unwrap_or(row.created_ms) as i64;
+        let deadline = started + start.timeout_ms as i64 + DEADLINE_GRACE_MS;
+        if time::now_ms() > deadline {
+            return Ok(Followed::TimedOut);
+        }
+        let resp = match next.take() {
+            Some(resp) => Ok(resp),
+            None => {
+                let path = format!("/tasks/{id}/events?after={}", row.runner_seq as u64);
+                send(&ctx.link, Method::Get, &path, None, 5_000).await
+            }
+        };
+        let reason = match resp {
+            Ok(resp) if resp.status_code() == 200 => match read_stream(ctx, id, resp).await? {
+                Streamed::Result(result) => return Ok(Followed::Result(result)),
+                Streamed::Ended => return Ok(Followed::Ended),
+                Streamed::Broken(reason) => reason,
+            },
+            Ok(resp) if resp.status_code() == 404 => {
+                return Ok(Followed::Lost(
+                    "the runner no longer has this task (it restarted)".into(),
+                ))
+            }
+            Ok(resp) => format!("runner answered {}", resp.status_code()),
+            Err(err) => err,
+        };
+        failures += 1;
+        if failures >= MAX_LINK_FAILURES {
+            return Ok(Followed::Lost(format!(
+                "the runner stopped answering ({reason})"
+            )));
+        }
+        Delay::from(Duration::from_millis(200 << failures)).await;
+    }
+}
+
+enum Streamed {
+    Result(Box<TaskResult>),
+    Ended,
+    Broken(String),
+}
+
+/// Reads NDJSON events, storing each once, until the task's result.
+async fn read_stream(ctx: &ExecCtx, id: &str, mut resp: Response) -> Result<Streamed, ApiError> {
+    let mut stream = resp.stream()?;
+    let mut lines = LineSplitter::default();
+    let pricing = BillingVars::from_env(&ctx.env).pricing;
+    loop {
+        let stall = Delay::from(Duration::from_millis(STALL_MS));
+        let chunk = match select(stream.next(), stall).await {
+            Either::Left((Some(Ok(bytes)), _)) => bytes,
+            Either::Left((Some(Err(err)), _)) => return Ok(Streamed::Broken(err.to_string())),
+            Either::Left((None, _)) => {
+                return Ok(Streamed::Broken(
+                    "the stream ended before the result".into(),
+                ))
+            }
+            Either::Right(_) => {
+                return Ok(Streamed::Broken(format!(
+                    "no event or heartbeat for {STALL_MS} ms"
+                )))
+            }
+        };
+        for line in lines.push(&chunk) {
+            let event: WireEvent = match serde_json::from_str(&line) {
+                Ok(event) => event,
+                Err(err) => {
+                    worker::console_error!("execute {id}: bad runner line: {err}");
+                    continue;
+                }
+            };
+            if event.seq == 0 {
+                continue; // heartbeat
+            }
+            let row = ctx.get(id)?;
+            if row.status().is_terminal() {
+                return Ok(Streamed::Ended);
+            }
+            if event.seq <= row.runner_seq as u64 {
+                continue;
+            }
+            ctx.sql.exec(
+                "UPDATE executions SET runner_seq = ? WHERE id = ?",
+                vec![int(event.seq as i64), id.into()],
+            )?;
+            match event.event {
+                RunEvent::Usage(report) => {
+                    ctx.sql.exec(
+                        "UPDATE executions SET usage = ? WHERE id = ?",
+                        vec![serde_json::to_string(&report.total)?.into(), id.into()],
+                    )?;
+                    let cost =
+                        pricing.cost_micros(report.total.input_tokens, report.total.output_tokens);
+                    let body = UsageBody::new(&report.total, cost);
+                    ctx.append_event(id, "usage", &serde_json::to_string(&body)?)?;
+                }
+                RunEvent::Receipt(receipt) => {
+                    ctx.append_event(id, "receipt", &serde_json::to_string(&receipt)?)?
+                }
+                RunEvent::Output(chunk) => {
+                    ctx.append_event(id, "output", &serde_json::to_string(&chunk)?)?
+                }
+                RunEvent::Task(result) => return Ok(Streamed::Result(Box::new(result))),
+                RunEvent::Result(_) | RunEvent::Heartbeat => {}
+            }
+        }
+        if ctx.is_terminal(id) {
+            return Ok(Streamed::Ended);
+        }
+    }
+}
+
+/// The task ended on the runner: save what a good one left, then end.
+async fn complete(
+    ctx: &ExecCtx,
+    id: &str,
+    start: &ExecStart,
+    result: TaskResult,
+) -> Result<(), ApiError> {
+    let status = execution::outcome(&result);
+    let mut ending = Ending {
+        status,
+        detail: result.error.clone(),
+        usage: result.usage,
+        output: result.output.clone(),
+        saved: None,
+    };
+    if status == ExecStatus::Succeeded {
+        match save(ctx, id, start, &result).await {
+            Ok(saved) => ending.saved = Some(saved),
+            Err(err) => {
+                ending.status = ExecStatus::Failed;
+                ending.detail = Some(format!("saving the result: {}", err.message()));
+            }
+        }
+    }
+    ctx.end(id, ending).await
+}
+
+/// Sync out and commit: pulls the blobs the account lacks, stores the
+/// session, commits the tree as the next version (replaying the agent's
+/// changes onto a version committed meanwhile).
+async fn save(
+    ctx: &ExecCtx,
+    id: &str,
+    start: &ExecStart,
+    result: &TaskResult,
+) -> Result<Saved, ApiError> {
+    let account = start.account_id.as_str();
+    let ws = start.workspace_id.as_str();
+    let db = workspace_store::db(&ctx.env)?;
+    let now = time::now_ms();
+    let all: Vec<FileEntry> = result
+        .files
+        .iter()
+        .chain(&result.session)
+        .cloned()
+        .collect();
+    let wanted = workspace::unique_blobs(&all);
+    let limit = workspace_store::max_blob_bytes(&ctx.env);
+    for sha in workspace_store::missing_blobs(&db, account, &wanted).await? {
+        let mut resp = send(
+            &ctx.link,
+            Method::Get,
+            &format!("/blobs/{sha}"),
+            None,
+            30_000,
+        )
+        .await
+        .map_err(ApiError::RunnerUnavailable)?;
+        if resp.status_code() != 200 {
+            return Err(ApiError::RunnerUnavailable(format!(
+                "GET /blobs/{sha} answered {}",
+                resp.status_code()
+            )));
+        }
+        workspace_store::put_blob_stream(&ctx.env, account, &sha, resp.stream()?, limit, now)
+            .await?;
+    }
+
+    let session_id = result.thread_id.clone();
+    if let Some(sid) = &session_id {
+        let key = workspace::session_key(account, sid);
+        workspace_store::bucket(&ctx.env)?
+            .put(&key, serde_json::to_vec(&result.session)?)
+            .execute()
+            .await?;
+    }
+
+    let row = ctx.get(id)?;
+    let base = read_manifest_at(
+        &ctx.env,
+        account,
+        ws,
+        row.base_version.unwrap_or(0.0) as u64,
+    )
+    .await?;
+    let changes = workspace::diff(&base.files, &result.files);
+    let mut current_version = base.version;
+    let mut files = result.files.clone();
+    for _ in 0..5 {
+        if changes.is_empty() && current_version > 0 {
+            if let Some(sid) = &session_id {
+                workspace_store::set_session(&db, account, ws, Some(sid), now).await?;
+            }
+            return Ok(Saved {
+                version: current_version,
+                changed_files: Vec::new(),
+                session_id,
+            });
+        }
+        match workspace_store::commit(
+            &ctx.env,
+            account,
+            ws,
+            current_version,
+            files.clone(),
+            session_id.as_deref(),
+            now,
+        )
+        .await
+        {
+            Ok(manifest) => {
+                return Ok(Saved {
+                    version: manifest.version,
+                    changed_files: changes.changed_files(),
+                    session_id,
+                })
+            }
+            Err(ApiError::VersionConflict { current }) => {
+                let latest = read_manifest_at(&ctx.env, account, ws, current).await?;
+                current_version = latest.version;
+                files = workspace::rebase(&base.files, &result.files, &latest.files);
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Err(ApiError::Internal(
+        "the workspace kept changing during the commit".into(),
+    ))
+}
+
+// ---------------------------------------------------------------------------
+// The alarm.
+
+/// Re-arms while executes are open: finishes an end cut short by an
+/// eviction, ends a task past its deadline, restarts a driver lost with an
+/// evicted instance.
+pub async fn watchdog(ctx: ExecCtx, state: &State) {
+    #[derive(Deserialize)]
+    struct Id {
+        id: String,
+    }
+    let half_ended: Vec<Id> = ctx
+        .sql
+        .exec(
+            "SELECT id FROM executions WHERE body IS NULL AND status NOT IN ('queued', 'running')",
+            None,
+        )
+        .and_then(|c| c.to_array())
+        .unwrap_or_default();
+    for Id { id } in half_ended {
+        if let Ok(row) = ctx.get(&id) {
+            let usage = row.usage();
+            let status = row.status();
+            let ending = Ending::without_work(status, "ended while the service restarted", usage);
+            if let Err(err) = ctx.finish_end(row, ending).await {
+                worker::console_error!("execute {id}: watchdog: {err}");
+            }
+        }
+    }
+    let open = match ctx.next_open() {
+        Ok(Some(row)) => row,
+        _ => return,
+    };
+    if let Err(err) = state.storage().set_alarm(WATCHDOG_MS).await {
+        worker::console_error!("executions watchdog: cannot re-arm: {err}");
+    }
+    if ctx.live.driving.get() {
+        return;
+    }
+    if open.status() == ExecStatus::Running && open.dispatched == 0.0 {
+        // Cut off during the sync: the task never started; start it anew.
+        let _ = ctx.sql.exec(
+            "UPDATE executions SET status = 'queued' WHERE id = ?",
+            vec![open.id.as_str().into()],
+        );
+    }
+    drive(ctx).await;
+}
+
+// ---------------------------------------------------------------------------
+// Handlers.
+
+pub async fn handle(ctx: ExecCtx, state: &State, mut req: Request) -> Result<Response, ApiError> {
+    let path = req.path();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let account = req
+        .headers()
+        .get("x-cloudbox-account")?
+        .ok_or_else(|| ApiError::Internal("no account header".into()))?;
+    let respond = http::query(&req, "respond")?;
+    match (req.method(), parts.as_slice()) {
+        (Method::Post, ["executions", id, "start"]) => {
+            let start: ExecStart = serde_json::from_slice(&req.bytes().await?)?;
+            if start.account_id != account || start.run_id != *id {
+                return Err(ApiError::Internal("start: account or id mismatch".into()));
+            }
+            begin(ctx, state, start, respond.as_deref()).await
+        }
+        (Method::Post, ["executions", id, "cancel"]) => {
+            let row = ctx.owned(id, &account)?;
+            if row.status().is_terminal() {
+                return Err(ApiError::RunNotRunning);
+            }
+            let row = cancel(&ctx, row).await?;
+            let body = row
+                .body()?
+                .ok_or_else(|| ApiError::Internal("cancelled without a body".into()))?;
+            http::json(200, &body)
+        }
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+async fn begin(
+    ctx: ExecCtx,
+    state: &State,
+    start: ExecStart,
+    respond: Option<&str>,
+) -> Result<Response, ApiError> {
+    if ctx.load(&start.run_id)?.is_some() {
+        return Err(ApiError::Internal("execute id reused".into()));
+    }
+    // Checked and inserted with no await between: another request cannot
+    // slip in.
+    let open = ctx.open_count()?;
+    if (open > 0 && !start.wait) || open > MAX_QUEUED {
+        return Err(ApiError::WorkspaceBusy);
+    }
+    ctx.sql.exec(
+        "INSERT INTO executions (id, queue_seq, start, status, created_ms) VALUES (?, \
+         (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM executions), ?, 'queued', ?)",
+        vec![
+            start.run_id.as_str().into(),
+            serde_json::to_string(&start)?.into(),
+            int(time::now_ms()),
+        ],
+    )?;
+    state.storage().set_alarm(WATCHDOG_MS).await?;
+    worker::wasm_bindgen_futures::spawn_local(drive(ctx.clone()));
+    let id = start.run_id.clone();
+    let mut resp = match respond {
+        Some("events") => sse_response(ctx, id.clone(), 0)?,
+        _ => {
+            let row = ctx.wait_finished(&id, None).await?;
+            let body = row
+                .body()?
+                .ok_or_else(|| ApiError::Internal("finished without a body".into()))?;
+            http::json(body.http_status(), &body)?
+        }
+    };
+    resp.headers_mut().set("x-run-id", &id)?;
+    Ok(resp)
+}
+
+/// A queued execute ends at once; a running one is stopped on the runner
+/// (its usage so far is charged). If the runner cannot confirm within
+/// 10 s, the DO ends it itself.
+async fn cancel(ctx: &ExecCtx, row: ExecRow) -> Result<ExecRow, ApiError> {
+    let id = row.id.clone();
+    if row.status() == ExecStatus::Running && row.dispatched != 0.0 {
+        if let Ok(200) = ctx.cancel_on_runner(&id).await {
+            let row = ctx.wait_finished(&id, Some(10_000)).await?;
+            if row.body.is_some() {
+                return Ok(row);
+            }
+        }
+    }
+    let usage = ctx.get(&id)?.usage();
+    ctx.end(
+        &id,
+        Ending::without_work(ExecStatus::Cancelled, "cancelled by request", usage),
+    )
+    .await?;
+    ctx.wait_finished(&id, Some(10_000)).await
+}
+
+// ---------------------------------------------------------------------------
+// SSE.
+
+#[derive(Deserialize)]
+struct EventRow {
+    seq: f64,
+    kind: String,
+    data: String,
+}
+
+struct SseState {
+    ctx: ExecCtx,
+    id: String,
+    after: u64,
+    started: bool,
+    done: bool,
+    heartbeat_ms: u64,
+}
+
+/// The execute's events after `after` as SSE, live until `result`.
+fn sse_response(ctx: ExecCtx, id: String, after: u64) -> Result<Response, ApiError> {
+    let state = SseState {
+        heartbeat_ms: super::runs::heartbeat_ms(&ctx.env),
+        ctx,
+        id,
+        after,
+        started: false,
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        if !st.started {
+            st.started = true;
+            return Some((
+                Ok::<Vec<u8>, worker::Error>(SSE_PREAMBLE.as_bytes().to_vec()),
+                st,
+            ));
+        }
+        loop {
+            if st.done {
+                return None;
+            }
+            let since = st.ctx.live.version();
+            let rows: Vec<EventRow> = st
+                .ctx
+                .sql
+                .exec(
+                    "SELECT seq, kind, data FROM execution_events WHERE exec_id = ? AND seq > ? \
+                     ORDER BY seq LIMIT 200",
+                    vec![st.id.as_str().into(), int(st.after as i64)],
+                )
+                .and_then(|c| c.to_array())
+                .unwrap_or_default();
+            if !rows.is_empty() {
+                let mut out = String::new();
+                for row in &rows {
+                    out.push_str(&sse_frame(&row.kind, row.seq as u64, &row.data));
+                    st.after = row.seq as u64;
+                    if row.kind == "result" {
+                        st.done = true;
+                    }
+                }
+                return Some((Ok(out.into_bytes()), st));
+            }
+            let finished = match st.ctx.load(&st.id) {
+                Ok(Some(row)) => row.body.is_some(),
+                _ => true,
+            };
+            if finished {
+                return None;
+            }
+            if !changed_or_timeout(&st.ctx.live, since, st.heartbeat_ms).await {
+                return Some((Ok(SSE_HEARTBEAT.as_bytes().to_vec()), st));
+            }
+        }
+    });
+    let headers = Headers::new();
+    let _ = headers.set("content-type", "text/event-stream");
+    let _ = headers.set("cache-control", "no-cache");
+    Ok(Response::from_stream(stream)?.with_headers(headers))
+}

@@ -1,0 +1,65 @@
+//! In-memory signal of a CloudboxRunner instance: wakes SSE streams and
+//! waiters when an event is stored, and remembers which background loop
+//! (a run's pump, a workspace's execute driver) is running.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use futures_util::future::{select, Either};
+use worker::Delay;
+
+#[derive(Default)]
+pub struct Live {
+    version: Cell<u64>,
+    wakers: RefCell<Vec<Waker>>,
+    /// A repo run's pump is consuming the runner's stream.
+    pub pumping: Cell<bool>,
+    /// A workspace's driver is working through its executes.
+    pub driving: Cell<bool>,
+}
+
+impl Live {
+    pub fn notify(&self) {
+        self.version.set(self.version.get() + 1);
+        let wakers: Vec<Waker> = self.wakers.borrow_mut().drain(..).collect();
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
+    /// The change counter; pass it to `changed_or_timeout`.
+    pub fn version(&self) -> u64 {
+        self.version.get()
+    }
+}
+
+struct Changed {
+    live: Rc<Live>,
+    since: u64,
+}
+
+impl Future for Changed {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.live.version.get() > self.since {
+            Poll::Ready(())
+        } else {
+            self.live.wakers.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+}
+
+/// Waits until something is stored after `since`, or `ms` pass. True if changed.
+pub async fn changed_or_timeout(live: &Rc<Live>, since: u64, ms: u64) -> bool {
+    let changed = Changed {
+        live: live.clone(),
+        since,
+    };
+    let timer = Delay::from(Duration::from_millis(ms));
+    matches!(select(changed, timer).await, Either::Left(_))
+}
