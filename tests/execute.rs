@@ -70,6 +70,11 @@ fn new_key(key_type: &str) -> Key {
     }
 }
 
+/// What most tests credit: enough that no low-balance alert is active
+/// (`LOW_BALANCE_USD` = 1.00), which is tested on its own.
+const CREDITS_USD: f64 = 5.0;
+const CREDITS: i64 = 5_000_000;
+
 /// A standard key with `usd` of credits.
 fn funded_key(usd: f64) -> Key {
     let key = new_key("standard");
@@ -249,12 +254,13 @@ fn seed(key: &Key, id: &str) {
 struct Event {
     id: Option<u64>,
     event: String,
-    data: String,
+    data: Option<String>,
 }
 
 impl Event {
     fn json(&self) -> Value {
-        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("{e}: {self:?}"))
+        let data = self.data.as_deref().unwrap_or_default();
+        serde_json::from_str(data).unwrap_or_else(|e| panic!("{e}: {self:?}"))
     }
 }
 
@@ -285,24 +291,31 @@ fn execute_sse(key: &Key, body: &Value) -> Sse {
 }
 
 impl Sse {
-    /// The next event (comments skipped), or `None` at the end.
+    /// The next event (comments and data-less field blocks such as
+    /// `retry:` skipped, as an EventSource does), or `None` at the end.
     fn next(&mut self) -> Option<Event> {
         let mut event = Event {
             id: None,
             event: "message".into(),
-            data: String::new(),
+            data: None,
         };
-        let mut seen_field = false;
         loop {
             let mut line = String::new();
-            if self.reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return seen_field.then_some(event);
-            }
+            let at_end = self.reader.read_line(&mut line).unwrap_or(0) == 0;
             let line = line.trim_end_matches(['\r', '\n']);
-            if line.is_empty() {
-                if seen_field {
-                    return Some(event);
+            if at_end || line.is_empty() {
+                if let Some(data) = event.data.take() {
+                    return Some(Event {
+                        id: event.id,
+                        event: event.event,
+                        data: Some(data),
+                    });
                 }
+                if at_end {
+                    return None;
+                }
+                event.id = None;
+                event.event = "message".into();
                 continue;
             }
             if line.starts_with(':') {
@@ -310,16 +323,16 @@ impl Sse {
             }
             let (name, value) = line.split_once(':').unwrap_or((line, ""));
             let value = value.strip_prefix(' ').unwrap_or(value);
-            seen_field = true;
             match name {
                 "id" => event.id = Some(value.parse().expect("numeric id")),
                 "event" => event.event = value.to_string(),
-                "data" => {
-                    if !event.data.is_empty() {
-                        event.data.push('\n');
+                "data" => match &mut event.data {
+                    Some(data) => {
+                        data.push('\n');
+                        data.push_str(value);
                     }
-                    event.data.push_str(value);
-                }
+                    None => event.data = Some(value.to_string()),
+                },
                 _ => {}
             }
         }
@@ -416,26 +429,25 @@ fn an_internal_key_runs_unbilled_and_commits_what_the_agent_wrote() {
 fn a_standard_key_is_charged_tokens_times_price_then_stopped_at_its_daily_limit() {
     let _lock = shared();
     let m = model();
-    let k = funded_key(5.0);
+    let k = funded_key(CREDITS_USD);
     let n = nonce();
     let ws = format!("ws-{n}");
     let path = format!("{n}.txt");
     let task = format!("write {path} paid-{n}");
-    let body = succeeded(&execute(&k, &json!({"task": task, "workspaceId": ws})), &ws);
+    let resp = execute(&k, &json!({"task": task, "workspaceId": ws}));
+    let body = succeeded(&resp, &ws);
+    assert_eq!(resp.header("x-budget-warning"), None, "no alert is active");
     let run_id = body["runId"].as_str().unwrap();
     let calls = m.requests_for(&task).len() as u64;
     assert_eq!(calls, 2);
     let expected = cost(calls * USAGE_IN, calls * USAGE_OUT);
     assert_eq!(expected, 39_000);
     assert_eq!(micros(&body["usage"]["totalCost"]), expected);
-    assert_eq!(
-        micros(&body["billing"]["balanceAfter"]),
-        5_000_000 - expected
-    );
+    assert_eq!(micros(&body["billing"]["balanceAfter"]), CREDITS - expected);
     assert_eq!(micros(&body["billing"]["totalSpent"]), expected);
 
     let acct = settled_account(&k);
-    assert_eq!(micros(&acct["creditsBalance"]), 5_000_000 - expected);
+    assert_eq!(micros(&acct["creditsBalance"]), CREDITS - expected);
     assert_eq!(micros(&acct["totalSpent"]), expected);
     assert_eq!(micros(&acct["spentToday"]), expected);
     let usage = usage_entries(&k);
@@ -460,8 +472,31 @@ fn a_standard_key_is_charged_tokens_times_price_then_stopped_at_its_daily_limit(
     assert_eq!(transactions(&k).len(), before);
     let acct = account(&k);
     assert_eq!(acct["heldCredits"], 0.0);
-    assert_eq!(micros(&acct["creditsBalance"]), 5_000_000 - expected);
+    assert_eq!(micros(&acct["creditsBalance"]), CREDITS - expected);
     assert_eq!(workspace(&k, &ws).json()["version"], 1);
+}
+
+#[test]
+fn a_low_balance_execute_answers_with_x_budget_warning() {
+    let _lock = shared();
+    model();
+    let k = funded_key(0.5); // under LOW_BALANCE_USD (1.00)
+    let n = nonce();
+    let ws = format!("ws-{n}");
+    let resp = execute(
+        &k,
+        &json!({"task": format!("echo low {n}"), "workspaceId": ws, "maxCostUsd": 0.1}),
+    );
+    let body = succeeded(&resp, &ws);
+    let warning = resp.header("x-budget-warning").unwrap_or_default();
+    assert!(
+        warning.contains("low_balance"),
+        "x-budget-warning: {warning:?}"
+    );
+    assert_eq!(
+        micros(&body["billing"]["balanceAfter"]),
+        500_000 - usage_cost(&body)
+    );
 }
 
 #[test]
@@ -491,7 +526,7 @@ fn without_credits_execute_is_refused_402_before_any_work() {
 fn a_task_that_outspends_its_hold_is_stopped_and_charged_at_most_the_hold() {
     let _lock = shared();
     let m = model();
-    let k = funded_key(1.0);
+    let k = funded_key(CREDITS_USD);
     let n = nonce();
     let ws = format!("ws-{n}");
     seed(&k, &ws);
@@ -508,12 +543,9 @@ fn a_task_that_outspends_its_hold_is_stopped_and_charged_at_most_the_hold() {
         "stopped before the hold was reached: {body}"
     );
     let charged = metered.min(hold);
-    assert_eq!(
-        micros(&body["billing"]["balanceAfter"]),
-        1_000_000 - charged
-    );
+    assert_eq!(micros(&body["billing"]["balanceAfter"]), CREDITS - charged);
     let acct = settled_account(&k);
-    assert_eq!(micros(&acct["creditsBalance"]), 1_000_000 - charged);
+    assert_eq!(micros(&acct["creditsBalance"]), CREDITS - charged);
     let usage = usage_entries(&k);
     assert_eq!(usage.len(), 1, "{usage:?}");
     assert_eq!(micros(&usage[0]["amount"]), -charged);
@@ -610,7 +642,7 @@ fn the_session_resumes_across_tasks_and_a_runner_restart_until_reset() {
 fn cancel_stops_a_running_task_commits_nothing_and_charges_only_metered_usage() {
     let _lock = shared();
     let m = model();
-    let k = funded_key(1.0);
+    let k = funded_key(CREDITS_USD);
     let n = nonce();
     let ws = format!("ws-{n}");
     seed(&k, &ws);
@@ -657,7 +689,7 @@ fn cancel_stops_a_running_task_commits_nothing_and_charges_only_metered_usage() 
 
     let charged = usage_cost(&result);
     let acct = settled_account(&k);
-    assert_eq!(micros(&acct["creditsBalance"]), 1_000_000 - charged);
+    assert_eq!(micros(&acct["creditsBalance"]), CREDITS - charged);
     assert_eq!(manifest(&k, &ws), (1, vec!["seed.txt".to_string()]));
 
     let again = post_json(
@@ -673,7 +705,7 @@ fn cancel_stops_a_running_task_commits_nothing_and_charges_only_metered_usage() 
 fn a_failing_agent_commits_nothing_and_is_charged_only_its_metered_usage() {
     let _lock = shared();
     let m = model();
-    let k = funded_key(1.0);
+    let k = funded_key(CREDITS_USD);
     let n = nonce();
     let ws = format!("ws-{n}");
     seed(&k, &ws);
@@ -685,12 +717,9 @@ fn a_failing_agent_commits_nothing_and_is_charged_only_its_metered_usage() {
     assert_eq!(body["usage"]["inputTokens"], USAGE_IN);
     assert_eq!(body["usage"]["outputTokens"], USAGE_OUT);
     let charged = cost(USAGE_IN, USAGE_OUT);
-    assert_eq!(
-        micros(&body["billing"]["balanceAfter"]),
-        1_000_000 - charged
-    );
+    assert_eq!(micros(&body["billing"]["balanceAfter"]), CREDITS - charged);
     let acct = settled_account(&k);
-    assert_eq!(micros(&acct["creditsBalance"]), 1_000_000 - charged);
+    assert_eq!(micros(&acct["creditsBalance"]), CREDITS - charged);
     let usage = usage_entries(&k);
     assert_eq!(usage.len(), 1, "{usage:?}");
     assert_eq!(micros(&usage[0]["amount"]), -charged);
@@ -701,7 +730,7 @@ fn a_failing_agent_commits_nothing_and_is_charged_only_its_metered_usage() {
 fn a_runner_killed_mid_task_ends_container_lost_and_releases_the_hold() {
     let _lock = exclusive();
     let m = model();
-    let k = funded_key(1.0);
+    let k = funded_key(CREDITS_USD);
     let n = nonce();
     let ws = format!("ws-{n}");
     seed(&k, &ws);
@@ -721,7 +750,7 @@ fn a_runner_killed_mid_task_ends_container_lost_and_releases_the_hold() {
     let acct = settled_account(&k);
     let balance = micros(&acct["creditsBalance"]);
     assert!(
-        balance <= 1_000_000 && balance >= 1_000_000 - usage_cost(&body),
+        balance <= CREDITS && balance >= CREDITS - usage_cost(&body),
         "{acct} {body}"
     );
     assert_eq!(manifest(&k, &ws), (1, vec!["seed.txt".to_string()]));
@@ -737,7 +766,7 @@ fn a_runner_killed_mid_task_ends_container_lost_and_releases_the_hold() {
 fn sse_streams_runner_usage_receipt_then_the_result_with_ids_in_order() {
     let _lock = shared();
     let m = model();
-    let k = funded_key(1.0);
+    let k = funded_key(CREDITS_USD);
     let n = nonce();
     let ws = format!("ws-{n}");
     let path = format!("{n}.md");
@@ -799,7 +828,7 @@ fn sse_streams_runner_usage_receipt_then_the_result_with_ids_in_order() {
     assert_eq!(read_file(&k, &ws, &path).text, format!("streamed-{n}"));
     assert_eq!(
         micros(&settled_account(&k)["creditsBalance"]),
-        1_000_000 - usage_cost(&result)
+        CREDITS - usage_cost(&result)
     );
 }
 
@@ -807,7 +836,7 @@ fn sse_streams_runner_usage_receipt_then_the_result_with_ids_in_order() {
 fn every_bad_field_is_refused_400_naming_it_and_nothing_starts() {
     let _lock = shared();
     let m = model();
-    let k = funded_key(1.0);
+    let k = funded_key(CREDITS_USD);
     let n = nonce();
     let ws = format!("ws-{n}");
     let task = format!("echo never-{n}");
@@ -902,7 +931,7 @@ fn every_bad_field_is_refused_400_naming_it_and_nothing_starts() {
     assert_eq!(workspace(&k, &ws).status, 404);
     let acct = account(&k);
     assert_eq!(acct["heldCredits"], 0.0);
-    assert_eq!(acct["creditsBalance"], 1.0);
+    assert_eq!(acct["creditsBalance"], CREDITS_USD);
     assert_eq!(transactions(&k).len(), 1, "only the credit");
 }
 
@@ -910,7 +939,7 @@ fn every_bad_field_is_refused_400_naming_it_and_nothing_starts() {
 fn an_idempotent_retry_replays_the_execution_without_a_second_run() {
     let _lock = shared();
     let m = model();
-    let k = funded_key(1.0);
+    let k = funded_key(CREDITS_USD);
     let n = nonce();
     let ws = format!("ws-{n}");
     let task = format!("write once-{n}.txt once-{n}");
@@ -952,8 +981,10 @@ fn parallel_executes_get_exactly_as_many_holds_as_the_balance_covers() {
     let m = model();
     const K: usize = 3;
     const TOTAL: usize = 20;
-    const HOLD: i64 = 100_000; // maxCostUsd 0.1
-    let k = Arc::new(funded_key(0.3));
+    // Holds of 2 USD: a finished run leaves over 1 USD available, so no
+    // low-balance alert is active (tested on its own).
+    const HOLD: i64 = 2_000_000;
+    let k = Arc::new(funded_key(6.0));
     let credits = K as i64 * HOLD;
     let n = nonce();
 
@@ -978,7 +1009,7 @@ fn parallel_executes_get_exactly_as_many_holds_as_the_balance_covers() {
             std::thread::spawn(move || {
                 let resp = execute(
                     &k,
-                    &json!({"task": task, "workspaceId": ws, "maxCostUsd": 0.1}),
+                    &json!({"task": task, "workspaceId": ws, "maxCostUsd": 2.0}),
                 );
                 (task, ws, resp)
             })

@@ -229,7 +229,12 @@ fn start_stack(vars: &[(String, String)]) -> Stack {
         .tempdir()
         .expect("temp dir")
         .keep();
-    watch_and_clean(None, Some(&dir));
+    // CLOUDBOX_KEEP_TEST_DIR=1 keeps the logs (wrangler.log, runner-*.log).
+    if std::env::var_os("CLOUDBOX_KEEP_TEST_DIR").is_some() {
+        eprintln!("test stack dir (kept): {}", dir.display());
+    } else {
+        watch_and_clean(None, Some(&dir));
+    }
     let state_dir = dir.join("state");
 
     let github_dir = dir.join("github");
