@@ -701,6 +701,94 @@ fn cancel_stops_a_running_task_commits_nothing_and_charges_only_metered_usage() 
     assert_eq!(again.json()["error"], "run_not_running");
 }
 
+/// The ids of the tasks the current runner has been given (its work dirs).
+fn runner_tasks() -> Vec<String> {
+    std::fs::read_dir(current().runner_work_dir())
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .filter(|name| name.starts_with("exe_"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn cancel_ends_a_waiting_json_execute_422_and_a_queued_one_before_it_starts() {
+    // Alone, so the one new task dir on the runner is this test's execute:
+    // a JSON POST /execute tells its run id only when it has ended.
+    let _lock = exclusive();
+    let m = model();
+    let k = funded_key(CREDITS_USD);
+    let n = nonce();
+    let ws = format!("ws-{n}");
+    seed(&k, &ws);
+    let before = runner_tasks();
+    let task = format!("slow {n}");
+    let waiting = {
+        let (k, body) = (k.clone(), json!({"task": task, "workspaceId": ws}));
+        std::thread::spawn(move || execute(&k, &body))
+    };
+    wait_for_model_call(m, &task);
+    let started: Vec<String> = runner_tasks()
+        .into_iter()
+        .filter(|id| !before.contains(id))
+        .collect();
+    assert_eq!(started.len(), 1, "{started:?}");
+    let run_id = started[0].clone();
+
+    // `?wait=false` does not queue: 409, and its hold is given back.
+    let auth = format!("Bearer {}", k.key);
+    let busy = send(
+        "POST",
+        "/execute?wait=false",
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ],
+        Some(
+            json!({"task": format!("echo busy {n}"), "workspaceId": ws})
+                .to_string()
+                .as_bytes(),
+        ),
+    );
+    assert_eq!(busy.status, 409, "{}", busy.text);
+    assert_eq!(busy.json()["error"], "workspace_busy");
+    // Only the running execute's hold (DEFAULT_RUN_HOLD_USD) is open.
+    assert_eq!(micros(&account(&k)["heldCredits"]), 1_000_000);
+
+    // A second execute on the workspace waits in line; cancelled there, it
+    // never starts and costs nothing.
+    let queued_task = format!("write queued-{n}.txt q");
+    let mut queued = execute_sse(&k, &json!({"task": queued_task, "workspaceId": ws}));
+    let cancel = post_json(
+        &format!("/execute/{}/cancel", queued.run_id),
+        Some(&k.key),
+        &json!({}),
+    );
+    assert_eq!(cancel.status, 200, "{}", cancel.text);
+    assert_eq!(cancel.json()["status"], "cancelled");
+    let events = queued.rest();
+    let result = events.last().expect("events").json();
+    assert_eq!(result["status"], "cancelled", "{result}");
+    assert_eq!(result["usage"]["inputTokens"], 0, "{result}");
+    assert!(m.requests_for(&queued_task).is_empty(), "it ran");
+
+    let cancel = post_json(
+        &format!("/execute/{run_id}/cancel"),
+        Some(&k.key),
+        &json!({}),
+    );
+    assert_eq!(cancel.status, 200, "{}", cancel.text);
+    let resp = waiting.join().unwrap();
+    let body = not_ok(&resp, "cancelled", 1);
+    assert_eq!(body["runId"], run_id.as_str());
+    let acct = settled_account(&k);
+    assert_eq!(micros(&acct["creditsBalance"]), CREDITS - usage_cost(&body));
+    assert_eq!(manifest(&k, &ws), (1, vec!["seed.txt".to_string()]));
+}
+
 #[test]
 fn a_failing_agent_commits_nothing_and_is_charged_only_its_metered_usage() {
     let _lock = shared();
@@ -965,10 +1053,26 @@ fn an_idempotent_retry_replays_the_execution_without_a_second_run() {
     assert_eq!(other.status, 422, "{}", other.text);
     assert_eq!(other.json()["error"], "idempotency_key_reused");
 
+    // A retry while the first is still running: 409 in_flight.
+    let nap = format!("nap {n}");
+    let nap_body = json!({"task": nap, "workspaceId": format!("{ws}-nap")});
+    let nap_key = format!("exec-nap-{n}");
+    let running = {
+        let (k, body, idem) = (k.clone(), nap_body.clone(), nap_key.clone());
+        std::thread::spawn(move || execute_with(&k, &body, &[("idempotency-key", idem.as_str())]))
+    };
+    wait_for_model_call(m, &nap);
+    let retry = execute_with(&k, &nap_body, &[("idempotency-key", nap_key.as_str())]);
+    assert_eq!(retry.status, 409, "{}", retry.text);
+    assert_eq!(retry.json()["error"], "in_flight");
+    let nap_body = succeeded(&running.join().unwrap(), &format!("{ws}-nap"));
+    assert_eq!(m.requests_for(&nap).len(), 1);
+    let balance = balance - usage_cost(&nap_body);
+
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(m.requests_for(&task).len(), calls, "a second model run");
     assert_eq!(micros(&account(&k)["creditsBalance"]), balance);
-    assert_eq!(usage_entries(&k).len(), 1);
+    assert_eq!(usage_entries(&k).len(), 2);
     assert_eq!(workspace(&k, &ws).json()["version"], 1);
 }
 

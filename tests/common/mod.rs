@@ -345,6 +345,13 @@ impl Stack {
         }
     }
 
+    /// The current runner's `RUNNER_WORK_DIR` (a directory per task or run,
+    /// named by its id).
+    pub fn runner_work_dir(&self) -> PathBuf {
+        let n = self.runner_starts.load(Ordering::SeqCst) - 1;
+        self.dir.join(format!("runner-{n}")).join("work")
+    }
+
     /// Replaces the stack's runner by a new one on the same port (the
     /// Worker's `RUNNER_URL` is fixed) with fresh dirs, as a new container.
     pub fn restart_runner(&self) {
