@@ -241,10 +241,15 @@ async fn start(
         give_back(hold).await;
         forget_execution(ctx, &run_id).await;
     }
-    let resp = sent?;
+    let mut resp = sent?;
     if sse {
         return Ok(resp);
     }
+    // A Durable Object's response has immutable headers: answer a copy.
+    let status = resp.status_code();
+    let body: Value = resp.json().await?;
+    let mut resp = http::json(status, &body)?;
+    resp.headers_mut().set("x-run-id", &run_id)?;
     with_budget_warning(ctx, caller, resp).await
 }
 
