@@ -9,6 +9,10 @@
 #   CLOUDBOX_STATE=.cloudbox/state   local D1/R2/DO state (kept between runs)
 #   CLOUDBOX_GITHUB_MIRROR=DIR        offline runs: the runner clones
 #                       https://github.com/<owner>/<repo> from DIR/<owner>/<repo>.git
+#   CLOUDBOX_SCRIPTED_MODEL=1          /execute without a model key: starts the
+#                       tests' scripted Responses-API server and points the agent at it
+#   AGENT_MODEL_BASE_URL, AGENT_MODEL, AGENT_COMMAND   override wrangler.toml's
+#                       (the model key is OPENAI_API_KEY in .dev.vars)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=${PORT:-8787}
@@ -33,7 +37,22 @@ CLOUDBOX_GITHUB_MIRROR="${CLOUDBOX_GITHUB_MIRROR:-}" RUNNER_LISTEN="127.0.0.1:$R
   CODEX_BIN="${CODEX_BIN:-$PWD/node_modules/.bin/codex}" \
   target/debug/cloudbox-runner > .cloudbox/runner.log 2>&1 &
 runner_pid=$!
-trap 'kill $runner_pid 2>/dev/null' EXIT
+pids="$runner_pid"
+trap 'kill $pids 2>/dev/null' EXIT
+
+agent_vars=()
+if [ -n "${CLOUDBOX_SCRIPTED_MODEL:-}" ]; then
+  cargo build --quiet --example scripted_model
+  target/debug/examples/scripted_model > .cloudbox/model.url 2> .cloudbox/model.log &
+  pids="$pids $!"
+  for _ in $(seq 50); do [ -s .cloudbox/model.url ] && break; sleep 0.1; done
+  AGENT_MODEL_BASE_URL=$(head -1 .cloudbox/model.url)
+  AGENT_MODEL=${AGENT_MODEL:-scripted}
+  echo "scripted model server: $AGENT_MODEL_BASE_URL"
+fi
+for name in AGENT_MODEL_BASE_URL AGENT_MODEL AGENT_COMMAND; do
+  if [ -n "${!name:-}" ]; then agent_vars+=(--var "$name:${!name}"); fi
+done
 
 cat <<MSG
 
@@ -46,4 +65,4 @@ Mint a first API key with the dev admin key (kept in .dev.vars):
 
 MSG
 CLOUDBOX_SKIP_BUILD=1 scripts/wrangler dev --local --ip 127.0.0.1 --port "$PORT" \
-  --persist-to "$STATE" --var "RUNNER_URL:http://127.0.0.1:$RUNNER_PORT"
+  --persist-to "$STATE" --var "RUNNER_URL:http://127.0.0.1:$RUNNER_PORT" "${agent_vars[@]}"

@@ -204,8 +204,15 @@ pub fn failure(status: ExecStatus, detail: Option<&str>) -> Option<(String, Stri
         ExecStatus::TimedOut => "the agent ran past timeoutMs",
         ExecStatus::ContainerLost => "the runner was lost mid-task",
     };
+    // The runner's own words add to a failure; for the other endings they
+    // only repeat the status.
     let message = match detail {
-        Some(d) if !d.is_empty() && d != why => format!("{why}: {d}"),
+        Some(d)
+            if matches!(status, ExecStatus::Failed | ExecStatus::ContainerLost)
+                && !d.is_empty() =>
+        {
+            format!("{why}: {d}")
+        }
         _ => why.to_string(),
     };
     Some((
@@ -303,6 +310,11 @@ mod tests {
         let (code, msg) = failure(ExecStatus::Failed, Some("exit 2")).unwrap();
         assert_eq!(code, "execution_failed");
         assert_eq!(msg, "the agent failed: exit 2; nothing was committed");
+        let (_, msg) = failure(ExecStatus::Stopped, Some("stopped: cap")).unwrap();
+        assert_eq!(
+            msg,
+            "stopped: the metered cost reached the hold; nothing was committed"
+        );
     }
 
     #[test]

@@ -241,9 +241,21 @@ async fn start(
         give_back(hold).await;
         forget_execution(ctx, &run_id).await;
     }
-    let resp = sent?;
-    if sse {
-        return Ok(resp);
+    // A Durable Object's response has immutable headers: answer a copy.
+    let mut resp = sent?;
+    let status = resp.status_code();
+    let resp = if sse && status == 200 {
+        let headers = Headers::new();
+        headers.set("content-type", "text/event-stream")?;
+        headers.set("cache-control", "no-cache")?;
+        Response::from_stream(resp.stream()?)?.with_headers(headers)
+    } else {
+        let body: Value = resp.json().await?;
+        http::json(status, &body)?
+    };
+    let mut resp = resp;
+    if matches!(status, 200 | 422) {
+        resp.headers_mut().set("x-run-id", &run_id)?;
     }
     with_budget_warning(ctx, caller, resp).await
 }

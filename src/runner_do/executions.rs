@@ -1105,8 +1105,11 @@ async fn begin(
     if ctx.load(&start.run_id)?.is_some() {
         return Err(ApiError::Internal("execute id reused".into()));
     }
-    // Checked and inserted with no await between: another request cannot
-    // slip in.
+    // The busy check and the insert have no await between them, so
+    // another request cannot slip in.
+    let start_json = serde_json::to_string(&start)?;
+    // The watchdog first: once the row exists, it must be driven.
+    state.storage().set_alarm(WATCHDOG_MS).await?;
     let open = ctx.open_count()?;
     if (open > 0 && !start.wait) || open > MAX_QUEUED {
         return Err(ApiError::WorkspaceBusy);
@@ -1116,11 +1119,10 @@ async fn begin(
          (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM executions), ?, 'queued', ?)",
         vec![
             start.run_id.as_str().into(),
-            serde_json::to_string(&start)?.into(),
+            start_json.into(),
             int(time::now_ms()),
         ],
     )?;
-    state.storage().set_alarm(WATCHDOG_MS).await?;
     worker::wasm_bindgen_futures::spawn_local(drive(ctx.clone()));
     let id = start.run_id.clone();
     let mut resp = match respond {
