@@ -266,6 +266,7 @@ impl Event {
 
 struct Sse {
     run_id: String,
+    budget_warning: Option<String>,
     reader: BufReader<Box<dyn Read + Send + Sync>>,
 }
 
@@ -286,6 +287,7 @@ fn execute_sse(key: &Key, body: &Value) -> Sse {
     let run_id = resp.header("x-run-id").expect("x-run-id").to_string();
     Sse {
         run_id,
+        budget_warning: resp.header("x-budget-warning").map(str::to_string),
         reader: BufReader::new(resp.into_reader()),
     }
 }
@@ -343,6 +345,17 @@ impl Sse {
     }
 }
 
+/// What the agent's tool calls returned to the model, for failure messages.
+fn tool_outputs(model: &ModelServer, task: &str) -> String {
+    let outputs: Vec<Value> = model
+        .requests_for(task)
+        .iter()
+        .flat_map(|r| r["input"].as_array().cloned().unwrap_or_default())
+        .filter(|i| i["type"] == "function_call_output")
+        .collect();
+    format!("tool outputs for {task:?}: {outputs:?}")
+}
+
 fn wait_for_model_call(model: &ModelServer, task: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while model.requests_for(task).is_empty() {
@@ -370,7 +383,12 @@ fn an_internal_key_runs_unbilled_and_commits_what_the_agent_wrote() {
     let body = succeeded(&resp, &ws);
     assert!(body.get("billing").is_none(), "billed: {body}");
     assert_eq!(body["version"], 1);
-    assert_eq!(body["changedFiles"], json!([path]));
+    assert_eq!(
+        body["changedFiles"],
+        json!([path]),
+        "{}",
+        tool_outputs(m, &task)
+    );
     assert_eq!(body["output"], format!("wrote {path}"));
     // A tool call, then the message: two model calls, both metered.
     let calls = m.requests_for(&task).len() as u64;
@@ -418,7 +436,12 @@ fn an_internal_key_runs_unbilled_and_commits_what_the_agent_wrote() {
         &ws,
     );
     assert_eq!(body_b["version"], 1);
-    assert_eq!(body_b["changedFiles"], json!([other]));
+    assert_eq!(
+        body_b["changedFiles"],
+        json!([other]),
+        "{}",
+        tool_outputs(m, &task_b)
+    );
     assert_ne!(body_b["sessionId"], body["sessionId"]);
     assert_eq!(manifest(&b, &ws), (1, vec![other.clone()]));
     assert_eq!(manifest(&a, &ws), (1, vec![path.clone()]));
@@ -493,9 +516,23 @@ fn a_low_balance_execute_answers_with_x_budget_warning() {
         warning.contains("low_balance"),
         "x-budget-warning: {warning:?}"
     );
+    let balance = 500_000 - usage_cost(&body);
+    assert_eq!(micros(&body["billing"]["balanceAfter"]), balance);
+    // The SSE form carries it too.
+    let mut sse = execute_sse(
+        &k,
+        &json!({"task": format!("echo low again {n}"), "workspaceId": ws, "maxCostUsd": 0.1}),
+    );
+    let warning = sse.budget_warning.clone().unwrap_or_default();
+    assert!(
+        warning.contains("low_balance"),
+        "x-budget-warning: {warning:?}"
+    );
+    let result = sse.rest().pop().expect("events").json();
+    assert_eq!(result["ok"], true, "{result}");
     assert_eq!(
-        micros(&body["billing"]["balanceAfter"]),
-        500_000 - usage_cost(&body)
+        micros(&result["billing"]["balanceAfter"]),
+        balance - usage_cost(&result)
     );
 }
 
@@ -860,6 +897,7 @@ fn sse_streams_runner_usage_receipt_then_the_result_with_ids_in_order() {
     let path = format!("{n}.md");
     let task = format!("write {path} streamed-{n}");
     let mut sse = execute_sse(&k, &json!({"task": task, "workspaceId": ws}));
+    assert_eq!(sse.budget_warning, None, "no alert is active");
     let events = sse.rest();
     let ids: Vec<Option<u64>> = events.iter().map(|e| e.id).collect();
     let expected: Vec<Option<u64>> = (1..=events.len() as u64).map(Some).collect();
@@ -896,7 +934,12 @@ fn sse_streams_runner_usage_receipt_then_the_result_with_ids_in_order() {
     assert_eq!(result["runId"], sse.run_id.as_str());
     assert_eq!(result["workspaceId"], ws.as_str());
     assert_eq!(result["version"], 1);
-    assert_eq!(result["changedFiles"], json!([path]));
+    assert_eq!(
+        result["changedFiles"],
+        json!([path]),
+        "{}",
+        tool_outputs(m, &task)
+    );
     check_usage(&result);
 
     // One cumulative usage event per model call, the last one the total.
@@ -1164,16 +1207,21 @@ fn parallel_executes_on_one_workspace_all_commit_in_turn() {
             let task = format!("write {path} v{i}-{n}");
             std::thread::spawn(move || {
                 let resp = execute(&k, &json!({"task": task, "workspaceId": ws}));
-                (path, resp)
+                (path, task, resp)
             })
         })
         .collect();
     let mut versions = Vec::new();
     let mut paths = Vec::new();
     for handle in runs {
-        let (path, resp) = handle.join().unwrap();
+        let (path, task, resp) = handle.join().unwrap();
         let body = succeeded(&resp, &ws);
-        assert_eq!(body["changedFiles"], json!([path]), "{body}");
+        assert_eq!(
+            body["changedFiles"],
+            json!([path]),
+            "{}",
+            tool_outputs(model(), &task)
+        );
         versions.push(body["version"].as_u64().unwrap());
         paths.push(path);
     }

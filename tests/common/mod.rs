@@ -106,8 +106,16 @@ fn run_ok(cmd: &mut Command, what: &str) {
 /// watchdog outside the group waits for this process and then cleans up.
 fn watch_and_clean(pgid: Option<u32>, dir: Option<&Path>) {
     let me = std::process::id();
+    // The group, and every process it started in groups of its own (the
+    // runner's agents), listed before the group goes.
     let kill = pgid
-        .map(|g| format!("kill -TERM -{g} 2>/dev/null; sleep 0.5; kill -KILL -{g} 2>/dev/null;"))
+        .map(|g| {
+            format!(
+                "tree() {{ echo $1; for c in $(ps -o pid= --ppid $1 2>/dev/null); do tree $c; done; }}; \
+                 pids=$(tree {g}); kill -TERM -{g} 2>/dev/null; sleep 0.5; \
+                 kill -KILL -{g} $pids 2>/dev/null;"
+            )
+        })
         .unwrap_or_default();
     let remove = dir
         .map(|d| format!("sleep 1; rm -rf '{}';", d.display()))
@@ -310,7 +318,12 @@ fn start_stack_runner(dir: &Path, github_dir: &Path, port: u16, n: u32) -> u32 {
     for d in [&blobs, &work] {
         std::fs::create_dir_all(d).expect("runner dir");
     }
+    // An empty HOME, as in the container: the agent's login shells must not
+    // run this machine's dotfiles (e.g. a pyenv init that serializes shells).
+    let home = runner_dir.join("home");
+    std::fs::create_dir_all(&home).expect("runner home");
     let mut env = vec![
+        ("HOME", home.display().to_string()),
         ("CLOUDBOX_GITHUB_MIRROR", github_dir.display().to_string()),
         ("RUNNER_BLOB_DIR", blobs.display().to_string()),
         ("RUNNER_WORK_DIR", work.display().to_string()),
