@@ -9,6 +9,7 @@
 
 mod common;
 #[path = "common/responses_server.rs"]
+#[allow(dead_code)] // each user takes a different part of it
 mod responses_server;
 
 use std::io::{BufRead, BufReader, Read};

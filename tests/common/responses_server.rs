@@ -13,8 +13,6 @@
 //!
 //! Every response reports `USAGE_IN` input and `USAGE_OUT` output tokens.
 
-#![allow(dead_code)] // each test binary uses a different part of this module
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
