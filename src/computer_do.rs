@@ -408,6 +408,30 @@ impl Computer {
 
     fn write(&self, body: WriteBody) -> Result<Response, ApiError> {
         let bytes = body.content.len();
+        #[derive(Deserialize)]
+        struct Held {
+            files: f64,
+            bytes: f64,
+            replaced: Option<f64>,
+        }
+        let held: Vec<Held> = self
+            .sql
+            .exec(
+                "SELECT COUNT(*) AS files, COALESCE(SUM(LENGTH(CAST(content AS BLOB))), 0) AS bytes, \
+                 (SELECT LENGTH(CAST(content AS BLOB)) FROM writes WHERE path = ?) AS replaced \
+                 FROM writes",
+                vec![body.path.as_str().into()],
+            )?
+            .to_array()?;
+        if let Some(held) = held.first() {
+            crate::spec::check_agent_write(
+                held.files as usize,
+                held.bytes as u64,
+                held.replaced.map(|b| b as u64),
+                bytes as u64,
+            )
+            .map_err(ApiError::ComputerFull)?;
+        }
         let sha256 = canonical::sha256_hex(body.content.as_bytes());
         self.sql.exec(
             "INSERT INTO writes (path, content, ms) VALUES (?, ?, ?) \

@@ -86,6 +86,7 @@ pub enum ApiError {
     BadSpec(String),
     SpecTooLarge,
     ContentTooLarge,
+    ComputerFull(String),
     FileNotFound,
     CollaboratorNotFound,
     ObjectiveNotFound,
@@ -123,7 +124,11 @@ impl ApiError {
             | RunNotLive
             | RunNotRunning => 409,
             RunExpired => 410,
-            BodyTooLarge { .. } | BlobTooLarge { .. } | SpecTooLarge | ContentTooLarge => 413,
+            BodyTooLarge { .. }
+            | BlobTooLarge { .. }
+            | SpecTooLarge
+            | ContentTooLarge
+            | ComputerFull(_) => 413,
             IdempotencyKeyReused => 422,
             RateLimited { .. } | SpendingLimitExceeded(_) => 429,
             Internal(_) => 500,
@@ -168,6 +173,7 @@ impl ApiError {
             BadSpec(_) => "bad_spec",
             SpecTooLarge => "spec_too_large",
             ContentTooLarge => "content_too_large",
+            ComputerFull(_) => "computer_full",
             FileNotFound => "file_not_found",
             CollaboratorNotFound => "collaborator_not_found",
             ObjectiveNotFound => "objective_not_found",
@@ -237,6 +243,7 @@ impl ApiError {
             BadSpec(why) => why.clone(),
             SpecTooLarge => "spec is larger than 256 KiB".into(),
             ContentTooLarge => "content is larger than 256 KiB".into(),
+            ComputerFull(why) => why.clone(),
             FileNotFound => "no such file".into(),
             CollaboratorNotFound => "no such collaborator".into(),
             ObjectiveNotFound => "no such objective".into(),

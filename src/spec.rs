@@ -188,6 +188,36 @@ fn path(map: &Map<String, Value>, key: &str, field: &str) -> Result<String, ApiE
 }
 
 /// Parses and validates a spec. The first problem found is the error.
+/// Files an agent may write into one computer (rewrites of a path it
+/// already wrote do not count), and their total size.
+pub const MAX_AGENT_FILES: usize = 500;
+pub const MAX_AGENT_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Whether a write fits: `files` and `bytes` are what the agent's writes
+/// hold now, `replaced` the size of the same path's earlier write, if any.
+/// `Err` says why not (413 `computer_full`).
+pub fn check_agent_write(
+    files: usize,
+    bytes: u64,
+    replaced: Option<u64>,
+    new_bytes: u64,
+) -> Result<(), String> {
+    let files_after = files + usize::from(replaced.is_none());
+    let bytes_after = bytes - replaced.unwrap_or(0).min(bytes) + new_bytes;
+    if files_after > MAX_AGENT_FILES {
+        return Err(format!(
+            "this computer already holds {MAX_AGENT_FILES} files written by the agent; rewrite one of them instead"
+        ));
+    }
+    if bytes_after > MAX_AGENT_BYTES {
+        return Err(format!(
+            "the agent's files in this computer would exceed {} MiB",
+            MAX_AGENT_BYTES / (1024 * 1024)
+        ));
+    }
+    Ok(())
+}
+
 pub fn parse(value: &Value) -> Result<ComputerSpec, ApiError> {
     let root = value
         .as_object()
@@ -980,5 +1010,16 @@ mod tests {
         assert!(is_computer_id(&id), "{id}");
         assert!(!is_computer_id("cb_XYZ"));
         assert!(!is_computer_id(&id.replace("cb_", "cx_")));
+    }
+    #[test]
+    fn agent_writes_are_capped_in_count_and_bytes() {
+        assert!(check_agent_write(0, 0, None, 10).is_ok());
+        assert!(check_agent_write(MAX_AGENT_FILES - 1, 0, None, 10).is_ok());
+        assert!(check_agent_write(MAX_AGENT_FILES, 0, None, 10).is_err());
+        // A rewrite of a path already written does not add a file.
+        assert!(check_agent_write(MAX_AGENT_FILES, 100, Some(50), 10).is_ok());
+        assert!(check_agent_write(1, MAX_AGENT_BYTES - 10, None, 10).is_ok());
+        assert!(check_agent_write(1, MAX_AGENT_BYTES - 10, None, 11).is_err());
+        assert!(check_agent_write(1, MAX_AGENT_BYTES, Some(100), 100).is_ok());
     }
 }

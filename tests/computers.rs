@@ -358,6 +358,42 @@ fn files_are_listed_sorted_with_generated_content() {
 }
 
 #[test]
+fn a_computer_holds_at_most_500_agent_files() {
+    let key = new_key();
+    let id = fresh(&key, "full");
+    for i in 0..500 {
+        let ok = post_json(
+            &c(&id, "write"),
+            Some(&key),
+            &json!({"path": format!("out/{i}.txt"), "content": "x"}),
+        );
+        assert_eq!(ok.status, 200, "write {i}: {}", ok.text);
+    }
+    let full = post_json(
+        &c(&id, "write"),
+        Some(&key),
+        &json!({"path": "out/one-more.txt", "content": "x"}),
+    );
+    assert_eq!(full.status, 413, "{}", full.text);
+    assert_eq!(full.json()["error"], "computer_full");
+    assert_eq!(
+        read(&key, &id, "out/one-more.txt").json()["error"],
+        "file_not_found"
+    );
+    // Rewriting a file already written is still allowed.
+    let again = post_json(
+        &c(&id, "write"),
+        Some(&key),
+        &json!({"path": "out/7.txt", "content": "seven"}),
+    );
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(read(&key, &id, "out/7.txt").json()["content"], "seven");
+    // 500 writes, the rewrite and the read left receipts; the refused
+    // write and the failed read did not.
+    assert_eq!(receipts(&key, &id).len(), 502);
+}
+
+#[test]
 fn write_limits_and_bad_inputs() {
     let key = new_key();
     let id = fresh(&key, "limits");
