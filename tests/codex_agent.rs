@@ -26,14 +26,7 @@ fn runner() -> (String, tempfile::TempDir) {
         codex.display()
     );
     let codex = codex.display().to_string();
-    // An empty HOME, as in the container: no dotfiles in the agent's shells.
-    let home = dir.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    let home = home.display().to_string();
-    let (_, url) = common::start_runner(
-        dir.path(),
-        &[("CODEX_BIN", codex.as_str()), ("HOME", home.as_str())],
-    );
+    let (_, url) = common::start_runner(dir.path(), &[("CODEX_BIN", codex.as_str())]);
     (url, dir)
 }
 
