@@ -318,12 +318,7 @@ fn start_stack_runner(dir: &Path, github_dir: &Path, port: u16, n: u32) -> u32 {
     for d in [&blobs, &work] {
         std::fs::create_dir_all(d).expect("runner dir");
     }
-    // An empty HOME, as in the container: the agent's login shells must not
-    // run this machine's dotfiles (e.g. a pyenv init that serializes shells).
-    let home = runner_dir.join("home");
-    std::fs::create_dir_all(&home).expect("runner home");
     let mut env = vec![
-        ("HOME", home.display().to_string()),
         ("CLOUDBOX_GITHUB_MIRROR", github_dir.display().to_string()),
         ("RUNNER_BLOB_DIR", blobs.display().to_string()),
         ("RUNNER_WORK_DIR", work.display().to_string()),
