@@ -8,6 +8,7 @@
 
 mod common;
 #[path = "common/responses_server.rs"]
+#[allow(dead_code)] // the bench uses only part of the scripted server
 mod responses_server;
 
 use std::io::Read;
