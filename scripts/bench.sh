@@ -22,13 +22,22 @@ bench_workspaces() {
   cargo run --quiet --example workspace_sync_bench
 }
 
+bench_execute() {
+  # POST /execute on a 200-file workspace through the whole stack (real Codex
+  # CLI, scripted model) vs the same task POSTed to the runner alone
+  # (tests/bench_execute.rs, an ignored test binary).
+  bash scripts/setup.sh >/dev/null
+  CODEX_BIN="${CODEX_BIN:-$PWD/node_modules/.bin/codex}" \
+    cargo test --quiet --test bench_execute -- --ignored --nocapture --test-threads=1
+}
+
 bench_grade() {
   # Grading 100 000 receipts against a 50-criterion rubric, natively, next to
   # a deep clone of the same receipts (examples/bench_grade.rs).
   cargo run --profile bench-native --quiet --example bench_grade
 }
 
-all=(runs workspaces grade)
+all=(runs workspaces execute grade)
 selected=("$@")
 [ ${#selected[@]} -eq 0 ] && selected=("${all[@]}")
 for name in "${selected[@]}"; do

@@ -55,6 +55,17 @@ impl RunnerConfig {
     }
 
     /// The clean environment every process of a run starts from.
+    /// `base_env` with `HOME` set to `home` (an agent task's own).
+    pub fn base_env_with_home(&self, home: &std::path::Path) -> Vec<(String, String)> {
+        let mut env = self.base_env();
+        for (name, value) in env.iter_mut() {
+            if name == "HOME" {
+                *value = home.display().to_string();
+            }
+        }
+        env
+    }
+
     pub fn base_env(&self) -> Vec<(String, String)> {
         vec![
             ("PATH".into(), self.path.clone()),

@@ -79,7 +79,11 @@ async fn execute_in(
 ) -> Result<TaskResult, String> {
     let workdir = dir.join("workspace");
     let codex_home = dir.join("codex-home");
+    // The agent's own HOME: nothing of the runner's home (its dotfiles and
+    // credentials) reaches the agent, and its shell starts clean.
+    let home = dir.join("home");
     std::fs::create_dir_all(&workdir).map_err(|e| format!("workdir: {e}"))?;
+    std::fs::create_dir_all(&home).map_err(|e| format!("home: {e}"))?;
     tree::materialize(cache, &start.files, &workdir).map_err(|e| format!("workspace: {e}"))?;
     tree::materialize(cache, &start.session, &codex_home).map_err(|e| format!("session: {e}"))?;
 
@@ -131,7 +135,7 @@ async fn execute_in(
             model: &start.model,
             model_base_url: &base_url,
             timeout: Duration::from_millis(start.timeout_ms),
-            base_env: cfg.base_env(),
+            base_env: cfg.base_env_with_home(&home),
         },
         &mut stop_rx,
         |_| {},

@@ -234,3 +234,23 @@ async fn a_failing_agent_is_reported_with_its_error() {
     assert_eq!(result.exit_code, Some(4));
     assert!(result.error.unwrap_or_default().contains("boom"));
 }
+
+#[tokio::test]
+async fn the_agent_gets_its_own_home_not_the_runners() {
+    let fx = fixture();
+    let script = r#"printf '%s' "$HOME" > home.txt; ls -A "$HOME" > listing.txt"#;
+    let (_, result) = run(
+        &fx,
+        start("task_home", script, vec![], "http://127.0.0.1:9/v1"),
+    )
+    .await;
+    assert!(result.ok, "{result:?}");
+    let blob = |path: &str| {
+        let entry = result.files.iter().find(|f| f.path == path).unwrap();
+        std::fs::read_to_string(fx.cache.path(&entry.sha256).unwrap()).unwrap()
+    };
+    let home = blob("home.txt");
+    assert!(home.ends_with("task_home/home"), "{home}");
+    assert_ne!(home, fx.cfg.home);
+    assert_eq!(blob("listing.txt"), "", "a fresh home is empty");
+}
