@@ -349,7 +349,13 @@ async fn execute_in(
         return ended((false, false, timed_out, false), None, None);
     }
 
-    let mut env = cfg.base_env();
+    // The steps get the run's own HOME: none of the runner's dotfiles or
+    // credentials, and login shells start clean.
+    let home = run_dir.join("home");
+    if let Err(err) = tokio::fs::create_dir_all(&home).await {
+        eprintln!("cloudbox-runner: cannot create {}: {err}", home.display());
+    }
+    let mut env = cfg.base_env_with_home(&home);
     env.retain(|(k, _)| !spec.env.contains_key(k));
     env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     let mut verify_ok = true;

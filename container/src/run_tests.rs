@@ -135,6 +135,22 @@ async fn run_env_is_given_and_the_runner_env_is_not() {
 }
 
 #[tokio::test]
+async fn steps_get_the_runs_own_empty_home() {
+    let fx = fixture();
+    let spec = testing::spec(
+        "run_home",
+        &["echo \"$HOME\"; ls -A \"$HOME\" | wc -l"],
+        &[],
+    );
+    let ran = run(&fx, spec).await;
+    let out = &ran.receipts[1].stdout;
+    let mut lines = out.lines();
+    let home = lines.next().unwrap_or_default();
+    assert!(home.ends_with("run_home/home"), "{out}");
+    assert_eq!(lines.next().map(str::trim), Some("0"), "{out}");
+}
+
+#[tokio::test]
 async fn a_timeout_kills_the_step_and_its_children() {
     let fx = fixture();
     let pids = fx.dir.path().join("pids");
