@@ -23,6 +23,9 @@ pub const HOLD_GRACE_MS: i64 = MAX_QUEUE_WAIT_MS + 10 * 60_000;
 pub enum ExecStatus {
     Queued,
     Running,
+    /// The agent is done and its result is being stored and committed
+    /// (internal: a cancel now waits for the outcome instead of ending it).
+    Saving,
     Succeeded,
     /// The agent exited non-zero, the model failed, or the sync failed.
     Failed,
@@ -39,6 +42,7 @@ impl ExecStatus {
         match self {
             ExecStatus::Queued => "queued",
             ExecStatus::Running => "running",
+            ExecStatus::Saving => "saving",
             ExecStatus::Succeeded => "succeeded",
             ExecStatus::Failed => "failed",
             ExecStatus::Cancelled => "cancelled",
@@ -53,6 +57,7 @@ impl ExecStatus {
         [
             Queued,
             Running,
+            Saving,
             Succeeded,
             Failed,
             Cancelled,
@@ -65,7 +70,10 @@ impl ExecStatus {
     }
 
     pub fn is_terminal(self) -> bool {
-        !matches!(self, ExecStatus::Queued | ExecStatus::Running)
+        !matches!(
+            self,
+            ExecStatus::Queued | ExecStatus::Running | ExecStatus::Saving
+        )
     }
 }
 
@@ -197,7 +205,9 @@ impl ExecutionBody {
 /// The `error`/`message` pair of a body that is not ok.
 pub fn failure(status: ExecStatus, detail: Option<&str>) -> Option<(String, String)> {
     let why = match status {
-        ExecStatus::Succeeded | ExecStatus::Queued | ExecStatus::Running => return None,
+        ExecStatus::Succeeded | ExecStatus::Queued | ExecStatus::Running | ExecStatus::Saving => {
+            return None
+        }
         ExecStatus::Failed => "the agent failed",
         ExecStatus::Cancelled => "the execute was cancelled",
         ExecStatus::Stopped => "stopped: the metered cost reached the hold",
@@ -283,10 +293,11 @@ mod tests {
     }
 
     #[test]
-    fn statuses_round_trip_and_only_two_are_open() {
+    fn statuses_round_trip_and_only_three_are_open() {
         for s in [
             "queued",
             "running",
+            "saving",
             "succeeded",
             "failed",
             "cancelled",
@@ -299,7 +310,10 @@ mod tests {
             assert_eq!(serde_json::to_value(st).unwrap(), s);
             assert_eq!(
                 st.is_terminal(),
-                !matches!(st, ExecStatus::Queued | ExecStatus::Running)
+                !matches!(
+                    st,
+                    ExecStatus::Queued | ExecStatus::Running | ExecStatus::Saving
+                )
             );
         }
     }

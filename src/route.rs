@@ -41,6 +41,7 @@ pub enum Route {
     WorkspaceSessionReset,
     // Execute an agent task
     Execute,
+    ExecuteGet,
     ExecuteCancel,
     // Repo runs
     RunCreate,
@@ -157,6 +158,7 @@ pub const ROUTES: &[RouteSpec] = &[
         Route::WorkspaceSessionReset,
     ),
     row("POST", "/execute", Route::Execute),
+    row("GET", "/execute/:runId", Route::ExecuteGet),
     row("POST", "/execute/:runId/cancel", Route::ExecuteCancel),
     row("POST", "/api/runs", Route::RunCreate),
     row("GET", "/api/runs", Route::RunList),

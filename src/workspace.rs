@@ -307,13 +307,17 @@ pub fn rebase(base: &[FileEntry], ours: &[FileEntry], current: &[FileEntry]) -> 
         .iter()
         .map(|f| (f.path.clone(), f.clone()))
         .collect();
-    for path in changes.added.iter().chain(&changes.modified) {
-        if let Some(f) = ours_by_path.get(path.as_str()) {
-            out.insert(path.clone(), (*f).clone());
-        }
-    }
     for path in &changes.deleted {
         out.remove(path);
+    }
+    for path in changes.added.iter().chain(&changes.modified) {
+        if let Some(f) = ours_by_path.get(path.as_str()) {
+            // A file and a directory cannot share a path: ours replaces
+            // their files under it, and their file where our directory goes.
+            let dir = format!("{path}/");
+            out.retain(|p, _| !p.starts_with(&dir) && !path.starts_with(&format!("{p}/")));
+            out.insert(path.clone(), (*f).clone());
+        }
     }
     out.into_values().collect()
 }
@@ -388,6 +392,25 @@ mod tests {
         // Where both changed a path, ours wins.
         let theirs = vec![entry("a", '9'), entry("b", 'b'), entry("c", 'c')];
         assert_eq!(rebase(&base, &ours, &theirs)[0], entry("a", '1'));
+    }
+
+    #[test]
+    fn rebase_never_leaves_a_file_where_a_directory_is() {
+        let base = vec![entry("a", 'a')];
+        // We added `x`; they added `x/y`.
+        let ours = vec![entry("a", 'a'), entry("x", 'x')];
+        let theirs = vec![entry("a", 'a'), entry("x/y", 'y')];
+        assert_eq!(
+            rebase(&base, &ours, &theirs),
+            vec![entry("a", 'a'), entry("x", 'x')]
+        );
+        // We added `d/f`; they added the file `d`.
+        let ours = vec![entry("a", 'a'), entry("d/f", 'f')];
+        let theirs = vec![entry("a", 'a'), entry("d", 'd')];
+        assert_eq!(
+            rebase(&base, &ours, &theirs),
+            vec![entry("a", 'a'), entry("d/f", 'f')]
+        );
     }
 
     #[test]

@@ -1234,3 +1234,68 @@ fn parallel_executes_on_one_workspace_all_commit_in_turn() {
         assert_eq!(read_file(&k, &ws, path).text, format!("v{i}-{n}"));
     }
 }
+
+#[test]
+fn an_execute_can_be_fetched_by_its_run_id_while_running_and_after() {
+    let _lock = shared();
+    let key = new_key("internal");
+    let other = new_key("internal");
+    let ws = format!("get-{}", nonce());
+    let tag = nonce();
+    // A 5 s model call keeps it running long enough to look at.
+    let mut sse = execute_sse(
+        &key,
+        &json!({"task": format!("nap {tag}"), "workspaceId": ws}),
+    );
+    let path = format!("/execute/{}", sse.run_id);
+    let running = get(&path, Some(&key.key));
+    assert_eq!(running.status, 202, "{}", running.text);
+    let running = running.json();
+    assert_eq!(running["runId"], sse.run_id.as_str());
+    assert_eq!(running["workspaceId"], ws.as_str());
+    assert!(
+        ["queued", "running"].contains(&running["status"].as_str().unwrap_or("")),
+        "{running}"
+    );
+    // Another account, an unknown id and a malformed id are all 404.
+    assert_eq!(get(&path, Some(&other.key)).status, 404);
+    assert_eq!(
+        get("/execute/exe_000000000000000000000000", Some(&key.key)).json()["error"],
+        "run_not_found"
+    );
+    assert_eq!(get("/execute/nope", Some(&key.key)).status, 404);
+    // ?wait=true answers the outcome, the same as the stream's result.
+    let waited = get(&format!("{path}?wait=true"), Some(&key.key));
+    let body = succeeded(&waited, &ws);
+    let mut result = None;
+    while let Some(event) = sse.next() {
+        if event.event == "result" {
+            result = Some(event.json());
+        }
+    }
+    assert_eq!(result.expect("result event"), body);
+    let again = get(&path, Some(&key.key));
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json(), body);
+}
+
+#[test]
+fn a_task_past_its_timeout_ends_timed_out_and_commits_nothing() {
+    let _lock = shared();
+    let key = funded_key(CREDITS_USD);
+    let ws = format!("timeout-{}", nonce());
+    let resp = execute(
+        &key,
+        &json!({"task": format!("slow {}", nonce()), "workspaceId": ws, "timeoutMs": 2000}),
+    );
+    let body = not_ok(&resp, "timed_out", 0);
+    // Nothing was metered (the model never answered): nothing is charged
+    // and the hold is gone.
+    let account = settled_account(&key);
+    assert_eq!(
+        micros(&account["creditsBalance"]),
+        CREDITS - usage_cost(&body)
+    );
+    assert_eq!(micros(&account["heldCredits"]), 0);
+    assert_eq!(workspace(&key, &ws).status, 404);
+}

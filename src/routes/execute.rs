@@ -35,6 +35,7 @@ async fn to_workspace_do(
     ctx: &Ctx<'_>,
     account: &str,
     workspace_id: &str,
+    method: Method,
     path_and_query: &str,
     body: Option<String>,
 ) -> Result<Response, ApiError> {
@@ -47,7 +48,7 @@ async fn to_workspace_do(
     headers.set("x-cloudbox-account", account)?;
     headers.set("x-request-id", ctx.request_id)?;
     let mut init = RequestInit::new();
-    init.with_method(Method::Post).with_headers(headers);
+    init.with_method(method).with_headers(headers);
     if let Some(body) = body {
         init.with_body(Some(body.into()));
     }
@@ -192,16 +193,9 @@ async fn start(
         ctx.now_ms,
     )
     .await?;
-    let give_back = |hold: Option<HoldTicket>| async move {
-        if let Some(hold) = hold {
-            if let Err(err) = ledger_d1::release(&db, &hold, crate::time::now_ms()).await {
-                worker::console_error!("execute: release of {}: {err}", hold.hold_id);
-            }
-        }
-    };
     let index = index_execution(ctx, caller, &run_id, &spec.workspace_id).await;
     if let Err(err) = index {
-        give_back(hold).await;
+        give_back(ctx, hold.as_ref()).await;
         return Err(err);
     }
     let start = ExecStart {
@@ -230,17 +224,46 @@ async fn start(
         ctx,
         &caller.account_id,
         &spec.workspace_id,
+        Method::Post,
         &format!("/executions/{run_id}/start?respond={respond}"),
         Some(serde_json::to_string(&start)?),
     )
     .await;
-    // 409: the DO refused before queueing, so nothing ran. (A 5xx or a
-    // lost connection is ambiguous: the DO may own the execute, and ends it
-    // and settles; if it never took it, the sweep releases the hold.)
+    // 409: the DO refused before queueing, so nothing ran.
     if matches!(&sent, Ok(resp) if resp.status_code() == 409) {
-        give_back(hold).await;
+        give_back(ctx, hold.as_ref()).await;
         forget_execution(ctx, &run_id).await;
     }
+    // A 5xx or a lost connection (e.g. the DO restarted) is ambiguous: ask
+    // the DO. If it never took the execute, nothing ran; if it did, it runs
+    // it to the end and settles, and the JSON form answers its outcome.
+    let failed = match &sent {
+        Ok(resp) => resp.status_code() >= 500,
+        Err(_) => true,
+    };
+    let sent = if failed {
+        let wait = if sse { "false" } else { "true" };
+        let asked = to_workspace_do(
+            ctx,
+            &caller.account_id,
+            &spec.workspace_id,
+            Method::Get,
+            &format!("/executions/{run_id}?wait={wait}"),
+            None,
+        )
+        .await;
+        match asked {
+            Ok(resp) if resp.status_code() == 404 => {
+                give_back(ctx, hold.as_ref()).await;
+                forget_execution(ctx, &run_id).await;
+                sent
+            }
+            Ok(resp) if !sse && matches!(resp.status_code(), 200 | 422) => Ok(resp),
+            _ => sent,
+        }
+    } else {
+        sent
+    };
     // A Durable Object's response has immutable headers: answer a copy.
     let mut resp = sent?;
     let status = resp.status_code();
@@ -258,6 +281,18 @@ async fn start(
         resp.headers_mut().set("x-run-id", &run_id)?;
     }
     with_budget_warning(ctx, caller, resp).await
+}
+
+/// Releases a hold of an execute that never ran.
+async fn give_back(ctx: &Ctx<'_>, hold: Option<&HoldTicket>) {
+    let Some(hold) = hold else { return };
+    let released = match ctx.env.d1("DB") {
+        Ok(db) => ledger_d1::release(&db, hold, crate::time::now_ms()).await,
+        Err(err) => Err(err.into()),
+    };
+    if let Err(err) = released {
+        worker::console_error!("execute: release of {}: {err}", hold.hold_id);
+    }
 }
 
 async fn index_execution(
@@ -306,10 +341,9 @@ struct Located {
     workspace_id: String,
 }
 
-/// `POST /execute/:runId/cancel`.
-pub async fn cancel(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
-    let caller = caller(&req, ctx).await?;
-    let run_id = ctx.param("runId")?;
+/// The workspace of the caller's execute `run_id` (404 for any other id).
+async fn locate(ctx: &Ctx<'_>, caller: &Caller, run_id: &str) -> Result<String, ApiError> {
+    // Checked before D1 or any Durable Object is touched.
     if !ids::has_shape(run_id, "exe_") {
         return Err(ApiError::RunNotFound);
     }
@@ -322,11 +356,40 @@ pub async fn cancel(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
         .await?;
     let located = located.ok_or(ApiError::RunNotFound)?;
     workspace::validate_workspace_id(&located.workspace_id)?;
+    Ok(located.workspace_id)
+}
+
+/// `POST /execute/:runId/cancel`.
+pub async fn cancel(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    let caller = caller(&req, ctx).await?;
+    let run_id = ctx.param("runId")?;
+    let workspace_id = locate(ctx, &caller, run_id).await?;
     to_workspace_do(
         ctx,
         &caller.account_id,
-        &located.workspace_id,
+        &workspace_id,
+        Method::Post,
         &format!("/executions/{run_id}/cancel"),
+        None,
+    )
+    .await
+}
+
+/// `GET /execute/:runId`: the execute's answer once it has ended (the same
+/// body and status as `POST /execute`), else 202 `{runId, status,
+/// workspaceId}`. `?wait=true` waits for the end.
+pub async fn get(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    let caller = auth::authenticate(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
+    caller.require(Permission::Read)?;
+    let run_id = ctx.param("runId")?;
+    let workspace_id = locate(ctx, &caller, run_id).await?;
+    let wait = http::query(&req, "wait")?.as_deref() == Some("true");
+    to_workspace_do(
+        ctx,
+        &caller.account_id,
+        &workspace_id,
+        Method::Get,
+        &format!("/executions/{run_id}?wait={wait}"),
         None,
     )
     .await

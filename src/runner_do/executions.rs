@@ -36,7 +36,7 @@ use crate::agent_events::TokenUsage;
 use crate::auth::Caller;
 use crate::billing;
 use crate::config::AgentVars;
-use crate::error::ApiError;
+use crate::error::{ApiError, FieldError};
 use crate::execution::{
     self, BillingBody, ExecStart, ExecStatus, ExecutionBody, UsageBody, MAX_QUEUED,
     MAX_QUEUE_WAIT_MS,
@@ -77,7 +77,9 @@ const SCHEMA: &[&str] = &[
         base_version INTEGER,
         session_id TEXT,
         usage TEXT,
-        body TEXT
+        task_result TEXT,
+        body TEXT,
+        settled INTEGER NOT NULL DEFAULT 0
     )",
     "CREATE TABLE IF NOT EXISTS execution_events (
         exec_id TEXT NOT NULL,
@@ -121,7 +123,9 @@ struct ExecRow {
     base_version: Option<f64>,
     session_id: Option<String>,
     usage: Option<String>,
+    task_result: Option<String>,
     body: Option<String>,
+    settled: f64,
 }
 
 impl ExecRow {
@@ -201,7 +205,7 @@ impl ExecCtx {
         let rows: Vec<ExecRow> = self
             .sql
             .exec(
-                "SELECT * FROM executions WHERE status IN ('queued', 'running') \
+                "SELECT * FROM executions WHERE status IN ('queued', 'running', 'saving') \
                  ORDER BY queue_seq LIMIT 1",
                 None,
             )?
@@ -217,7 +221,8 @@ impl ExecCtx {
         let rows: Vec<Count> = self
             .sql
             .exec(
-                "SELECT COUNT(*) AS n FROM executions WHERE status IN ('queued', 'running')",
+                "SELECT COUNT(*) AS n FROM executions \
+                 WHERE status IN ('queued', 'running', 'saving')",
                 None,
             )?
             .to_array()?;
@@ -315,7 +320,50 @@ impl ExecCtx {
                 id.into(),
             ],
         )?;
-        self.finish_end(row, ending).await
+        self.finish_end_once(row, ending).await
+    }
+
+    /// `finish_end` unless one is already in progress here for this execute
+    /// (the watchdog must not run a second one beside a slow first).
+    async fn finish_end_once(&self, row: ExecRow, ending: Ending) -> Result<(), ApiError> {
+        let id = row.id.clone();
+        if !self.live.ending.borrow_mut().insert(id.clone()) {
+            return Ok(());
+        }
+        let result = self.finish_end(row, ending).await;
+        self.live.ending.borrow_mut().remove(&id);
+        result
+    }
+
+    /// Charges the metered usage against the hold (never more than it) and
+    /// releases the rest; for internal keys, records the usage.
+    async fn settle(
+        &self,
+        start: &ExecStart,
+        id: &str,
+        usage: &TokenUsage,
+    ) -> Result<(), ApiError> {
+        let pricing = BillingVars::from_env(&self.env).pricing;
+        let (cost, _) = execution::charge_micros(&pricing, usage, None);
+        let caller = Caller {
+            key_id: start.key_id.clone(),
+            account_id: start.account_id.clone(),
+            key_type: KeyType::parse(&start.key_type).unwrap_or(KeyType::Standard),
+            permissions: Vec::new(),
+        };
+        let hold = start.hold_id.as_ref().map(|hold_id| HoldTicket {
+            hold_id: hold_id.clone(),
+            amount_micros: start.hold_micros,
+            expires_at_ms: start.hold_expires_ms,
+        });
+        let usage = Usage {
+            input_tokens: usage.input_tokens as i64,
+            output_tokens: usage.output_tokens as i64,
+            cost_micros: cost,
+        };
+        let db = self.env.d1("DB")?;
+        ledger_d1::finish_run(&db, &caller, hold.as_ref(), id, usage, time::now_ms()).await?;
+        Ok(())
     }
 
     /// The second half of `end`: billing, body, `result` event, D1 index.
@@ -327,35 +375,26 @@ impl ExecCtx {
         let (cost, _) = execution::charge_micros(&vars.pricing, &ending.usage, None);
         let db = self.env.d1("DB")?;
         let key_type = KeyType::parse(&start.key_type).unwrap_or(KeyType::Standard);
-        let caller = Caller {
-            key_id: start.key_id.clone(),
-            account_id: start.account_id.clone(),
-            key_type,
-            permissions: Vec::new(),
-        };
-        let hold = start.hold_id.as_ref().map(|hold_id| HoldTicket {
-            hold_id: hold_id.clone(),
-            amount_micros: start.hold_micros,
-            expires_at_ms: start.hold_expires_ms,
-        });
-        let usage = Usage {
-            input_tokens: ending.usage.input_tokens as i64,
-            output_tokens: ending.usage.output_tokens as i64,
-            cost_micros: cost,
-        };
         let mut billing_body = None;
-        match ledger_d1::finish_run(&db, &caller, hold.as_ref(), id, usage, now).await {
-            Ok(_) if key_type == KeyType::Standard => {
-                if let Some(budget) = ledger_d1::budget_of_key(&db, &start.key_id, now).await? {
+        let settled = match self.settle(&start, id, &ending.usage).await {
+            Ok(()) => true,
+            // The watchdog retries; the sweep releases the hold at the latest.
+            Err(err) => {
+                worker::console_error!("execute {id}: settling: {err}");
+                false
+            }
+        };
+        if settled && key_type == KeyType::Standard {
+            match ledger_d1::budget_of_key(&db, &start.key_id, now).await {
+                Ok(Some(budget)) => {
                     billing_body = Some(BillingBody {
                         balance_after: billing::micros_to_usd(budget.balance_micros),
                         total_spent: billing::micros_to_usd(budget.total_spent_micros),
-                    });
+                    })
                 }
+                Ok(None) => {}
+                Err(err) => worker::console_error!("execute {id}: balance after: {err}"),
             }
-            Ok(_) => {}
-            // The hold is released by the sweep past its expiry at the latest.
-            Err(err) => worker::console_error!("execute {id}: settling: {err}"),
         }
         let (version, changed_files, session_id) = match ending.saved {
             Some(saved) => (saved.version, saved.changed_files, saved.session_id),
@@ -393,11 +432,16 @@ impl ExecCtx {
             receipts: self.receipts(id)?,
         };
         let text = serde_json::to_string(&body)?;
+        // Checked and written with no await between: one body, one result.
+        if self.get(id)?.body.is_some() {
+            return Ok(());
+        }
         self.sql.exec(
-            "UPDATE executions SET body = ?, usage = ? WHERE id = ?",
+            "UPDATE executions SET body = ?, usage = ?, settled = ? WHERE id = ?",
             vec![
                 text.clone().into(),
                 serde_json::to_string(&ending.usage)?.into(),
+                int(settled as i64),
                 id.into(),
             ],
         )?;
@@ -453,10 +497,16 @@ impl ExecCtx {
 // ---------------------------------------------------------------------------
 // The driver: runs the queue, one execute at a time.
 
-struct DriveGuard(Rc<Live>);
+struct DriveGuard {
+    live: Rc<Live>,
+    generation: u64,
+}
 impl Drop for DriveGuard {
     fn drop(&mut self) {
-        self.0.driving.set(false);
+        // A replaced driver leaves the flag to its successor.
+        if self.live.drive_gen.get() == self.generation {
+            self.live.driving.set(false);
+        }
     }
 }
 
@@ -465,8 +515,15 @@ async fn drive(ctx: ExecCtx) {
         return;
     }
     ctx.live.driving.set(true);
-    let _guard = DriveGuard(ctx.live.clone());
+    let generation = ctx.live.drive_gen.get();
+    let _guard = DriveGuard {
+        live: ctx.live.clone(),
+        generation,
+    };
     loop {
+        if ctx.live.drive_gen.get() != generation {
+            return; // replaced by the watchdog
+        }
         let row = match ctx.next_open() {
             Ok(Some(row)) => row,
             Ok(None) => return,
@@ -521,6 +578,13 @@ async fn run_one(ctx: &ExecCtx, row: ExecRow) -> Result<(), ApiError> {
     let id = row.id.clone();
     let start = row.start()?;
     let now = time::now_ms();
+    if row.status() == ExecStatus::Saving {
+        // The task had ended when this driver's predecessor stopped.
+        if let Some(text) = &row.task_result {
+            let result: TaskResult = serde_json::from_str(text)?;
+            return complete(ctx, &id, &start, result).await;
+        }
+    }
     if row.status() == ExecStatus::Queued {
         if now - row.created_ms as i64 > MAX_QUEUE_WAIT_MS {
             let why = "it waited over 30 minutes behind other executes of this workspace";
@@ -561,8 +625,13 @@ async fn run_one(ctx: &ExecCtx, row: ExecRow) -> Result<(), ApiError> {
     };
     match follow(ctx, &id, &start, first).await? {
         Followed::Result(result) => complete(ctx, &id, &start, *result).await,
-        Followed::Ended => Ok(()),
+        Followed::Ended => {
+            // Ended by the DO (a cancel): make sure the agent stops too.
+            let _ = ctx.cancel_on_runner(&id).await;
+            Ok(())
+        }
         Followed::Lost(why) => {
+            let _ = ctx.cancel_on_runner(&id).await;
             let usage = ctx.get(&id)?.usage();
             ctx.end(
                 &id,
@@ -658,7 +727,12 @@ async fn prepare(ctx: &ExecCtx, id: &str, start: &ExecStart) -> Result<Prepared,
         "UPDATE executions SET dispatched = 1 WHERE id = ?",
         vec![id.into()],
     )?;
-    match send(&ctx.link, Method::Post, "/tasks", Some(body), 30_000).await {
+    let sent = send(&ctx.link, Method::Post, "/tasks", Some(body), 30_000).await;
+    if ctx.is_terminal(id) {
+        // Cancelled while the task was being started.
+        let _ = ctx.cancel_on_runner(id).await;
+    }
+    match sent {
         Ok(resp) => {
             ctx.runner_step(
                 id,
@@ -771,9 +845,7 @@ async fn follow(
         if row.status().is_terminal() {
             return Ok(Followed::Ended);
         }
-        let started = row.started_ms.unwrap_or(row.created_ms) as i64;
-        let deadline = started + start.timeout_ms as i64 + DEADLINE_GRACE_MS;
-        if time::now_ms() > deadline {
+        if time::now_ms() > deadline_of(&row, start) {
             return Ok(Followed::TimedOut);
         }
         let resp = match next.take() {
@@ -783,6 +855,7 @@ async fn follow(
                 send(&ctx.link, Method::Get, &path, None, 5_000).await
             }
         };
+        let seen = row.runner_seq;
         let reason = match resp {
             Ok(resp) if resp.status_code() == 200 => match read_stream(ctx, id, resp).await? {
                 Streamed::Result(result) => return Ok(Followed::Result(result)),
@@ -797,6 +870,10 @@ async fn follow(
             Ok(resp) => format!("runner answered {}", resp.status_code()),
             Err(err) => err,
         };
+        // Only breaks in a row count: a stream that delivered events was alive.
+        if ctx.get(id)?.runner_seq > seen {
+            failures = 0;
+        }
         failures += 1;
         if failures >= MAX_LINK_FAILURES {
             return Ok(Followed::Lost(format!(
@@ -873,14 +950,32 @@ async fn read_stream(ctx: &ExecCtx, id: &str, mut resp: Response) -> Result<Stre
                 RunEvent::Output(chunk) => {
                     ctx.append_event(id, "output", &serde_json::to_string(&chunk)?)?
                 }
-                RunEvent::Task(result) => return Ok(Streamed::Result(Box::new(result))),
+                RunEvent::Task(result) => {
+                    // Kept before it is acted on: a restarted driver resumes
+                    // from here, and a cancel now waits for the outcome.
+                    ctx.sql.exec(
+                        "UPDATE executions SET task_result = ?, status = 'saving' WHERE id = ?",
+                        vec![serde_json::to_string(&result)?.into(), id.into()],
+                    )?;
+                    return Ok(Streamed::Result(Box::new(result)));
+                }
                 RunEvent::Result(_) | RunEvent::Heartbeat => {}
             }
         }
-        if ctx.is_terminal(id) {
+        let row = ctx.get(id)?;
+        if row.status().is_terminal() {
             return Ok(Streamed::Ended);
         }
+        if time::now_ms() > deadline_of(&row, &row.start()?) {
+            return Ok(Streamed::Broken("past the deadline".into()));
+        }
     }
+}
+
+/// When the DO gives up on a running task: its timeout plus the grace.
+fn deadline_of(row: &ExecRow, start: &ExecStart) -> i64 {
+    let started = row.started_ms.unwrap_or(row.created_ms) as i64;
+    started + start.timeout_ms as i64 + DEADLINE_GRACE_MS
 }
 
 /// The task ended on the runner: save what a good one left, then end.
@@ -891,10 +986,18 @@ async fn complete(
     result: TaskResult,
 ) -> Result<(), ApiError> {
     let status = execution::outcome(&result);
+    // What the proxy metered as the task ran counts even if the runner's
+    // last report lost it (a task that failed after the agent ran).
+    let metered = ctx.get(id)?.usage();
+    let usage = TokenUsage {
+        input_tokens: result.usage.input_tokens.max(metered.input_tokens),
+        output_tokens: result.usage.output_tokens.max(metered.output_tokens),
+        ..result.usage
+    };
     let mut ending = Ending {
         status,
         detail: result.error.clone(),
-        usage: result.usage,
+        usage,
         output: result.output.clone(),
         saved: None,
     };
@@ -969,19 +1072,25 @@ async fn save(
     )
     .await?;
     let changes = workspace::diff(&base.files, &result.files);
+    if changes.is_empty() && base.version > 0 {
+        // Nothing to commit: the workspace keeps its version (someone may
+        // have committed meanwhile), the session is stored.
+        if let Some(sid) = &session_id {
+            workspace_store::set_session(&db, account, ws, Some(sid), now).await?;
+        }
+        let current = workspace_store::get_row(&db, account, ws)
+            .await?
+            .map(|w| w.version as u64)
+            .unwrap_or(base.version);
+        return Ok(Saved {
+            version: current,
+            changed_files: Vec::new(),
+            session_id,
+        });
+    }
     let mut current_version = base.version;
     let mut files = result.files.clone();
     for _ in 0..5 {
-        if changes.is_empty() && current_version > 0 {
-            if let Some(sid) = &session_id {
-                workspace_store::set_session(&db, account, ws, Some(sid), now).await?;
-            }
-            return Ok(Saved {
-                version: current_version,
-                changed_files: Vec::new(),
-                session_id,
-            });
-        }
         match workspace_store::commit(
             &ctx.env,
             account,
@@ -1001,9 +1110,24 @@ async fn save(
                 })
             }
             Err(ApiError::VersionConflict { current }) => {
+                if current == 0 && base.version > 0 {
+                    return Err(ApiError::ValidationFailed(vec![FieldError::new(
+                        "workspaceId",
+                        "the workspace was deleted while the agent ran",
+                    )]));
+                }
                 let latest = read_manifest_at(&ctx.env, account, ws, current).await?;
                 current_version = latest.version;
                 files = workspace::rebase(&base.files, &result.files, &latest.files);
+                if latest.version > base.version && files == latest.files {
+                    // Our commit already landed (a driver that stopped
+                    // after committing is resumed): nothing more to do.
+                    return Ok(Saved {
+                        version: latest.version,
+                        changed_files: changes.changed_files(),
+                        session_id,
+                    });
+                }
             }
             Err(err) => return Err(err),
         }
@@ -1020,46 +1144,91 @@ async fn save(
 /// eviction, ends a task past its deadline, restarts a driver lost with an
 /// evicted instance.
 pub async fn watchdog(ctx: ExecCtx, state: &State) {
-    #[derive(Deserialize)]
-    struct Id {
-        id: String,
-    }
-    let half_ended: Vec<Id> = ctx
+    let unfinished: Vec<ExecRow> = ctx
         .sql
         .exec(
-            "SELECT id FROM executions WHERE body IS NULL AND status NOT IN ('queued', 'running')",
+            "SELECT * FROM executions WHERE body IS NULL OR settled = 0 ORDER BY queue_seq",
             None,
         )
         .and_then(|c| c.to_array())
         .unwrap_or_default();
-    for Id { id } in half_ended {
-        if let Ok(row) = ctx.get(&id) {
-            let usage = row.usage();
-            let status = row.status();
-            let ending = Ending::without_work(status, "ended while the service restarted", usage);
-            if let Err(err) = ctx.finish_end(row, ending).await {
-                worker::console_error!("execute {id}: watchdog: {err}");
-            }
-        }
+    if unfinished.is_empty() {
+        return;
     }
-    let open = match ctx.next_open() {
-        Ok(Some(row)) => row,
-        _ => return,
-    };
     if let Err(err) = state.storage().set_alarm(WATCHDOG_MS).await {
         worker::console_error!("executions watchdog: cannot re-arm: {err}");
+    }
+    let now = time::now_ms();
+    for row in unfinished {
+        if let Err(err) = check(&ctx, row, now).await {
+            worker::console_error!("executions watchdog: {err}");
+        }
     }
     if ctx.live.driving.get() {
         return;
     }
-    if open.status() == ExecStatus::Running && open.dispatched == 0.0 {
-        // Cut off during the sync: the task never started; start it anew.
-        let _ = ctx.sql.exec(
-            "UPDATE executions SET status = 'queued' WHERE id = ?",
-            vec![open.id.as_str().into()],
-        );
+    if let Ok(Some(open)) = ctx.next_open() {
+        if open.status() == ExecStatus::Running && open.dispatched == 0.0 {
+            // Cut off during the sync: the task never started; start it anew.
+            let _ = ctx.sql.exec(
+                "UPDATE executions SET status = 'queued' WHERE id = ?",
+                vec![open.id.as_str().into()],
+            );
+        }
+        // Not awaited: an alarm must not carry a whole queue.
+        worker::wasm_bindgen_futures::spawn_local(drive(ctx));
     }
-    drive(ctx).await;
+}
+
+/// One unfinished execute, as the watchdog sees it.
+async fn check(ctx: &ExecCtx, row: ExecRow, now: i64) -> Result<(), ApiError> {
+    let id = row.id.clone();
+    let start = row.start()?;
+    let status = row.status();
+    if status.is_terminal() {
+        if row.body.is_none() {
+            // Its end was cut short (the instance was evicted or failed).
+            let usage = row.usage();
+            let ending = Ending::without_work(status, "ended while the service restarted", usage);
+            return ctx.finish_end_once(row, ending).await;
+        }
+        if row.settled == 0.0 {
+            ctx.settle(&start, &id, &row.usage()).await?;
+            ctx.sql.exec(
+                "UPDATE executions SET settled = 1 WHERE id = ?",
+                vec![id.as_str().into()],
+            )?;
+        }
+        return Ok(());
+    }
+    if status == ExecStatus::Queued && now - row.created_ms as i64 > MAX_QUEUE_WAIT_MS {
+        let why = "it waited over 30 minutes behind other executes of this workspace";
+        return ctx
+            .end(
+                &id,
+                Ending::without_work(ExecStatus::Failed, why, TokenUsage::default()),
+            )
+            .await;
+    }
+    if status != ExecStatus::Queued && now > deadline_of(&row, &start) + WATCHDOG_MS * 12 {
+        // The driver should have ended it by now: it is stuck. End the
+        // execute and hand the queue to a new driver.
+        let _ = ctx.cancel_on_runner(&id).await;
+        ctx.live.drive_gen.set(ctx.live.drive_gen.get() + 1);
+        ctx.live.driving.set(false);
+        let usage = row.usage();
+        return ctx
+            .end(
+                &id,
+                Ending::without_work(
+                    ExecStatus::TimedOut,
+                    "the task passed its time limit",
+                    usage,
+                ),
+            )
+            .await;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -1083,14 +1252,41 @@ pub async fn handle(ctx: ExecCtx, state: &State, mut req: Request) -> Result<Res
         }
         (Method::Post, ["executions", id, "cancel"]) => {
             let row = ctx.owned(id, &account)?;
-            if row.status().is_terminal() {
+            // Saving: the agent is done and its result is being committed.
+            if row.status().is_terminal() || row.status() == ExecStatus::Saving {
                 return Err(ApiError::RunNotRunning);
             }
             let row = cancel(&ctx, row).await?;
-            let body = row
-                .body()?
-                .ok_or_else(|| ApiError::Internal("cancelled without a body".into()))?;
-            http::json(200, &body)
+            match row.body()? {
+                Some(body) if body.status == ExecStatus::Cancelled => http::json(200, &body),
+                // It finished on its own before the cancel took.
+                Some(_) => Err(ApiError::RunNotRunning),
+                None => http::json(
+                    202,
+                    &serde_json::json!({"runId": row.id, "status": row.status()}),
+                ),
+            }
+        }
+        (Method::Get, ["executions", id]) => {
+            let row = ctx.owned(id, &account)?;
+            let row = if http::query(&req, "wait")?.as_deref() == Some("true") {
+                ctx.wait_finished(id, None).await?
+            } else {
+                row
+            };
+            let mut resp = match row.body()? {
+                Some(body) => http::json(body.http_status(), &body)?,
+                None => http::json(
+                    202,
+                    &serde_json::json!({
+                        "runId": row.id,
+                        "status": row.status(),
+                        "workspaceId": row.start()?.workspace_id,
+                    }),
+                )?,
+            };
+            resp.headers_mut().set("x-run-id", &row.id)?;
+            Ok(resp)
         }
         _ => Err(ApiError::NotFound),
     }
@@ -1152,13 +1348,19 @@ async fn cancel(ctx: &ExecCtx, row: ExecRow) -> Result<ExecRow, ApiError> {
             }
         }
     }
-    let usage = ctx.get(&id)?.usage();
+    let now = ctx.get(&id)?;
+    if now.status() == ExecStatus::Saving {
+        // The agent finished before the cancel reached it: its result is
+        // being committed; that outcome stands.
+        return ctx.wait_finished(&id, Some(60_000)).await;
+    }
+    let usage = now.usage();
     ctx.end(
         &id,
         Ending::without_work(ExecStatus::Cancelled, "cancelled by request", usage),
     )
     .await?;
-    ctx.wait_finished(&id, Some(10_000)).await
+    ctx.wait_finished(&id, Some(30_000)).await
 }
 
 // ---------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 //! (a run's pump, a workspace's execute driver) is running.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -20,6 +21,11 @@ pub struct Live {
     pub pumping: Cell<bool>,
     /// A workspace's driver is working through its executes.
     pub driving: Cell<bool>,
+    /// Bumped when the watchdog replaces a hung driver; a driver whose
+    /// generation is stale stops at its next step.
+    pub drive_gen: Cell<u64>,
+    /// Executes whose `end` is in progress in this instance.
+    pub ending: RefCell<HashSet<String>>,
 }
 
 impl Live {
