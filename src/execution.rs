@@ -131,7 +131,15 @@ pub struct ExecStart {
     pub cap_micros: Option<i64>,
     /// `false`: refuse (409 `workspace_busy`) instead of queueing.
     pub wait: bool,
+    /// The request's `Idempotency-Key` and when it was claimed: the DO
+    /// records the outcome for replay itself, so a client that disconnected
+    /// mid-execute gets it on retry instead of a second run.
+    #[serde(default)]
+    pub idempotency: Option<(String, i64)>,
 }
+
+/// The `Idempotency-Key` scope of `POST /execute`.
+pub const IDEMPOTENCY_SCOPE: &str = "execute";
 
 /// The cost cap the agent is stopped at.
 pub fn cap_micros(hold_micros: Option<i64>, requested: Option<i64>) -> Option<i64> {

@@ -40,6 +40,15 @@ pub struct Claim {
     claimed_at: i64,
 }
 
+impl Claim {
+    /// The key and the claim time: what another party (a Durable Object
+    /// that outlives the request) needs to record the outcome itself with
+    /// `Slot::finish`.
+    pub fn key_and_time(&self) -> (String, i64) {
+        (self.slot.key.clone(), self.claimed_at)
+    }
+}
+
 pub enum Begin {
     Proceed(Claim),
     Replay(Response),

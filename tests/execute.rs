@@ -1299,3 +1299,42 @@ fn a_task_past_its_timeout_ends_timed_out_and_commits_nothing() {
     assert_eq!(micros(&account["heldCredits"]), 0);
     assert_eq!(workspace(&key, &ws).status, 404);
 }
+
+#[test]
+fn a_client_that_hangs_up_gets_the_outcome_on_retry_without_a_second_run() {
+    let _lock = shared();
+    let key = new_key("internal");
+    let ws = format!("hangup-{}", nonce());
+    let task = format!("nap {}", nonce());
+    let body = json!({"task": task, "workspaceId": ws});
+    let idem = format!("idem-{}", nonce());
+    // The client gives up after 1 s; the 5 s model call is still going.
+    let impatient = ureq::AgentBuilder::new()
+        .timeout(std::time::Duration::from_secs(1))
+        .build();
+    let first = impatient
+        .post(&format!("{}/execute", current().base))
+        .set("authorization", &format!("Bearer {}", key.key))
+        .set("idempotency-key", &idem)
+        .send_json(body.clone());
+    assert!(first.is_err(), "the first call was meant to time out");
+    // The execute runs on; its outcome is recorded for the key.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let replay = loop {
+        let resp = execute_with(&key, &body, &[("idempotency-key", idem.as_str())]);
+        if resp.status != 409 || std::time::Instant::now() > deadline {
+            break resp;
+        }
+        assert_eq!(resp.json()["error"], "in_flight", "{}", resp.text);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let done = succeeded(&replay, &ws);
+    assert_eq!(
+        replay.header("idempotent-replayed"),
+        Some("true"),
+        "{}",
+        replay.text
+    );
+    assert_eq!(model().requests_for(&task).len(), 1, "the task ran twice");
+    assert_eq!(workspace(&key, &ws).json()["version"], done["version"]);
+}

@@ -92,7 +92,7 @@ pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiErro
     let bytes = http::read_body(&mut req, http::MAX_JSON_BYTES).await?;
     let spec = parse_spec(&bytes);
     let Some(idem) = idem_key else {
-        return start(ctx, &caller, spec?, wait, sse).await;
+        return start(ctx, &caller, spec?, wait, sse, None).await;
     };
     let db = ctx.env.d1("DB")?;
     let stale_after = match &spec {
@@ -101,7 +101,7 @@ pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiErro
     };
     let slot = Slot {
         account_id: caller.account_id.clone(),
-        scope: "execute",
+        scope: execution::IDEMPOTENCY_SCOPE,
         key: idem,
     };
     let fp = idempotency::fingerprint("POST", "/execute", &bytes);
@@ -110,16 +110,18 @@ pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiErro
         Begin::Proceed(claim) => claim,
     };
     let outcome = match spec {
-        Ok(spec) => match start(ctx, &caller, spec, wait, false).await {
-            Ok(mut resp) => {
-                let status = resp.status_code();
-                resp.json::<Value>()
-                    .await
-                    .map(|body| (status, body))
-                    .map_err(ApiError::from)
+        Ok(spec) => {
+            match start(ctx, &caller, spec, wait, false, Some(claim.key_and_time())).await {
+                Ok(mut resp) => {
+                    let status = resp.status_code();
+                    resp.json::<Value>()
+                        .await
+                        .map(|body| (status, body))
+                        .map_err(ApiError::from)
+                }
+                Err(err) => Err(err),
             }
-            Err(err) => Err(err),
-        },
+        }
         Err(err) => Err(err),
     };
     let resp = idempotency_d1::finish(&db, claim, outcome, ctx.request_id).await?;
@@ -168,6 +170,7 @@ async fn start(
     spec: ExecuteSpec,
     wait: bool,
     sse: bool,
+    idempotency: Option<(String, i64)>,
 ) -> Result<Response, ApiError> {
     if let Some(sid) = &spec.session_id {
         let known =
@@ -218,6 +221,7 @@ async fn start(
             spec.max_cost_micros,
         ),
         wait,
+        idempotency,
     };
     let respond = if sse { "events" } else { "result" };
     let sent = to_workspace_do(

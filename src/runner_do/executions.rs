@@ -41,6 +41,7 @@ use crate::execution::{
     self, BillingBody, ExecStart, ExecStatus, ExecutionBody, UsageBody, MAX_QUEUED,
     MAX_QUEUE_WAIT_MS,
 };
+use crate::idempotency::Slot;
 use crate::keys::KeyType;
 use crate::ledger_d1::{self, BillingVars, HoldTicket};
 use crate::ledger_sql::Usage;
@@ -452,6 +453,21 @@ impl ExecCtx {
             },
         )?;
         self.append_event(id, "result", &text)?;
+        if let Some((key, claimed_at)) = &start.idempotency {
+            let slot = Slot {
+                account_id: start.account_id.clone(),
+                scope: execution::IDEMPOTENCY_SCOPE,
+                key: key.clone(),
+            };
+            let stmt = slot.finish(body.http_status(), &text, *claimed_at);
+            let recorded = match ledger_d1::bind(&db, &stmt) {
+                Ok(prepared) => prepared.run().await.map(|_| ()).map_err(ApiError::from),
+                Err(err) => Err(err),
+            };
+            if let Err(err) = recorded {
+                worker::console_error!("execute {id}: idempotency record: {err}");
+            }
+        }
         let indexed = db
             .prepare(
                 "UPDATE executions SET status = ?1, input_tokens = ?2, output_tokens = ?3, \
