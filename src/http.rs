@@ -21,6 +21,24 @@ impl From<serde_json::Error> for ApiError {
     }
 }
 
+/// Whether the client asked for an SSE stream (`accept: text/event-stream`).
+pub fn wants_sse(req: &Request) -> bool {
+    req.headers()
+        .get("accept")
+        .ok()
+        .flatten()
+        .is_some_and(|a| a.to_ascii_lowercase().contains("text/event-stream"))
+}
+
+/// A body already read, as JSON: empty → 400 `bad_json` saying so,
+/// malformed → 400 `bad_json`.
+pub fn parse_json_value(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadJson("the body is empty".into()));
+    }
+    serde_json::from_slice(bytes).map_err(|e| ApiError::BadJson(e.to_string()))
+}
+
 /// The first value of the query parameter `name`, percent-decoded.
 pub fn query(req: &Request, name: &str) -> Result<Option<String>, ApiError> {
     Ok(req

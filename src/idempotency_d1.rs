@@ -139,3 +139,48 @@ pub async fn finish(
     let (status, body) = outcome?;
     http::json(status, &body)
 }
+
+/// The whole `Idempotency-Key` cycle around one piece of work: a replay
+/// answers the stored response; otherwise `work` runs (given the claim's
+/// key and time) and its answer is stored for replay. Every replayed or
+/// stored answer is a fresh JSON response with `x-run-id` from its `runId`.
+#[allow(clippy::too_many_arguments)]
+pub async fn once<F, Fut>(
+    db: &D1Database,
+    slot: Slot,
+    fingerprint: &str,
+    now_ms: i64,
+    stale_after_ms: i64,
+    request_id: &str,
+    work: F,
+) -> Result<Response, ApiError>
+where
+    F: FnOnce((String, i64)) -> Fut,
+    Fut: std::future::Future<Output = Result<Response, ApiError>>,
+{
+    let claim = match begin(db, slot, fingerprint, now_ms, stale_after_ms).await? {
+        Begin::Replay(resp) => return with_run_id_header(resp).await,
+        Begin::Proceed(claim) => claim,
+    };
+    let outcome = match work(claim.key_and_time()).await {
+        Ok(mut resp) => {
+            let status = resp.status_code();
+            resp.json::<Value>()
+                .await
+                .map(|body| (status, body))
+                .map_err(ApiError::from)
+        }
+        Err(err) => Err(err),
+    };
+    let resp = finish(db, claim, outcome, request_id).await?;
+    with_run_id_header(resp).await
+}
+
+/// Sets `x-run-id` from the body's `runId`, if it has one.
+async fn with_run_id_header(mut resp: Response) -> Result<Response, ApiError> {
+    let body = resp.cloned()?.json::<Value>().await.unwrap_or(Value::Null);
+    if let Some(id) = body["runId"].as_str() {
+        resp.headers_mut().set("x-run-id", id)?;
+    }
+    Ok(resp)
+}

@@ -7,6 +7,7 @@
 mod executions;
 mod live;
 mod runs;
+mod sse;
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -30,6 +31,33 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS runner_receipts (
     op TEXT NOT NULL,
     body TEXT NOT NULL
 )";
+
+/// One internal request from the Worker to the CloudboxRunner named
+/// `name`, on behalf of `account` (the DO checks ownership with it).
+pub async fn call(
+    env: &Env,
+    name: &str,
+    account: &str,
+    request_id: &str,
+    method: Method,
+    path_and_query: &str,
+    body: Option<String>,
+) -> Result<Response, ApiError> {
+    let stub = env
+        .durable_object("RUNNER")?
+        .id_from_name(name)?
+        .get_stub()?;
+    let headers = worker::Headers::new();
+    headers.set("x-cloudbox-account", account)?;
+    headers.set("x-request-id", request_id)?;
+    let mut init = RequestInit::new();
+    init.with_method(method).with_headers(headers);
+    if let Some(body) = body {
+        init.with_body(Some(body.into()));
+    }
+    let req = Request::new_with_init(&format!("https://runner.do{path_and_query}"), &init)?;
+    Ok(stub.fetch_with_request(req).await?)
+}
 
 /// Asks the CloudboxRunner named `name` to check its runner end to end.
 pub async fn probe(env: &Env, name: &str) -> Result<serde_json::Value, ApiError> {

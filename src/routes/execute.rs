@@ -7,7 +7,7 @@
 
 use serde::Deserialize;
 use serde_json::Value;
-use worker::{Headers, Method, Request, RequestInit, Response};
+use worker::{Headers, Method, Request, Response};
 
 use super::Ctx;
 use crate::auth::{self, Caller};
@@ -15,7 +15,7 @@ use crate::error::{ApiError, FieldError};
 use crate::execute_spec::{self, ExecuteSpec};
 use crate::execution::{self, ExecStart, HOLD_GRACE_MS};
 use crate::idempotency::{self, Slot};
-use crate::idempotency_d1::{self, Begin};
+use crate::idempotency_d1;
 use crate::keys::{KeyType, Permission};
 use crate::ledger_d1::{self, BillingVars, HoldTicket};
 use crate::{http, ids, workspace};
@@ -39,29 +39,17 @@ async fn to_workspace_do(
     path_and_query: &str,
     body: Option<String>,
 ) -> Result<Response, ApiError> {
-    let stub = ctx
-        .env
-        .durable_object("RUNNER")?
-        .id_from_name(&workspace_do_name(account, workspace_id))?
-        .get_stub()?;
-    let headers = Headers::new();
-    headers.set("x-cloudbox-account", account)?;
-    headers.set("x-request-id", ctx.request_id)?;
-    let mut init = RequestInit::new();
-    init.with_method(method).with_headers(headers);
-    if let Some(body) = body {
-        init.with_body(Some(body.into()));
-    }
-    let req = Request::new_with_init(&format!("https://runner.do{path_and_query}"), &init)?;
-    Ok(stub.fetch_with_request(req).await?)
-}
-
-fn wants_sse(req: &Request) -> bool {
-    req.headers()
-        .get("accept")
-        .ok()
-        .flatten()
-        .is_some_and(|a| a.to_ascii_lowercase().contains("text/event-stream"))
+    let name = workspace_do_name(account, workspace_id);
+    crate::runner_do::call(
+        ctx.env,
+        &name,
+        account,
+        ctx.request_id,
+        method,
+        path_and_query,
+        body,
+    )
+    .await
 }
 
 /// `?wait=false` refuses instead of queueing behind another execute.
@@ -81,7 +69,7 @@ fn wait_param(req: &Request) -> Result<bool, ApiError> {
 pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     let caller = caller(&req, ctx).await?;
     let idem_key = idempotency_d1::header_key(&req)?;
-    let sse = wants_sse(&req);
+    let sse = http::wants_sse(&req);
     if idem_key.is_some() && sse {
         return Err(ApiError::ValidationFailed(vec![FieldError::new(
             "Idempotency-Key",
@@ -105,45 +93,25 @@ pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiErro
         key: idem,
     };
     let fp = idempotency::fingerprint("POST", "/execute", &bytes);
-    let claim = match idempotency_d1::begin(&db, slot, &fp, ctx.now_ms, stale_after).await? {
-        Begin::Replay(resp) => return with_run_id_header(resp).await,
-        Begin::Proceed(claim) => claim,
-    };
-    let outcome = match spec {
-        Ok(spec) => {
-            match start(ctx, &caller, spec, wait, false, Some(claim.key_and_time())).await {
-                Ok(mut resp) => {
-                    let status = resp.status_code();
-                    resp.json::<Value>()
-                        .await
-                        .map(|body| (status, body))
-                        .map_err(ApiError::from)
-                }
-                Err(err) => Err(err),
-            }
-        }
-        Err(err) => Err(err),
-    };
-    let resp = idempotency_d1::finish(&db, claim, outcome, ctx.request_id).await?;
-    let resp = with_run_id_header(resp).await?;
+    let resp = idempotency_d1::once(
+        &db,
+        slot,
+        &fp,
+        ctx.now_ms,
+        stale_after,
+        ctx.request_id,
+        |claim| {
+            let caller = &caller;
+            async move { start(ctx, caller, spec?, wait, false, Some(claim)).await }
+        },
+    )
+    .await?;
     with_budget_warning(ctx, &caller, resp).await
 }
 
 fn parse_spec(bytes: &[u8]) -> Result<ExecuteSpec, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::BadJson("the body is empty".into()));
-    }
-    let body: Value =
-        serde_json::from_slice(bytes).map_err(|e| ApiError::BadJson(e.to_string()))?;
+    let body = http::parse_json_value(bytes)?;
     execute_spec::validate(&body)
-}
-
-async fn with_run_id_header(mut resp: Response) -> Result<Response, ApiError> {
-    let body = resp.cloned()?.json::<Value>().await.unwrap_or(Value::Null);
-    if let Some(id) = body["runId"].as_str() {
-        resp.headers_mut().set("x-run-id", id)?;
-    }
-    Ok(resp)
 }
 
 /// `x-budget-warning` when one of the caller's alerts is active.

@@ -7,13 +7,13 @@
 
 use serde::Deserialize;
 use serde_json::{json, Value};
-use worker::{Headers, Method, Request, RequestInit, Response};
+use worker::{Method, Request, Response};
 
 use super::Ctx;
 use crate::auth::{self, Caller};
 use crate::error::{ApiError, FieldError};
 use crate::idempotency::{self, Slot};
-use crate::idempotency_d1::{self, Begin};
+use crate::idempotency_d1;
 use crate::keys::Permission;
 use crate::run_events::{parse_limit, ListCursor};
 use crate::wire::RunStart;
@@ -34,21 +34,17 @@ async fn to_run_do(
     path_and_query: &str,
     body: Option<String>,
 ) -> Result<Response, ApiError> {
-    let stub = ctx
-        .env
-        .durable_object("RUNNER")?
-        .id_from_name(&format!("run:{run_id}"))?
-        .get_stub()?;
-    let headers = Headers::new();
-    headers.set("x-cloudbox-account", &caller.account_id)?;
-    headers.set("x-request-id", ctx.request_id)?;
-    let mut init = RequestInit::new();
-    init.with_method(method).with_headers(headers);
-    if let Some(body) = body {
-        init.with_body(Some(body.into()));
-    }
-    let req = Request::new_with_init(&format!("https://runner.do{path_and_query}"), &init)?;
-    Ok(stub.fetch_with_request(req).await?)
+    let name = format!("run:{run_id}");
+    crate::runner_do::call(
+        ctx.env,
+        &name,
+        &caller.account_id,
+        ctx.request_id,
+        method,
+        path_and_query,
+        body,
+    )
+    .await
 }
 
 /// Run ids are ours (`run_` + hex); anything else cannot exist.
@@ -63,14 +59,6 @@ fn run_id<'a>(ctx: &'a Ctx<'_>) -> Result<&'a str, ApiError> {
     }
 }
 
-fn wants_sse(req: &Request) -> bool {
-    req.headers()
-        .get("accept")
-        .ok()
-        .flatten()
-        .is_some_and(|a| a.to_ascii_lowercase().contains("text/event-stream"))
-}
-
 /// A first `POST /api/runs` with an `Idempotency-Key` is "in flight" for
 /// as long as its run may last, plus this; then a retry may take it over.
 const IDEM_STALE_GRACE_MS: i64 = 60_000;
@@ -80,7 +68,7 @@ const IDEM_STALE_GRACE_MS: i64 = 60_000;
 pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     let caller = caller(&req, ctx, Permission::Execute).await?;
     let idem_key = idempotency_d1::header_key(&req)?;
-    let sse = wants_sse(&req);
+    let sse = http::wants_sse(&req);
     if idem_key.is_some() && sse {
         return Err(ApiError::ValidationFailed(vec![FieldError::new(
             "Idempotency-Key",
@@ -104,43 +92,24 @@ pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiErro
         key: idem,
     };
     let fp = idempotency::fingerprint("POST", "/api/runs", &bytes);
-    let claim = match idempotency_d1::begin(&db, slot, &fp, ctx.now_ms, stale_after).await? {
-        Begin::Replay(resp) => return with_run_id_header(resp).await,
-        Begin::Proceed(claim) => claim,
-    };
-    let outcome = match spec {
-        Ok(spec) => match start_run(ctx, &caller, spec, false).await {
-            Ok(mut resp) => {
-                let status = resp.status_code();
-                resp.json::<Value>()
-                    .await
-                    .map(|body| (status, body))
-                    .map_err(ApiError::from)
-            }
-            Err(err) => Err(err),
+    idempotency_d1::once(
+        &db,
+        slot,
+        &fp,
+        ctx.now_ms,
+        stale_after,
+        ctx.request_id,
+        |_| {
+            let caller = &caller;
+            async move { start_run(ctx, caller, spec?, false).await }
         },
-        Err(err) => Err(err),
-    };
-    let resp = idempotency_d1::finish(&db, claim, outcome, ctx.request_id).await?;
-    with_run_id_header(resp).await
+    )
+    .await
 }
 
 fn parse_spec(bytes: &[u8]) -> Result<run_spec::RunSpec, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::BadJson("the body is empty".into()));
-    }
-    let body: Value =
-        serde_json::from_slice(bytes).map_err(|e| ApiError::BadJson(e.to_string()))?;
+    let body = http::parse_json_value(bytes)?;
     run_spec::validate(&body)
-}
-
-/// Every run answer carries `x-run-id`, replays too.
-async fn with_run_id_header(mut resp: Response) -> Result<Response, ApiError> {
-    let body = resp.cloned()?.json::<Value>().await.unwrap_or(Value::Null);
-    if let Some(id) = body["runId"].as_str() {
-        resp.headers_mut().set("x-run-id", id)?;
-    }
-    Ok(resp)
 }
 
 /// Billing first (budget checks, the hold: a refusal starts nothing), then

@@ -28,9 +28,10 @@ use futures_util::future::{select, Either};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use worker::wasm_bindgen::JsValue;
-use worker::{Delay, Env, Headers, Method, Request, Response, SqlStorage, SqlStorageValue, State};
+use worker::{Delay, Env, Method, Request, Response, SqlStorage, SqlStorageValue, State};
 
 use super::live::{changed_or_timeout, Live};
+use super::sse::{self, EventLog, EventRow};
 use super::{ensure_ready, record, send, send_body, Link};
 use crate::agent_events::TokenUsage;
 use crate::auth::Caller;
@@ -46,7 +47,7 @@ use crate::keys::KeyType;
 use crate::ledger_d1::{self, BillingVars, HoldTicket};
 use crate::ledger_sql::Usage;
 use crate::receipts::Receipt;
-use crate::run_events::{sse_frame, LineSplitter, SSE_HEARTBEAT, SSE_PREAMBLE};
+use crate::run_events::LineSplitter;
 use crate::runner_link::RunnerEvent;
 use crate::wire::{BlobList, RunEvent, TaskResult, TaskStart, WireEvent};
 use crate::workspace::{self, FileEntry, Manifest};
@@ -169,6 +170,18 @@ impl Ending {
             saved: None,
         }
     }
+}
+
+impl Ending {
+    /// A queued execute that waited too long: failed, nothing ran.
+    fn queue_expired() -> Self {
+        let why = "it waited over 30 minutes behind other executes of this workspace";
+        Ending::without_work(ExecStatus::Failed, why, TokenUsage::default())
+    }
+}
+
+fn waited_too_long(row: &ExecRow, now: i64) -> bool {
+    now - row.created_ms as i64 > MAX_QUEUE_WAIT_MS
 }
 
 /// What a successful task left in the workspace.
@@ -602,14 +615,8 @@ async fn run_one(ctx: &ExecCtx, row: ExecRow) -> Result<(), ApiError> {
         }
     }
     if row.status() == ExecStatus::Queued {
-        if now - row.created_ms as i64 > MAX_QUEUE_WAIT_MS {
-            let why = "it waited over 30 minutes behind other executes of this workspace";
-            return ctx
-                .end(
-                    &id,
-                    Ending::without_work(ExecStatus::Failed, why, TokenUsage::default()),
-                )
-                .await;
+        if waited_too_long(&row, now) {
+            return ctx.end(&id, Ending::queue_expired()).await;
         }
         ctx.sql.exec(
             "UPDATE executions SET status = 'running', started_ms = ? WHERE id = ?",
@@ -1217,14 +1224,8 @@ async fn check(ctx: &ExecCtx, row: ExecRow, now: i64) -> Result<(), ApiError> {
         }
         return Ok(());
     }
-    if status == ExecStatus::Queued && now - row.created_ms as i64 > MAX_QUEUE_WAIT_MS {
-        let why = "it waited over 30 minutes behind other executes of this workspace";
-        return ctx
-            .end(
-                &id,
-                Ending::without_work(ExecStatus::Failed, why, TokenUsage::default()),
-            )
-            .await;
+    if status == ExecStatus::Queued && waited_too_long(&row, now) {
+        return ctx.end(&id, Ending::queue_expired()).await;
     }
     if status != ExecStatus::Queued && now > deadline_of(&row, &start) + WATCHDOG_MS * 12 {
         // The driver should have ended it by now: it is stuck. End the
@@ -1382,80 +1383,39 @@ async fn cancel(ctx: &ExecCtx, row: ExecRow) -> Result<ExecRow, ApiError> {
 // ---------------------------------------------------------------------------
 // SSE.
 
-#[derive(Deserialize)]
-struct EventRow {
-    seq: f64,
-    kind: String,
-    data: String,
-}
-
-struct SseState {
+/// One execute's events.
+struct ExecLog {
     ctx: ExecCtx,
     id: String,
-    after: u64,
-    started: bool,
-    done: bool,
-    heartbeat_ms: u64,
+}
+
+impl EventLog for ExecLog {
+    fn events_after(&self, after: u64) -> Vec<EventRow> {
+        self.ctx
+            .sql
+            .exec(
+                "SELECT seq, kind, data FROM execution_events WHERE exec_id = ? AND seq > ? \
+                 ORDER BY seq LIMIT 200",
+                vec![self.id.as_str().into(), int(after as i64)],
+            )
+            .and_then(|c| c.to_array())
+            .unwrap_or_default()
+    }
+
+    fn finished(&self) -> bool {
+        match self.ctx.load(&self.id) {
+            Ok(Some(row)) => row.body.is_some(),
+            _ => true,
+        }
+    }
+
+    fn live(&self) -> &Rc<Live> {
+        &self.ctx.live
+    }
 }
 
 /// The execute's events after `after` as SSE, live until `result`.
 fn sse_response(ctx: ExecCtx, id: String, after: u64) -> Result<Response, ApiError> {
-    let state = SseState {
-        heartbeat_ms: super::runs::heartbeat_ms(&ctx.env),
-        ctx,
-        id,
-        after,
-        started: false,
-        done: false,
-    };
-    let stream = futures_util::stream::unfold(state, |mut st| async move {
-        if !st.started {
-            st.started = true;
-            return Some((
-                Ok::<Vec<u8>, worker::Error>(SSE_PREAMBLE.as_bytes().to_vec()),
-                st,
-            ));
-        }
-        loop {
-            if st.done {
-                return None;
-            }
-            let since = st.ctx.live.version();
-            let rows: Vec<EventRow> = st
-                .ctx
-                .sql
-                .exec(
-                    "SELECT seq, kind, data FROM execution_events WHERE exec_id = ? AND seq > ? \
-                     ORDER BY seq LIMIT 200",
-                    vec![st.id.as_str().into(), int(st.after as i64)],
-                )
-                .and_then(|c| c.to_array())
-                .unwrap_or_default();
-            if !rows.is_empty() {
-                let mut out = String::new();
-                for row in &rows {
-                    out.push_str(&sse_frame(&row.kind, row.seq as u64, &row.data));
-                    st.after = row.seq as u64;
-                    if row.kind == "result" {
-                        st.done = true;
-                    }
-                }
-                return Some((Ok(out.into_bytes()), st));
-            }
-            let finished = match st.ctx.load(&st.id) {
-                Ok(Some(row)) => row.body.is_some(),
-                _ => true,
-            };
-            if finished {
-                return None;
-            }
-            if !changed_or_timeout(&st.ctx.live, since, st.heartbeat_ms).await {
-                return Some((Ok(SSE_HEARTBEAT.as_bytes().to_vec()), st));
-            }
-        }
-    });
-    let headers = Headers::new();
-    let _ = headers.set("content-type", "text/event-stream");
-    let _ = headers.set("cache-control", "no-cache");
-    Ok(Response::from_stream(stream)?.with_headers(headers))
+    let env = ctx.env.clone();
+    sse::response(ExecLog { ctx, id }, &env, after)
 }

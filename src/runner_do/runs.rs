@@ -21,16 +21,15 @@ use futures_util::future::{select, Either};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use worker::{Delay, Env, Headers, Method, Request, Response, SqlStorage, State};
+use worker::{Delay, Env, Method, Request, Response, SqlStorage, State};
 
 use super::live::{changed_or_timeout, Live};
+use super::sse::{self, EventLog, EventRow};
 use super::{ensure_ready, record, send, Link};
 use crate::error::ApiError;
 use crate::receipts::{verify_chain, Chain, Receipt, ReceiptKind, Step};
 use crate::run_billing::RunBilling;
-use crate::run_events::{
-    parse_last_event_id, sse_frame, LineSplitter, SSE_HEARTBEAT, SSE_HEARTBEAT_MS, SSE_PREAMBLE,
-};
+use crate::run_events::{parse_last_event_id, LineSplitter};
 use crate::runner_link::RunnerEvent;
 use crate::wire::{RunEvent, RunResult, RunStart, RunStatus, WireEvent};
 use crate::{http, time};
@@ -794,84 +793,35 @@ async fn cancel(ctx: &RunCtx, row: &RunRow) -> Result<RunRow, ApiError> {
 // ---------------------------------------------------------------------------
 // SSE.
 
-#[derive(Deserialize)]
-struct EventRow {
-    seq: f64,
-    kind: String,
-    data: String,
-}
+/// The run's events.
+struct RunLog(RunCtx);
 
-pub(super) fn heartbeat_ms(env: &Env) -> u64 {
-    crate::config::env_string(env, "SSE_HEARTBEAT_MS")
-        .and_then(|v| v.parse().ok())
-        .filter(|&ms| ms >= 100)
-        .unwrap_or(SSE_HEARTBEAT_MS)
-}
+impl EventLog for RunLog {
+    fn events_after(&self, after: u64) -> Vec<EventRow> {
+        self.0
+            .sql
+            .exec(
+                "SELECT seq, kind, data FROM run_events WHERE seq > ? ORDER BY seq LIMIT 200",
+                vec![int(after as i64)],
+            )
+            .and_then(|c| c.to_array())
+            .unwrap_or_default()
+    }
 
-struct SseState {
-    ctx: RunCtx,
-    after: u64,
-    started: bool,
-    done: bool,
-    heartbeat_ms: u64,
+    fn finished(&self) -> bool {
+        match self.0.load() {
+            Ok(Some(row)) => row.status().is_terminal(),
+            _ => true,
+        }
+    }
+
+    fn live(&self) -> &Rc<Live> {
+        &self.0.live
+    }
 }
 
 /// The run's events after `after` as SSE, live until the `result` event.
 fn sse_response(ctx: RunCtx, after: u64) -> Result<Response, ApiError> {
-    let state = SseState {
-        heartbeat_ms: heartbeat_ms(&ctx.env),
-        ctx,
-        after,
-        started: false,
-        done: false,
-    };
-    let stream = futures_util::stream::unfold(state, |mut st| async move {
-        if !st.started {
-            st.started = true;
-            return Some((
-                Ok::<Vec<u8>, worker::Error>(SSE_PREAMBLE.as_bytes().to_vec()),
-                st,
-            ));
-        }
-        loop {
-            if st.done {
-                return None;
-            }
-            let since = st.ctx.live.version();
-            let rows: Vec<EventRow> = st
-                .ctx
-                .sql
-                .exec(
-                    "SELECT seq, kind, data FROM run_events WHERE seq > ? ORDER BY seq LIMIT 200",
-                    vec![int(st.after as i64)],
-                )
-                .and_then(|c| c.to_array())
-                .unwrap_or_default();
-            if !rows.is_empty() {
-                let mut out = String::new();
-                for row in &rows {
-                    out.push_str(&sse_frame(&row.kind, row.seq as u64, &row.data));
-                    st.after = row.seq as u64;
-                    if row.kind == "result" {
-                        st.done = true;
-                    }
-                }
-                return Some((Ok(out.into_bytes()), st));
-            }
-            let finished = match st.ctx.load() {
-                Ok(Some(row)) => row.status().is_terminal(),
-                _ => true,
-            };
-            if finished {
-                return None;
-            }
-            if !changed_or_timeout(&st.ctx.live, since, st.heartbeat_ms).await {
-                return Some((Ok(SSE_HEARTBEAT.as_bytes().to_vec()), st));
-            }
-        }
-    });
-    let headers = Headers::new();
-    let _ = headers.set("content-type", "text/event-stream");
-    let _ = headers.set("cache-control", "no-cache");
-    Ok(Response::from_stream(stream)?.with_headers(headers))
+    let env = ctx.env.clone();
+    sse::response(RunLog(ctx), &env, after)
 }
