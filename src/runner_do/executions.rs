@@ -59,9 +59,13 @@ const WATCHDOG_MS: i64 = 5_000;
 const STALL_MS: u64 = 10_000;
 /// Connection failures in a row before the execute is `container_lost`.
 const MAX_LINK_FAILURES: u32 = 4;
-/// Past its timeout, a task gets this long (sync out, commit) before the
-/// DO ends it as `timed_out`.
-const DEADLINE_GRACE_MS: i64 = 5 * 60_000;
+/// Sync in, and sync out with the commit, each get at most this long; a
+/// slower one fails the execute (nothing is committed by a sync in that
+/// gave up, and a commit is one guarded step).
+const SYNC_LIMIT_MS: u64 = 6 * 60_000;
+/// Past its timeout, a task gets this long (both syncs at their limit)
+/// before the DO ends it as `timed_out`.
+const DEADLINE_GRACE_MS: i64 = 2 * SYNC_LIMIT_MS as i64 + 60_000;
 /// Finished executes kept per workspace (with their events).
 const KEEP_FINISHED: i64 = 50;
 
@@ -718,7 +722,13 @@ async fn prepare(ctx: &ExecCtx, id: &str, start: &ExecStart) -> Result<Prepared,
             id.into(),
         ],
     )?;
-    if let Err(why) = sync_in(ctx, account, &manifest.files, &session_files).await {
+    let synced = within(
+        SYNC_LIMIT_MS,
+        sync_in(ctx, account, &manifest.files, &session_files),
+    )
+    .await
+    .unwrap_or_else(|| Err(format!("it took over {} s", SYNC_LIMIT_MS / 1000)));
+    if let Err(why) = synced {
         return Ok(Prepared::Fail(
             ExecStatus::Failed,
             format!("sending the workspace to the runner: {why}"),
@@ -995,6 +1005,15 @@ async fn read_stream(ctx: &ExecCtx, id: &str, mut resp: Response) -> Result<Stre
     }
 }
 
+/// `fut`'s output, or `None` if it takes longer than `ms` (it is dropped).
+async fn within<T>(ms: u64, fut: impl std::future::Future<Output = T>) -> Option<T> {
+    let timer = Delay::from(Duration::from_millis(ms));
+    match select(Box::pin(fut), timer).await {
+        Either::Left((out, _)) => Some(out),
+        Either::Right(_) => None,
+    }
+}
+
 /// When the DO gives up on a running task: its timeout plus the grace.
 fn deadline_of(row: &ExecRow, start: &ExecStart) -> i64 {
     let started = row.started_ms.unwrap_or(row.created_ms) as i64;
@@ -1025,7 +1044,15 @@ async fn complete(
         saved: None,
     };
     if status == ExecStatus::Succeeded {
-        match save(ctx, id, start, &result).await {
+        let saved = within(SYNC_LIMIT_MS, save(ctx, id, start, &result))
+            .await
+            .unwrap_or_else(|| {
+                Err(ApiError::RunnerUnavailable(format!(
+                    "it took over {} s",
+                    SYNC_LIMIT_MS / 1000
+                )))
+            });
+        match saved {
             Ok(saved) => ending.saved = Some(saved),
             Err(err) => {
                 ending.status = ExecStatus::Failed;
