@@ -307,6 +307,14 @@ pub(crate) async fn ensure_ready(
     ))
 }
 
+/// Asks the runner to stop a run or task (`path` is its cancel route);
+/// answers the runner's status, or why it could not be reached in 3 s.
+pub(crate) async fn cancel_on_runner(link: &Link, path: &str) -> Result<u16, String> {
+    send(link, Method::Post, path, None, 3_000)
+        .await
+        .map(|r| r.status_code())
+}
+
 /// One HTTP request to the runner, with a timeout on getting its headers.
 pub(crate) async fn send(
     link: &Link,

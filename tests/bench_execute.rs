@@ -19,15 +19,6 @@ use common::*;
 use responses_server::ModelServer;
 use serde_json::json;
 
-fn median(mut xs: Vec<Duration>) -> Duration {
-    xs.sort();
-    xs[xs.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 #[test]
 #[ignore = "benchmark: run with scripts/bench.sh execute"]
 fn bench_execute() {

@@ -15,15 +15,6 @@ use serde_json::json;
 
 const COMMANDS: [&str; 3] = ["echo one", "echo two > two.txt", "cat README.md"];
 
-fn median(mut xs: Vec<Duration>) -> Duration {
-    xs.sort();
-    xs[xs.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 #[test]
 #[ignore = "benchmark: run with scripts/bench.sh"]
 fn bench_runs() {

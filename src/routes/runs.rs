@@ -180,10 +180,30 @@ async fn run_exists(db: &worker::D1Database, run_id: &str) -> Result<bool, ApiEr
     Ok(row.is_some())
 }
 
-pub async fn get(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
-    let caller = caller(&req, ctx, Permission::Read).await?;
+/// The run-scoped routes that only forward to the run's DO: check the key
+/// and the id, then `method /runs/{id}{suffix}`.
+async fn forward(
+    req: &Request,
+    ctx: &Ctx<'_>,
+    permission: Permission,
+    method: Method,
+    suffix: &str,
+) -> Result<Response, ApiError> {
+    let caller = caller(req, ctx, permission).await?;
     let id = run_id(ctx)?;
-    to_run_do(ctx, &caller, id, Method::Get, &format!("/runs/{id}"), None).await
+    to_run_do(
+        ctx,
+        &caller,
+        id,
+        method,
+        &format!("/runs/{id}{suffix}"),
+        None,
+    )
+    .await
+}
+
+pub async fn get(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    forward(&req, ctx, Permission::Read, Method::Get, "").await
 }
 
 pub async fn events(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
@@ -207,45 +227,15 @@ pub async fn events(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
 }
 
 pub async fn verify(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
-    let caller = caller(&req, ctx, Permission::Read).await?;
-    let id = run_id(ctx)?;
-    to_run_do(
-        ctx,
-        &caller,
-        id,
-        Method::Get,
-        &format!("/runs/{id}/verify"),
-        None,
-    )
-    .await
+    forward(&req, ctx, Permission::Read, Method::Get, "/verify").await
 }
 
 pub async fn cancel(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
-    let caller = caller(&req, ctx, Permission::Execute).await?;
-    let id = run_id(ctx)?;
-    to_run_do(
-        ctx,
-        &caller,
-        id,
-        Method::Post,
-        &format!("/runs/{id}/cancel"),
-        None,
-    )
-    .await
+    forward(&req, ctx, Permission::Execute, Method::Post, "/cancel").await
 }
 
 pub async fn delete(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
-    let caller = caller(&req, ctx, Permission::Execute).await?;
-    let id = run_id(ctx)?;
-    to_run_do(
-        ctx,
-        &caller,
-        id,
-        Method::Delete,
-        &format!("/runs/{id}"),
-        None,
-    )
-    .await
+    forward(&req, ctx, Permission::Execute, Method::Delete, "").await
 }
 
 #[derive(Deserialize)]

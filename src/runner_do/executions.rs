@@ -30,7 +30,7 @@ use serde::Deserialize;
 use worker::wasm_bindgen::JsValue;
 use worker::{Delay, Env, Method, Request, Response, SqlStorage, SqlStorageValue, State};
 
-use super::live::{changed_or_timeout, Live};
+use super::live::{wait_until, Live};
 use super::sse::{self, EventLog, EventRow};
 use super::{ensure_ready, record, send, send_body, Link};
 use crate::agent_events::TokenUsage;
@@ -294,30 +294,17 @@ impl ExecCtx {
 
     /// Waits until the execute has its final body (or `limit_ms` pass).
     async fn wait_finished(&self, id: &str, limit_ms: Option<i64>) -> Result<ExecRow, ApiError> {
-        let started = time::now_ms();
-        loop {
-            let since = self.live.version();
-            let row = self.get(id)?;
-            if row.body.is_some() {
-                return Ok(row);
-            }
-            if limit_ms.is_some_and(|limit| time::now_ms() - started >= limit) {
-                return Ok(row);
-            }
-            changed_or_timeout(&self.live, since, 1_000).await;
-        }
+        wait_until(
+            &self.live,
+            limit_ms,
+            || self.get(id),
+            |row| row.body.is_some(),
+        )
+        .await
     }
 
     async fn cancel_on_runner(&self, id: &str) -> Result<u16, String> {
-        send(
-            &self.link,
-            Method::Post,
-            &format!("/tasks/{id}/cancel"),
-            None,
-            3_000,
-        )
-        .await
-        .map(|r| r.status_code())
+        super::cancel_on_runner(&self.link, &format!("/tasks/{id}/cancel")).await
     }
 
     /// Ends the execute (once). The status is set first, synchronously, so

@@ -69,3 +69,23 @@ pub async fn changed_or_timeout(live: &Rc<Live>, since: u64, ms: u64) -> bool {
     let timer = Delay::from(Duration::from_millis(ms));
     matches!(select(changed, timer).await, Either::Left(_))
 }
+
+/// Reads with `read` each time something is stored (at least every second)
+/// until `done` holds for what it read or `limit_ms` pass; returns the last
+/// read.
+pub async fn wait_until<T, E>(
+    live: &Rc<Live>,
+    limit_ms: Option<i64>,
+    mut read: impl FnMut() -> Result<T, E>,
+    done: impl Fn(&T) -> bool,
+) -> Result<T, E> {
+    let started = crate::time::now_ms();
+    loop {
+        let since = live.version();
+        let value = read()?;
+        if done(&value) || limit_ms.is_some_and(|limit| crate::time::now_ms() - started >= limit) {
+            return Ok(value);
+        }
+        changed_or_timeout(live, since, 1_000).await;
+    }
+}

@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use worker::{Delay, Env, Method, Request, Response, SqlStorage, State};
 
-use super::live::{changed_or_timeout, Live};
+use super::live::{wait_until, Live};
 use super::sse::{self, EventLog, EventRow};
 use super::{ensure_ready, record, send, Link};
 use crate::error::ApiError;
@@ -411,31 +411,18 @@ impl RunCtx {
         Ok(false)
     }
 
-    async fn wait_terminal(&self, limit_ms: Option<u64>) -> Result<RunRow, ApiError> {
-        let started = time::now_ms();
-        loop {
-            let since = self.live.version();
-            let row = self.load()?.ok_or(ApiError::RunNotFound)?;
-            if row.status().is_terminal() {
-                return Ok(row);
-            }
-            if limit_ms.is_some_and(|limit| (time::now_ms() - started) as u64 >= limit) {
-                return Ok(row);
-            }
-            changed_or_timeout(&self.live, since, 1_000).await;
-        }
+    async fn wait_terminal(&self, limit_ms: Option<i64>) -> Result<RunRow, ApiError> {
+        wait_until(
+            &self.live,
+            limit_ms,
+            || self.load()?.ok_or(ApiError::RunNotFound),
+            |row| row.status().is_terminal(),
+        )
+        .await
     }
 
     async fn cancel_on_runner(&self, run_id: &str) -> Result<u16, String> {
-        send(
-            &self.link,
-            Method::Post,
-            &format!("/runs/{run_id}/cancel"),
-            None,
-            3_000,
-        )
-        .await
-        .map(|r| r.status_code())
+        super::cancel_on_runner(&self.link, &format!("/runs/{run_id}/cancel")).await
     }
 }
 

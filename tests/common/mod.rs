@@ -594,3 +594,14 @@ impl cloudbox::sync::Transport for SyncClient {
         Ok((status, out))
     }
 }
+
+/// Benchmarks: the median of `xs`.
+pub fn median(mut xs: Vec<Duration>) -> Duration {
+    xs.sort();
+    xs[xs.len() / 2]
+}
+
+/// Benchmarks: `d` in milliseconds.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
