@@ -20,6 +20,16 @@ pub struct Config {
     pub key_pepper: Option<String>,
     /// Dev only: where the runner listens when there is no Container.
     pub runner_url: Option<String>,
+    /// Dev only: the secret the native runner at `runner_url` requires
+    /// (`RUNNER_SECRET`). A Container gets a fresh one at every start.
+    pub runner_secret: Option<String>,
+    /// Dev and tests only: what the runner in a Container clones
+    /// `https://github.com/` from instead (`RUNNER_GITHUB_MIRROR`, a git
+    /// smart-HTTP base URL on the host's bridge address).
+    pub runner_github_mirror: Option<String>,
+    /// A workspace's idle container is released after this long
+    /// (`WORKSPACE_IDLE_SECONDS`, default 600).
+    pub workspace_idle_seconds: u64,
     pub version: &'static str,
 }
 
@@ -29,6 +39,11 @@ impl Config {
             admin_api_key: env_string(env, "ADMIN_API_KEY"),
             key_pepper: env_string(env, "KEY_PEPPER"),
             runner_url: env_string(env, "RUNNER_URL"),
+            runner_secret: env_string(env, "RUNNER_SECRET"),
+            runner_github_mirror: env_string(env, "RUNNER_GITHUB_MIRROR"),
+            workspace_idle_seconds: env_string(env, "WORKSPACE_IDLE_SECONDS")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(crate::runner_link::DEFAULT_WORKSPACE_IDLE_SECONDS),
             version: env!("CARGO_PKG_VERSION"),
         }
     }

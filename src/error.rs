@@ -5,6 +5,9 @@
 use serde::Serialize;
 use serde_json::{json, Value};
 
+/// `retry-after` (seconds) of a 503 `runner_unavailable`.
+pub const RUNNER_RETRY_AFTER_SECS: u64 = 5;
+
 /// One field-level problem in a request body (`details` of `validation_failed`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FieldError {
@@ -275,6 +278,11 @@ impl ApiError {
                 vec![("retry-after", retry_after_secs.to_string())]
             }
             ApiError::MethodNotAllowed { allowed } => vec![("allow", allowed.join(", "))],
+            // No container could be had now (capacity, a failed start): a
+            // retry in a few seconds usually gets one.
+            ApiError::RunnerUnavailable(_) => {
+                vec![("retry-after", RUNNER_RETRY_AFTER_SECS.to_string())]
+            }
             _ => vec![],
         }
     }
@@ -326,6 +334,14 @@ mod tests {
         assert_eq!(body["error"], "validation_failed");
         assert_eq!(body["details"][0]["field"], "task");
         assert_eq!(body["message"], "task: must not be empty");
+    }
+
+    #[test]
+    fn runner_unavailable_says_when_to_retry() {
+        let err = ApiError::RunnerUnavailable("pool full".into());
+        assert_eq!(err.status(), 503);
+        assert_eq!(err.code(), "runner_unavailable");
+        assert_eq!(err.headers(), vec![("retry-after", "5".to_string())]);
     }
 
     #[test]

@@ -1,36 +1,52 @@
 //! The CloudboxRunner Durable Object: one per workspace or repo run. It owns
-//! the link to the runner server — the Container's port in production, a
-//! dev-only `RUNNER_URL` under `wrangler dev` — and records every lifecycle
-//! step (`runnerReceipts`) in its SQLite storage. Repo runs live in
-//! `runner_do/runs.rs` (one DO per run).
+//! the link to the runner server — its Container's port (in production and
+//! under `wrangler dev` with containers), or a native runner at the dev-only
+//! `RUNNER_URL` — and records every lifecycle step (`runnerReceipts`) in its
+//! SQLite storage. Repo runs live in `runner_do/runs.rs` (one DO per run),
+//! workspace executes in `runner_do/executions.rs`.
+//!
+//! The container's life: started (with a fresh per-container secret, kept in
+//! storage, that every call carries), probed until ready, watched for its
+//! exit, and released (destroyed) when its run ends or its workspace idles.
 
 mod executions;
 mod live;
 mod runs;
 mod sse;
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
 use futures_util::future::{select, Either};
 use serde_json::json;
-use worker::wasm_bindgen::JsValue;
+use worker::js_sys::{Object, Reflect};
+use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::{
-    durable_object, Container, ContainerStartupOptions, Date, Delay, DurableObject, Env, Fetch,
-    Method, Request, RequestInit, Response, SqlStorage, State,
+    durable_object, Container, Date, Delay, DurableObject, Env, Fetch, Method, Request,
+    RequestInit, Response, SqlStorage, State,
 };
 
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::http;
-use crate::runner_link::{RunnerEvent, RunnerReceipt, READINESS};
-use crate::wire::{RunnerHealth, RUNNER_PORT};
+use crate::runner_link::{start_env, RunnerEvent, RunnerReceipt, READINESS};
+use crate::wire::{RunnerHealth, RUNNER_PORT, RUNNER_SECRET_HEADER};
 
-const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS runner_receipts (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    op TEXT NOT NULL,
-    body TEXT NOT NULL
-)";
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS runner_receipts (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        op TEXT NOT NULL,
+        body TEXT NOT NULL
+    )",
+    // The secret of the container this DO started last (one row). It
+    // outlives an eviction of the DO, while the container keeps running.
+    "CREATE TABLE IF NOT EXISTS container_link (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        secret TEXT NOT NULL,
+        started_ms INTEGER NOT NULL
+    )",
+];
 
 /// One internal request from the Worker to the CloudboxRunner named
 /// `name`, on behalf of `account` (the DO checks ownership with it).
@@ -83,17 +99,40 @@ pub struct CloudboxRunner {
     live: Rc<live::Live>,
 }
 
-/// Where the runner server is reached.
-pub(crate) enum Link {
+/// Where the runner server is reached, and the secret every call carries.
+pub(crate) struct Link {
+    target: Target,
+    /// The container's secret (empty: no container of ours is known to run).
+    secret: RefCell<String>,
+    /// Names the container in `runnerReceipts` (the DO's id).
+    container_id: String,
+    /// `RUNNER_GITHUB_MIRROR`, passed to each container at its start.
+    github_mirror: Option<String>,
+}
+
+enum Target {
     Container(Container),
     Dev(String),
+}
+
+impl Link {
+    fn secret(&self) -> String {
+        self.secret.borrow().clone()
+    }
+
+    /// A container of this DO is up (a native dev runner never counts).
+    pub(crate) fn container_running(&self) -> bool {
+        matches!(&self.target, Target::Container(c) if c.running())
+    }
 }
 
 impl DurableObject for CloudboxRunner {
     fn new(state: State, env: Env) -> Self {
         let sql = state.storage().sql();
-        if let Err(err) = sql.exec(SCHEMA, None) {
-            worker::console_error!("runner_do schema: {err}");
+        for stmt in SCHEMA {
+            if let Err(err) = sql.exec(stmt, None) {
+                worker::console_error!("runner_do schema: {err}");
+            }
         }
         runs::init_schema(&sql);
         executions::init_schema(&sql);
@@ -187,6 +226,8 @@ impl CloudboxRunner {
                 );
             }
         };
+        // A probe's container is not kept: the next probe starts afresh.
+        release(&self.sql, &link, &op, "the probe ended", &mut receipts).await;
         http::json(
             200,
             &json!({"ok": true, "runner": runner, "runnerReceipts": receipts}),
@@ -194,16 +235,134 @@ impl CloudboxRunner {
     }
 
     fn link(&self) -> Result<Link, ApiError> {
+        let config = Config::from_env(&self.env);
+        let container_id = self.state.id().to_string();
         if let Some(container) = self.state.container() {
-            return Ok(Link::Container(container));
+            return Ok(Link {
+                target: Target::Container(container),
+                secret: RefCell::new(stored_secret(&self.sql).unwrap_or_default()),
+                container_id,
+                github_mirror: config.runner_github_mirror,
+            });
         }
-        match Config::from_env(&self.env).runner_url {
-            Some(url) => Ok(Link::Dev(url.trim_end_matches('/').to_string())),
-            None => Err(ApiError::RunnerUnavailable(
+        match (config.runner_url, config.runner_secret) {
+            (Some(url), Some(secret)) => Ok(Link {
+                target: Target::Dev(url.trim_end_matches('/').to_string()),
+                secret: RefCell::new(secret),
+                container_id,
+                github_mirror: None,
+            }),
+            (Some(_), None) => Err(ApiError::RunnerUnavailable(
+                "RUNNER_URL is set without RUNNER_SECRET".into(),
+            )),
+            (None, _) => Err(ApiError::RunnerUnavailable(
                 "no container binding and no RUNNER_URL".into(),
             )),
         }
     }
+}
+
+fn stored_secret(sql: &SqlStorage) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Row {
+        secret: String,
+    }
+    let rows: Vec<Row> = sql
+        .exec("SELECT secret FROM container_link WHERE id = 1", None)
+        .and_then(|c| c.to_array())
+        .ok()?;
+    rows.into_iter().next().map(|r| r.secret)
+}
+
+/// Starts the container with a fresh secret in its environment. The start
+/// options go as a plain JS object: workers-rs's `ContainerStartupOptions`
+/// carries `env` as a JS `Map`, which the runtime reads as empty.
+fn start_container(sql: &SqlStorage, link: &Link, container: &Container) -> Result<(), String> {
+    let secret = hex::encode(crate::ids::random_bytes::<32>().map_err(|e| e.to_string())?);
+    sql.exec(
+        "INSERT OR REPLACE INTO container_link (id, secret, started_ms) VALUES (1, ?, ?)",
+        vec![
+            secret.as_str().into(),
+            (Date::now().as_millis() as f64).into(),
+        ],
+    )
+    .map_err(|e| format!("store the container secret: {e}"))?;
+    *link.secret.borrow_mut() = secret.clone();
+    let env = Object::new();
+    for (name, value) in start_env(&secret, link.github_mirror.as_deref()) {
+        Reflect::set(&env, &JsValue::from_str(name), &JsValue::from_str(&value))
+            .map_err(|e| format!("start options: {e:?}"))?;
+    }
+    let options = Object::new();
+    let set = |k: &str, v: &JsValue| {
+        Reflect::set(&options, &JsValue::from_str(k), v)
+            .map_err(|e| format!("start options: {e:?}"))
+    };
+    set("env", &env)?;
+    // Clones and agent model calls need the internet.
+    set("enableInternet", &JsValue::TRUE)?;
+    let inner: &worker::worker_sys::Container = container.as_ref().unchecked_ref();
+    inner
+        .start(&options)
+        .map_err(|e| format!("container start: {e:?}"))
+}
+
+/// Watches the container started by `op` and records its exit (a crash, a
+/// kill) unless the DO released it; `running()` turns false with it.
+fn watch_exit(sql: &SqlStorage, link: &Link, container: &Container, op: &str) {
+    let (sql, op, secret) = (sql.clone(), op.to_string(), link.secret());
+    let container_id = link.container_id.clone();
+    let watched: Container = container.as_ref().clone().unchecked_into();
+    worker::wasm_bindgen_futures::spawn_local(async move {
+        let reason = match watched.wait_for_exit().await {
+            Ok(()) => "exited with status 0".to_string(),
+            Err(err) => err.to_string(),
+        };
+        // A release records itself, and a newer container has another
+        // secret: only an exit of the container still in use is recorded.
+        if stored_secret(&sql).as_deref() == Some(secret.as_str()) {
+            let mut list = Vec::new();
+            record(
+                &sql,
+                &op,
+                &mut list,
+                RunnerEvent::ContainerExit {
+                    container_id,
+                    reason,
+                },
+            );
+            let _ = sql.exec("DELETE FROM container_link", None);
+        }
+    });
+}
+
+/// Destroys the container (once its work is over) and records why. A
+/// native runner is left alone.
+pub(crate) async fn release(
+    sql: &SqlStorage,
+    link: &Link,
+    op: &str,
+    reason: &str,
+    receipts: &mut Vec<RunnerReceipt>,
+) {
+    let Target::Container(container) = &link.target else {
+        return;
+    };
+    // Forget the secret first: the exit watcher then knows it was us.
+    let _ = sql.exec("DELETE FROM container_link", None);
+    link.secret.borrow_mut().clear();
+    if let Err(err) = container.destroy(None).await {
+        worker::console_error!("runner_do: destroy: {err}");
+    }
+    record(
+        sql,
+        op,
+        receipts,
+        RunnerEvent::ContainerRelease {
+            container_id: link.container_id.clone(),
+            reason: reason.to_string(),
+        },
+    );
 }
 
 /// Stores one lifecycle step under `op` (a probe or run id) and appends it
@@ -228,24 +387,78 @@ pub(crate) fn record(
 }
 
 /// Starts the container if needed and polls the runner's `/health` with
-/// backoff until it answers, recording each attempt.
+/// backoff until it answers, recording each attempt. A container that
+/// `running()` calls up but that does not answer (or whose secret this DO
+/// no longer has) is destroyed and started afresh, once.
 pub(crate) async fn ensure_ready(
     sql: &SqlStorage,
     link: &Link,
     op: &str,
     receipts: &mut Vec<RunnerReceipt>,
 ) -> Result<RunnerHealth, String> {
-    if let Link::Container(container) = link {
+    let mut fresh = false;
+    if let Target::Container(container) = &link.target {
+        if container.running() && link.secret.borrow().is_empty() {
+            release(
+                sql,
+                link,
+                op,
+                "no secret for the running container",
+                receipts,
+            )
+            .await;
+        }
         if !container.running() {
-            let mut options = ContainerStartupOptions::new();
-            // Clones and agent model calls need the internet.
-            options.enable_internet(true);
-            container
-                .start(Some(options))
-                .map_err(|e| format!("container start: {e}"))?;
-            record(sql, op, receipts, RunnerEvent::ContainerStart);
+            start_and_watch(sql, link, container, op, receipts)?;
+            fresh = true;
         }
     }
+    match poll_health(sql, link, op, receipts).await {
+        Ok(health) => Ok(health),
+        Err(why) => match &link.target {
+            Target::Container(container) if !fresh => {
+                release(
+                    sql,
+                    link,
+                    op,
+                    "the running container did not answer",
+                    receipts,
+                )
+                .await;
+                start_and_watch(sql, link, container, op, receipts)?;
+                poll_health(sql, link, op, receipts).await
+            }
+            _ => Err(why),
+        },
+    }
+}
+
+fn start_and_watch(
+    sql: &SqlStorage,
+    link: &Link,
+    container: &Container,
+    op: &str,
+    receipts: &mut Vec<RunnerReceipt>,
+) -> Result<(), String> {
+    start_container(sql, link, container)?;
+    record(
+        sql,
+        op,
+        receipts,
+        RunnerEvent::ContainerStart {
+            container_id: link.container_id.clone(),
+        },
+    );
+    watch_exit(sql, link, container, op);
+    Ok(())
+}
+
+async fn poll_health(
+    sql: &SqlStorage,
+    link: &Link,
+    op: &str,
+    receipts: &mut Vec<RunnerReceipt>,
+) -> Result<RunnerHealth, String> {
     let started = Date::now().as_millis();
     let mut last_error = String::new();
     for attempt in 1..=READINESS.max_attempts {
@@ -279,7 +492,15 @@ pub(crate) async fn ensure_ready(
                         error: None,
                     },
                 );
-                record(sql, op, receipts, RunnerEvent::Ready { elapsed_ms });
+                record(
+                    sql,
+                    op,
+                    receipts,
+                    RunnerEvent::Ready {
+                        elapsed_ms,
+                        instance_id: health.instance_id.clone(),
+                    },
+                );
                 return Ok(health);
             }
             Err(error) => {
@@ -337,20 +558,21 @@ pub(crate) async fn send_body(
 ) -> Result<Response, String> {
     let mut init = RequestInit::new();
     init.with_method(method);
+    let headers = worker::Headers::new();
+    let _ = headers.set(RUNNER_SECRET_HEADER, &link.secret());
     if let Some((body, content_type)) = body {
-        let headers = worker::Headers::new();
         let _ = headers.set("content-type", content_type);
-        init.with_headers(headers);
         init.with_body(Some(body));
     }
+    init.with_headers(headers);
     let request = async {
-        match link {
-            Link::Container(container) => {
+        match &link.target {
+            Target::Container(container) => {
                 let port = container.get_tcp_port(RUNNER_PORT)?;
                 port.fetch(format!("http://container{path}"), Some(init))
                     .await
             }
-            Link::Dev(base) => {
+            Target::Dev(base) => {
                 let req = Request::new_with_init(&format!("{base}{path}"), &init)?;
                 Fetch::Request(req).send().await
             }

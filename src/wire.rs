@@ -6,6 +6,15 @@ use serde::{Deserialize, Serialize};
 /// The port the runner listens on inside the container (`EXPOSE 8080`).
 pub const RUNNER_PORT: u16 = 8080;
 
+/// Every call from the DO carries the container's secret in this header; the
+/// runner answers 401 `runner_secret` to anything without it.
+pub const RUNNER_SECRET_HEADER: &str = "x-cloudbox-runner-secret";
+/// The runner's start environment: the secret it requires of every call.
+pub const RUNNER_SECRET_ENV: &str = "RUNNER_SECRET";
+/// The runner's start environment: where `https://github.com/` is served
+/// from instead (dev and tests: a local git smart-HTTP server).
+pub const GITHUB_MIRROR_ENV: &str = "CLOUDBOX_GITHUB_MIRROR";
+
 /// `GET /health` of the runner.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -13,6 +22,10 @@ pub struct RunnerHealth {
     pub ok: bool,
     pub name: String,
     pub version: String,
+    /// Names this runner process (random at its start): a new container, or
+    /// a restarted runner, has a new one.
+    #[serde(default)]
+    pub instance_id: String,
 }
 
 // ---------------------------------------------------------------------------

@@ -88,7 +88,14 @@ fn a_passing_run_answers_200_with_receipts_in_step_order() {
     assert!(diff.contains("-v1") && diff.contains("+v2"), "{diff}");
     assert!(diff.contains("b/out/report.txt"), "{diff}");
     let lifecycle = events_of(&body["runnerReceipts"]);
-    for step in ["ready_attempt", "ready", "response", "exit"] {
+    for step in [
+        "container.start",
+        "ready_attempt",
+        "ready",
+        "response",
+        "exit",
+        "container.release",
+    ] {
         assert!(lifecycle.contains(&step.to_string()), "{lifecycle:?}");
     }
 
@@ -461,57 +468,19 @@ fn sse_delivers_every_receipt_and_the_result_and_resumes_without_gaps() {
 // ---------------------------------------------------------------------------
 // Cancel
 
-fn wait_for_file(path: &std::path::Path) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            if text.ends_with('\n') {
-                return text;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never written",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn process_gone(pid: i32) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Err(_) => return true,
-            Ok(stat)
-                if stat
-                    .rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z') =>
-            {
-                return true
-            }
-            Ok(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
-    false
-}
-
 #[test]
 fn cancel_stops_the_running_command_and_ends_the_run_cancelled() {
     let key = key();
     let repo = demo_repo("cancel");
-    let dir = tempfile::tempdir().unwrap();
-    let pidfile = dir.path().join("pid");
     let spec = json!({
         "repo": repo,
-        "commands": [format!("echo $$ > {}; sleep 60", pidfile.display()), "echo never"],
+        "commands": ["echo $$ > /tmp/pid; sleep 60", "echo never"],
     });
     let resp = open_sse("POST", "/api/runs", &key, None, Some(&spec));
     let run_id = resp.header("x-run-id").unwrap().to_string();
-    let pid: i32 = wait_for_file(&pidfile).trim().parse().unwrap();
+    let container = run_container_id(&run_id, &key);
+    let pid = wait_in_container(&container, "/tmp/pid");
+    assert!(pid.trim().parse::<u32>().is_ok(), "{pid}");
 
     let cancelled = post_json(
         &format!("/api/runs/{run_id}/cancel"),
@@ -524,10 +493,12 @@ fn cancel_stops_the_running_command_and_ends_the_run_cancelled() {
     assert_eq!(body["ok"], false);
     assert_eq!(types(&body), vec!["clone", "command", "cancel"]);
     assert_eq!(body["receipts"][1]["signal"], "SIGKILL");
+    // Nothing of the run survives it: its container is gone.
     assert!(
-        process_gone(pid),
-        "the cancelled command {pid} is still running"
+        container_gone(&container),
+        "the cancelled run's container {container} is still there"
     );
+    assert!(events_of(&body["runnerReceipts"]).contains(&"container.release".to_string()));
 
     // The open stream ends with the cancelled result.
     let (frames, _) = read_frames(&mut BufReader::new(resp.into_reader()), |f| {

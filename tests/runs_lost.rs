@@ -1,5 +1,5 @@
-//! A runner that dies mid-run: the run ends `container_lost`, never stuck
-//! `running`. Its own test binary, because it kills the stack's runner.
+//! A container that dies mid-run: the run ends `container_lost`, never stuck
+//! `running`, and nothing of it is left running.
 
 mod common;
 
@@ -17,11 +17,9 @@ fn heartbeats_flow_then_a_killed_runner_ends_the_run_container_lost() {
         .unwrap()
         .to_string();
     let repo = fixture_repo("acme", "lost", &[("README.md", "hi\n")]);
-    let dir = tempfile::tempdir().unwrap();
-    let marker = dir.path().join("started");
     let spec = json!({
         "repo": repo,
-        "commands": [format!("echo go > {}; sleep 60", marker.display())],
+        "commands": ["echo go > /tmp/started; sleep 60"],
         "verify": ["true"],
     });
     let resp = agent()
@@ -32,11 +30,8 @@ fn heartbeats_flow_then_a_killed_runner_ends_the_run_container_lost() {
         .expect("POST /api/runs");
     let run_id = resp.header("x-run-id").unwrap().to_string();
     let mut reader = BufReader::new(resp.into_reader());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !marker.exists() {
-        assert!(Instant::now() < deadline, "the command never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let container = run_container_id(&run_id, &key);
+    wait_in_container(&container, "/tmp/started");
 
     // While the step sleeps, the stream stays alive with heartbeat comments.
     let mut heartbeats = 0;
@@ -55,7 +50,8 @@ fn heartbeats_flow_then_a_killed_runner_ends_the_run_container_lost() {
     assert_eq!(running["status"], "running");
     assert!(running["ok"].is_null());
 
-    kill_group(stack.runner_pid());
+    // The container dies (SIGKILL), as on a host failure.
+    kill_container(&container);
 
     // The stream ends with a container_lost result; the run is never left running.
     let mut last_data = String::new();
@@ -86,7 +82,13 @@ fn heartbeats_flow_then_a_killed_runner_ends_the_run_container_lost() {
         .iter()
         .map(|r| r["event"].as_str().unwrap())
         .collect();
-    assert_eq!(lifecycle.last(), Some(&"exit"));
+    assert!(lifecycle.contains(&"exit"), "{lifecycle:?}");
+    assert_eq!(
+        lifecycle.last(),
+        Some(&"container.release"),
+        "{lifecycle:?}"
+    );
+    assert!(container_gone(&container));
     assert_eq!(
         get(&format!("/api/runs/{run_id}/verify"), Some(&key)).json()["valid"],
         true

@@ -11,6 +11,7 @@ use cloudbox::agent_events::{parse_line, AgentEvent, AgentSummary};
 use cloudbox::wire::StreamName;
 use tokio::sync::watch;
 
+use crate::config::StepUser;
 use crate::process::{self, Finished, Spec};
 
 /// The env var the agent's model provider reads its key from; its value is a
@@ -33,6 +34,8 @@ pub struct AgentTask<'a> {
     pub timeout: Duration,
     /// The runner's clean base environment (PATH, HOME, …).
     pub base_env: Vec<(String, String)>,
+    /// The user the agent runs as (`RUNNER_STEP_USER`), who then owns CODEX_HOME.
+    pub user: Option<StepUser>,
 }
 
 /// `$CODEX_HOME/config.toml`: one provider, the proxy, Responses wire API.
@@ -82,12 +85,18 @@ pub async fn run_agent(
     cancel: &mut watch::Receiver<bool>,
     mut on_event: impl FnMut(&AgentEvent),
 ) -> (AgentSummary, Finished) {
-    if let Err(err) = std::fs::create_dir_all(t.codex_home).and_then(|_| {
-        std::fs::write(
-            t.codex_home.join("config.toml"),
-            codex_config(t.model, t.model_base_url),
-        )
-    }) {
+    if let Err(err) = std::fs::create_dir_all(t.codex_home)
+        .and_then(|_| {
+            std::fs::write(
+                t.codex_home.join("config.toml"),
+                codex_config(t.model, t.model_base_url),
+            )
+        })
+        .and_then(|_| match t.user {
+            Some(user) => crate::tree::give_to(t.codex_home, user),
+            None => Ok(()),
+        })
+    {
         let failed = Finished {
             exit_code: Some(127),
             stderr: format!("cannot prepare CODEX_HOME: {err}"),
@@ -117,6 +126,7 @@ pub async fn run_agent(
             cwd: t.workdir,
             env,
             timeout: t.timeout,
+            user: t.user,
         },
         cancel,
         |stream, text| {

@@ -2,10 +2,12 @@
 //! CloudboxRunner Durable Object talks to it over the container's port (or,
 //! under `wrangler dev`, over loopback).
 //!
-//! Listens on `RUNNER_LISTEN` (default `0.0.0.0:8080`). Runs get fresh
-//! directories under `RUNNER_WORK_DIR`; `CLOUDBOX_GITHUB_MIRROR=<dir>` serves
-//! `https://github.com/<owner>/<repo>` from the bare repo `<dir>/<owner>/<repo>.git`
-//! (offline dev and tests).
+//! Listens on `RUNNER_LISTEN` (default `0.0.0.0:8080`) and answers only calls
+//! that carry `RUNNER_SECRET` (the DO's per-container secret). Runs get fresh
+//! directories under `RUNNER_WORK_DIR`; steps and agents run as
+//! `RUNNER_STEP_USER`; `CLOUDBOX_GITHUB_MIRROR=<dir or url>` serves
+//! `https://github.com/<owner>/<repo>` from `<dir>/<owner>/<repo>.git` or
+//! `<url>/<owner>/<repo>.git` (offline dev and tests).
 
 mod agent;
 mod blob_cache;
@@ -47,7 +49,14 @@ async fn main() {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    let app = match server::router(config::RunnerConfig::from_env()) {
+    let cfg = match config::RunnerConfig::from_env() {
+        Ok(cfg) => cfg,
+        Err(err) => {
+            eprintln!("cloudbox-runner: {err}");
+            std::process::exit(2);
+        }
+    };
+    let app = match server::router(cfg) {
         Ok(app) => app,
         Err(err) => {
             eprintln!("cloudbox-runner: cannot open the blob cache: {err}");

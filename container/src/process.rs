@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 
 use crate::capture::{Tail, Utf8Chunker};
+use crate::config::StepUser;
 
 /// After the shell exits, how long to wait for a pipe held open by a process
 /// that left the group (e.g. with `setsid`).
@@ -25,6 +26,8 @@ pub struct Spec<'a> {
     pub cwd: &'a Path,
     pub env: Vec<(String, String)>,
     pub timeout: Duration,
+    /// Run as this user (the runner's `RUNNER_STEP_USER`); `None`: as the runner.
+    pub user: Option<StepUser>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -49,6 +52,45 @@ pub fn kill_group(pgid: u32) {
     unsafe {
         libc::kill(-(pgid as i32), libc::SIGKILL);
     }
+}
+
+/// Kills every process of `user` (a step that left its process group, e.g.
+/// with `setsid`, must not outlive its run, nor race the runner reading the
+/// tree it leaves). The runner is another user, so it is never among them.
+pub fn kill_user_processes(user: StepUser) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    // Only this container's processes, even where /proc shows the host's.
+    let own_ns = std::fs::read_link("/proc/self/ns/pid").ok();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok() != own_ns {
+            continue;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if status_uid(&status) == Some(user.uid) {
+            // SAFETY: kill(2) on a pid; no memory is involved.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// The real uid in the text of /proc/<pid>/status (`Uid:\treal\teffective…`).
+fn status_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|uid| uid.parse().ok())
 }
 
 pub fn signal_name(sig: i32) -> String {
@@ -136,6 +178,10 @@ pub async fn run(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if let Some(user) = spec.user {
+        // std drops the supplementary groups too when the runner is root.
+        cmd.uid(user.uid).gid(user.gid);
+    }
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(err) => {
@@ -254,6 +300,7 @@ mod tests {
             cwd: Path::new("/"),
             env: vec![("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into())],
             timeout: Duration::from_millis(timeout_ms),
+            user: None,
         }
     }
 
@@ -261,6 +308,13 @@ mod tests {
         let (tx, rx) = watch::channel(false);
         std::mem::forget(tx);
         rx
+    }
+
+    #[test]
+    fn the_uid_is_read_from_proc_status() {
+        let status = "Name:\tbash\nUid:\t1000\t1000\t1000\t1000\nGid:\t1000\t1000\t1000\t1000\n";
+        assert_eq!(status_uid(status), Some(1000));
+        assert_eq!(status_uid("Name:\tx\n"), None);
     }
 
     #[tokio::test]

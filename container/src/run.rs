@@ -310,7 +310,14 @@ async fn execute_in(
         }
     };
 
-    if let Err(err) = tokio::fs::create_dir_all(run_dir).await {
+    let created = match tokio::fs::create_dir_all(run_dir).await {
+        Ok(()) => match cfg.step_user {
+            Some(user) => crate::tree::give_to(run_dir, user),
+            None => Ok(()),
+        },
+        Err(err) => Err(err),
+    };
+    if let Err(err) = created {
         let now = now_ms();
         exec.seal(Step {
             kind: ReceiptKind::Clone,
@@ -337,6 +344,7 @@ async fn execute_in(
                 cwd: run_dir,
                 env: git::git_env(cfg),
                 timeout,
+                user: cfg.step_user,
             },
         )
         .await;
@@ -352,7 +360,11 @@ async fn execute_in(
     // The steps get the run's own HOME: none of the runner's dotfiles or
     // credentials, and login shells start clean.
     let home = run_dir.join("home");
-    if let Err(err) = tokio::fs::create_dir_all(&home).await {
+    let made = std::fs::create_dir_all(&home).and_then(|_| match cfg.step_user {
+        Some(user) => crate::tree::give_to(&home, user),
+        None => Ok(()),
+    });
+    if let Err(err) = made {
         eprintln!("cloudbox-runner: cannot create {}: {err}", home.display());
     }
     let mut env = cfg.base_env_with_home(&home);
@@ -379,6 +391,7 @@ async fn execute_in(
                     cwd: &checkout,
                     env: env.clone(),
                     timeout,
+                    user: cfg.step_user,
                 },
             )
             .await;
@@ -392,6 +405,10 @@ async fn execute_in(
         }
     }
 
+    // What the steps started is gone before the runner reads their tree.
+    if let Some(user) = cfg.step_user {
+        process::kill_user_processes(user);
+    }
     let artifact = match &spec.artifact {
         Some(path) => {
             let started_ms = now_ms();
@@ -419,7 +436,7 @@ async fn execute_in(
 
     let started_ms = now_ms();
     let t0 = Instant::now();
-    let diff = git::diff(cfg, &checkout, run_dir.join("diff.patch"), timeout).await;
+    let diff = git::diff(cfg, &checkout, timeout).await;
     exec.seal(Step {
         kind: ReceiptKind::Diff,
         cmd: "git diff".into(),

@@ -13,9 +13,10 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use cloudbox::wire::{BlobList, RunStart, RunnerHealth, TaskStart};
+use cloudbox::wire::{BlobList, RunStart, RunnerHealth, TaskStart, RUNNER_SECRET_HEADER};
 use serde::Deserialize;
 use serde_json::json;
+use subtle::ConstantTimeEq;
 
 use crate::blob_cache::{BlobCache, PutError};
 use crate::config::RunnerConfig;
@@ -28,6 +29,8 @@ const MAX_BLOB_BYTES: usize = 512 * 1024 * 1024;
 pub struct AppState {
     runs: Arc<Registry>,
     blobs: Arc<BlobCache>,
+    secret: Arc<str>,
+    instance_id: Arc<str>,
 }
 
 impl axum::extract::FromRef<AppState> for Arc<Registry> {
@@ -39,6 +42,8 @@ impl axum::extract::FromRef<AppState> for Arc<Registry> {
 pub fn router(cfg: RunnerConfig) -> std::io::Result<Router> {
     let blobs = Arc::new(BlobCache::open(cfg.blob_dir.clone())?);
     let state = AppState {
+        secret: cfg.secret.as_str().into(),
+        instance_id: new_instance_id()?.into(),
         runs: Registry::new(cfg),
         blobs,
     };
@@ -53,7 +58,43 @@ pub fn router(cfg: RunnerConfig) -> std::io::Result<Router> {
         .route("/tasks/{id}/events", get(run_events))
         .route("/tasks/{id}/cancel", post(cancel_run))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BLOB_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_secret,
+        ))
         .with_state(state))
+}
+
+/// Refuses every call that does not carry the container's secret: the agent
+/// and the run's steps share the container's loopback with this port.
+async fn require_secret(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let given = req
+        .headers()
+        .get(RUNNER_SECRET_HEADER)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if bool::from(given.ct_eq(state.secret.as_bytes())) {
+        next.run(req).await
+    } else {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "runner_secret",
+            "this runner answers only its Durable Object",
+        )
+    }
+}
+
+fn new_instance_id() -> std::io::Result<String> {
+    let mut bytes = [0u8; 8];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| {
+        use std::io::Read;
+        f.read_exact(&mut bytes)
+    })?;
+    Ok(format!("rn_{}", hex::encode(bytes)))
 }
 
 async fn blobs_missing(
@@ -131,11 +172,12 @@ async fn start_task(State(state): State<AppState>, Json(start): Json<TaskStart>)
     }
 }
 
-async fn health() -> Json<RunnerHealth> {
+async fn health(State(state): State<AppState>) -> Json<RunnerHealth> {
     Json(RunnerHealth {
         ok: true,
         name: "cloudbox-runner".into(),
         version: env!("CARGO_PKG_VERSION").into(),
+        instance_id: state.instance_id.to_string(),
     })
 }
 
@@ -209,9 +251,19 @@ mod tests {
     }
 
     async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> String {
+        http_with(addr, method, path, body, RunnerConfig::TEST_SECRET).await
+    }
+
+    async fn http_with(
+        addr: std::net::SocketAddr,
+        method: &str,
+        path: &str,
+        body: &str,
+        secret: &str,
+    ) -> String {
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let req = format!(
-            "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{RUNNER_SECRET_HEADER}: {secret}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         );
         stream.write_all(req.as_bytes()).await.unwrap();
@@ -230,6 +282,31 @@ mod tests {
         let health: RunnerHealth = serde_json::from_str(body).unwrap();
         assert!(health.ok);
         assert_eq!(health.name, "cloudbox-runner");
+        assert!(health.instance_id.starts_with("rn_"));
+    }
+
+    #[tokio::test]
+    async fn every_route_refuses_a_call_without_the_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = serve(RunnerConfig::for_tests(dir.path())).await;
+        for (method, path) in [
+            ("GET", "/health"),
+            ("POST", "/runs"),
+            ("POST", "/tasks"),
+            ("POST", "/blobs/missing"),
+            ("GET", "/runs/x/events"),
+            ("POST", "/runs/x/cancel"),
+            ("GET", "/nope"),
+        ] {
+            for secret in ["", "wrong", "test-runner-secre"] {
+                let response = http_with(addr, method, path, "{}", secret).await;
+                assert!(
+                    response.starts_with("HTTP/1.1 401"),
+                    "{method} {path}: {response}"
+                );
+                assert!(response.contains("runner_secret"), "{response}");
+            }
+        }
     }
 
     #[tokio::test]

@@ -86,6 +86,9 @@ async fn execute_in(
     std::fs::create_dir_all(&home).map_err(|e| format!("home: {e}"))?;
     tree::materialize(cache, &start.files, &workdir).map_err(|e| format!("workspace: {e}"))?;
     tree::materialize(cache, &start.session, &codex_home).map_err(|e| format!("session: {e}"))?;
+    if let Some(user) = cfg.step_user {
+        tree::give_to(dir, user).map_err(|e| format!("task dir: {e}"))?;
+    }
 
     let pricing = Pricing {
         input_micros_per_1k: start.input_micros_per_1k,
@@ -136,6 +139,7 @@ async fn execute_in(
             model_base_url: &base_url,
             timeout: Duration::from_millis(start.timeout_ms),
             base_env: cfg.base_env_with_home(&home),
+            user: cfg.step_user,
         },
         &mut stop_rx,
         |_| {},
@@ -156,6 +160,10 @@ async fn execute_in(
         }
     };
     stopper.abort();
+    // Nothing the agent started may still change the tree while it is read.
+    if let Some(user) = cfg.step_user {
+        crate::process::kill_user_processes(user);
+    }
     while let Ok(usage) = proxy.usage.try_recv() {
         report(usage);
     }

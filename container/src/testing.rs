@@ -71,7 +71,7 @@ pub fn bare_repo(mirror: &Path, owner: &str, name: &str, files: &[(&str, &str)])
 /// A config whose runs clone from `<dir>/github` and work in `<dir>/work`.
 pub fn config(dir: &Path) -> RunnerConfig {
     RunnerConfig {
-        github_mirror: Some(dir.join("github")),
+        github_mirror: Some(crate::config::GithubMirror::Dir(dir.join("github"))),
         ..RunnerConfig::for_tests(&dir.join("work"))
     }
 }

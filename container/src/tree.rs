@@ -8,6 +8,7 @@ use std::path::Path;
 use cloudbox::workspace::{FileEntry, MODE_EXECUTABLE, MODE_FILE};
 
 use crate::blob_cache::BlobCache;
+use crate::config::StepUser;
 
 /// Writes every file of `files` under `dir` (copies, never links: the agent
 /// may edit files in place and must not change the cache).
@@ -24,6 +25,22 @@ pub fn materialize(cache: &BlobCache, files: &[FileEntry], dir: &Path) -> io::Re
         }
         std::fs::copy(&src, &dest)?;
         std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(file.mode))?;
+    }
+    Ok(())
+}
+
+/// Makes `user` the owner of `dir` and of everything under it (symlinks
+/// themselves, never their targets), so a step running as that user can
+/// work in a tree the runner wrote.
+pub fn give_to(dir: &Path, user: StepUser) -> io::Result<()> {
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        std::os::unix::fs::lchown(&path, Some(user.uid), Some(user.gid))?;
+        if std::fs::symlink_metadata(&path)?.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                pending.push(entry?.path());
+            }
+        }
     }
     Ok(())
 }

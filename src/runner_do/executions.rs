@@ -48,7 +48,7 @@ use crate::ledger_d1::{self, BillingVars, HoldTicket};
 use crate::ledger_sql::Usage;
 use crate::receipts::Receipt;
 use crate::run_events::LineSplitter;
-use crate::runner_link::RunnerEvent;
+use crate::runner_link::{idle_release_due, RunnerEvent};
 use crate::wire::{BlobList, RunEvent, TaskResult, TaskStart, WireEvent};
 use crate::workspace::{self, FileEntry, Manifest};
 use crate::{http, time, workspace_store};
@@ -1190,6 +1190,7 @@ pub async fn watchdog(ctx: ExecCtx, state: &State) {
         .and_then(|c| c.to_array())
         .unwrap_or_default();
     if unfinished.is_empty() {
+        release_when_idle(&ctx, state).await;
         return;
     }
     if let Err(err) = state.storage().set_alarm(WATCHDOG_MS).await {
@@ -1214,6 +1215,49 @@ pub async fn watchdog(ctx: ExecCtx, state: &State) {
         }
         // Not awaited: an alarm must not carry a whole queue.
         worker::wasm_bindgen_futures::spawn_local(drive(ctx));
+    }
+}
+
+/// With nothing queued or running: releases the workspace's container once
+/// it has idled `WORKSPACE_IDLE_SECONDS` since the last execute ended, and
+/// until then keeps an alarm for that moment.
+async fn release_when_idle(ctx: &ExecCtx, state: &State) {
+    if !ctx.link.container_running() {
+        return;
+    }
+    #[derive(Deserialize)]
+    struct Last {
+        id: Option<String>,
+        ms: Option<f64>,
+    }
+    let last: Option<Last> = ctx
+        .sql
+        .exec(
+            "SELECT id, COALESCE(finished_ms, started_ms, created_ms) AS ms FROM executions \
+             ORDER BY queue_seq DESC LIMIT 1",
+            None,
+        )
+        .and_then(|c| c.to_array())
+        .ok()
+        .and_then(|rows| rows.into_iter().next());
+    let (op, last_ms) = match last {
+        Some(Last {
+            id: Some(id),
+            ms: Some(ms),
+        }) => (id, ms as i64),
+        _ => ("idle".to_string(), 0),
+    };
+    let idle_ms = crate::config::Config::from_env(&ctx.env).workspace_idle_seconds * 1000;
+    let now = time::now_ms();
+    if idle_release_due(false, last_ms, now, idle_ms) {
+        let mut receipts = Vec::new();
+        let reason = format!("the workspace was idle for {} s", idle_ms / 1000);
+        super::release(&ctx.sql, &ctx.link, &op, &reason, &mut receipts).await;
+    } else {
+        let wait = (last_ms + idle_ms as i64 - now).max(1_000);
+        if let Err(err) = state.storage().set_alarm(wait).await {
+            worker::console_error!("executions watchdog: cannot arm the idle alarm: {err}");
+        }
     }
 }
 

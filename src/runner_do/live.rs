@@ -19,6 +19,11 @@ pub struct Live {
     wakers: RefCell<Vec<Waker>>,
     /// A repo run's pump is consuming the runner's stream.
     pub pumping: Cell<bool>,
+    /// A repo run's `start` found its runner ready (the pump need not ask).
+    pub runner_ready: Cell<bool>,
+    /// A repo run's end is in progress in this instance (it awaits on the
+    /// way, and the run must end once).
+    pub finalizing: Cell<bool>,
     /// A workspace's driver is working through its executes.
     pub driving: Cell<bool>,
     /// Bumped when the watchdog replaces a hung driver; a driver whose

@@ -238,8 +238,10 @@ impl RunCtx {
         }))
     }
 
-    /// Ends the run (once): status, `exit` runner receipt, `result` event,
-    /// and the D1 index row (with the container time, for metering).
+    /// Ends the run (once): the `exit` runner receipt, the container's
+    /// release, the D1 index row (with the container time, for metering),
+    /// the settle, and last the terminal status with its `result` event — so
+    /// whoever sees the run ended sees all of it done.
     async fn finalize(
         &self,
         status: RunStatus,
@@ -249,41 +251,43 @@ impl RunCtx {
         let Some(row) = self.load()? else {
             return Ok(());
         };
-        if row.status().is_terminal() {
+        if row.status().is_terminal() || self.live.finalizing.replace(true) {
             return Ok(());
         }
+        let ended = self.finalize_once(&row, status, ok, result).await;
+        self.live.finalizing.set(false);
+        ended
+    }
+
+    async fn finalize_once(
+        &self,
+        row: &RunRow,
+        status: RunStatus,
+        ok: bool,
+        result: Option<&RunResult>,
+    ) -> Result<(), ApiError> {
         let now = time::now_ms();
         let container_ms = result
             .map(|r| r.container_ms as i64)
             .unwrap_or_else(|| (now - row.created_ms as i64).max(0));
-        let artifact = match result.and_then(|r| r.artifact.as_ref()) {
-            Some(a) => worker::SqlStorageValue::String(serde_json::to_string(a)?),
-            None => worker::SqlStorageValue::Null,
-        };
-        let diff = match result.and_then(|r| r.diff.clone()) {
-            Some(d) => worker::SqlStorageValue::String(d),
-            None => worker::SqlStorageValue::Null,
-        };
-        self.sql.exec(
-            "UPDATE run SET status = ?, ok = ?, finished_ms = ?, container_ms = ?, artifact = ?, diff = ?",
-            vec![
-                status.as_str().into(),
-                int(ok as i64),
-                int(now),
-                int(container_ms),
-                artifact,
-                diff,
-            ],
-        )?;
         self.runner_step(
             &row.id,
             RunnerEvent::Exit {
                 reason: status.as_str().to_string(),
             },
         )?;
-        if let Some(row) = self.load()? {
-            let body = self.body(&row)?;
-            self.append_event("result", &body.to_string())?;
+        // A finished run's container is not left idle.
+        let mut released = Vec::new();
+        super::release(
+            &self.sql,
+            &self.link,
+            &row.id,
+            "the run ended",
+            &mut released,
+        )
+        .await;
+        for receipt in released {
+            self.append_event("runner", &serde_json::to_string(&receipt)?)?;
         }
         let db = self.env.d1("DB")?;
         let updated = db
@@ -309,6 +313,29 @@ impl RunCtx {
             .await
         {
             worker::console_error!("runs: billing of {}: {err}", row.id);
+        }
+        let artifact = match result.and_then(|r| r.artifact.as_ref()) {
+            Some(a) => worker::SqlStorageValue::String(serde_json::to_string(a)?),
+            None => worker::SqlStorageValue::Null,
+        };
+        let diff = match result.and_then(|r| r.diff.clone()) {
+            Some(d) => worker::SqlStorageValue::String(d),
+            None => worker::SqlStorageValue::Null,
+        };
+        self.sql.exec(
+            "UPDATE run SET status = ?, ok = ?, finished_ms = ?, container_ms = ?, artifact = ?, diff = ?",
+            vec![
+                status.as_str().into(),
+                int(ok as i64),
+                int(now),
+                int(container_ms),
+                artifact,
+                diff,
+            ],
+        )?;
+        if let Some(row) = self.load()? {
+            let body = self.body(&row)?;
+            self.append_event("result", &body.to_string())?;
         }
         Ok(())
     }
@@ -473,15 +500,19 @@ async fn pump_inner(ctx: &RunCtx) -> Result<(), ApiError> {
                 .await;
         }
         let resp = if row.dispatched == 0.0 {
-            let mut list = Vec::new();
-            let ready = ensure_ready(&ctx.sql, &ctx.link, &row.id, &mut list).await;
-            for receipt in &list {
-                ctx.append_event("runner", &serde_json::to_string(receipt)?)?;
-            }
-            if let Err(why) = ready {
-                return ctx
-                    .end_by_do(RunStatus::ContainerLost, format!("container_lost: {why}"))
-                    .await;
+            // `start` made the runner ready; a pump restarted after an
+            // eviction checks again.
+            if !ctx.live.runner_ready.get() {
+                let mut list = Vec::new();
+                let ready = ensure_ready(&ctx.sql, &ctx.link, &row.id, &mut list).await;
+                for receipt in &list {
+                    ctx.append_event("runner", &serde_json::to_string(receipt)?)?;
+                }
+                if let Err(why) = ready {
+                    return ctx
+                        .end_by_do(RunStatus::ContainerLost, format!("container_lost: {why}"))
+                        .await;
+                }
             }
             // Re-check: a cancel may have ended the run while we waited.
             if ctx.load()?.is_none_or(|r| r.status().is_terminal()) {
@@ -705,25 +736,58 @@ async fn start(
     if ctx.load()?.is_some() {
         return Err(ApiError::Internal("run id reused".into()));
     }
-    let now = time::now_ms();
     let spec = &body.spec;
-    // The index row first: if D1 fails, nothing exists yet.
-    ctx.env
-        .d1("DB")?
-        .prepare(
-            "INSERT INTO runs (id, account_id, key_id, repo, git_ref, status, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?6)",
+    // A container first: when none can be had, the caller gets 503
+    // `runner_unavailable` and nothing exists (the Worker gives the hold back).
+    let mut ready = Vec::new();
+    if let Err(why) = ensure_ready(&ctx.sql, &ctx.link, &spec.run_id, &mut ready).await {
+        super::release(
+            &ctx.sql,
+            &ctx.link,
+            &spec.run_id,
+            "it never became ready",
+            &mut ready,
         )
-        .bind(&[
-            spec.run_id.as_str().into(),
-            body.account_id.as_str().into(),
-            body.key_id.as_str().into(),
-            spec.repo.as_str().into(),
-            spec.git_ref.as_deref().map(Into::into).unwrap_or(worker::wasm_bindgen::JsValue::NULL),
-            (now as f64).into(),
-        ])?
-        .run()
-        .await?;
+        .await;
+        ctx.sql.exec("DELETE FROM runner_receipts", None)?;
+        return Err(ApiError::RunnerUnavailable(why));
+    }
+    ctx.live.runner_ready.set(true);
+    let now = time::now_ms();
+    // The index row first: if D1 fails, nothing exists yet (and the
+    // container goes).
+    let indexed = async {
+        ctx.env
+            .d1("DB")?
+            .prepare(
+                "INSERT INTO runs (id, account_id, key_id, repo, git_ref, status, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?6)",
+            )
+            .bind(&[
+                spec.run_id.as_str().into(),
+                body.account_id.as_str().into(),
+                body.key_id.as_str().into(),
+                spec.repo.as_str().into(),
+                spec.git_ref.as_deref().map(Into::into).unwrap_or(worker::wasm_bindgen::JsValue::NULL),
+                (now as f64).into(),
+            ])?
+            .run()
+            .await?;
+        Ok::<(), ApiError>(())
+    }
+    .await;
+    if let Err(err) = indexed {
+        super::release(
+            &ctx.sql,
+            &ctx.link,
+            &spec.run_id,
+            "the run was not created",
+            &mut ready,
+        )
+        .await;
+        ctx.sql.exec("DELETE FROM runner_receipts", None)?;
+        return Err(err);
+    }
     ctx.sql.exec(
         "INSERT INTO run (id, account_id, spec, status, created_ms, deadline_ms) VALUES (?, ?, ?, 'queued', ?, ?)",
         vec![
@@ -742,6 +806,9 @@ async fn start(
                 serde_json::to_string(billing)?.into(),
             ],
         )?;
+    }
+    for receipt in &ready {
+        ctx.append_event("runner", &serde_json::to_string(receipt)?)?;
     }
     state.storage().set_alarm(WATCHDOG_MS as i64).await?;
     worker::wasm_bindgen_futures::spawn_local(pump(ctx.clone()));

@@ -1,16 +1,20 @@
-//! The integration-test stack: the real runner binary and the built wasm
-//! Worker under `wrangler dev` (local D1, R2, Durable Objects), started once
-//! per test binary on free ports with a fresh state directory, and torn down
-//! when the test binary exits — also when a test fails or the binary is killed.
+//! The integration-test stack: the built wasm Worker under `wrangler dev`
+//! (local D1, R2, Durable Objects) with real Containers on a Docker engine —
+//! one per repo run and per workspace, built from `container/Dockerfile` —
+//! started once per test binary on free ports with a fresh state directory,
+//! and torn down when the test binary exits (also when a test fails or the
+//! binary is killed). GitHub is a git smart-HTTP server on the host's bridge
+//! address (`git_http.rs`), which the containers reach.
 
 #![allow(dead_code)] // each test binary uses a different part of this module
+
+pub mod git_http;
 
 use std::io::Read;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -18,20 +22,20 @@ use serde_json::Value;
 
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
 
+/// Docker names a DO's container `workerd-<session>-cloudbox-CloudboxRunner-<DO id>`
+/// (its networking sidecar: the same, then `-proxy`).
+const CONTAINER_INFIX: &str = "-cloudbox-CloudboxRunner-";
+
 pub struct Stack {
     pub base: String,
     pub vars: Vec<(String, String)>,
-    pub runner_url: String,
     pub state_dir: PathBuf,
-    /// The current runner's process group (it changes on `restart_runner`).
-    runner_pid: AtomicU32,
-    /// How many runners this stack has started (names their fresh dirs).
-    runner_starts: AtomicU32,
-    /// The stack's temp dir (logs, runner dirs), removed at exit.
+    /// The stack's temp dir (logs), removed at exit.
     dir: PathBuf,
-    /// The stack's runner clones `https://github.com/<o>/<r>` from the bare
-    /// repo `<github_dir>/<o>/<r>.git` (see `fixture_repo`).
+    /// `https://github.com/<o>/<r>` is cloned from the bare repo
+    /// `<github_dir>/<o>/<r>.git` (see `fixture_repo`), served over smart HTTP.
     pub github_dir: PathBuf,
+    pub github_url: String,
 }
 
 static STACK: OnceLock<Stack> = OnceLock::new();
@@ -90,7 +94,7 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-fn run_ok(cmd: &mut Command, what: &str) {
+fn run_ok(cmd: &mut Command, what: &str) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
         out.status.success(),
@@ -98,38 +102,36 @@ fn run_ok(cmd: &mut Command, what: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Tears `pgid` (and `dir`, if given) down once this test process is gone,
-/// however it ends: normal exit, failed test, panic or SIGKILL. Exit hooks
-/// are not enough (the harness may exit in ways that skip them), so a small
-/// watchdog outside the group waits for this process and then cleans up.
-fn watch_and_clean(pgid: Option<u32>, dir: Option<&Path>) {
+/// Runs `cleanup` (a shell snippet) once this test process is gone, however
+/// it ends: normal exit, failed test, panic or SIGKILL. Exit hooks are not
+/// enough (the harness may exit in ways that skip them), so a small watchdog
+/// outside the group waits for this process.
+fn on_exit(cleanup: String) {
     let me = std::process::id();
-    // The group, and every process it started in groups of its own (the
-    // runner's agents), listed before the group goes.
-    let kill = pgid
-        .map(|g| {
-            format!(
-                "tree() {{ echo $1; for c in $(ps -o pid= --ppid $1 2>/dev/null); do tree $c; done; }}; \
-                 pids=$(tree {g}); kill -TERM -{g} 2>/dev/null; sleep 0.5; \
-                 kill -KILL -{g} $pids 2>/dev/null;"
-            )
-        })
-        .unwrap_or_default();
-    let remove = dir
-        .map(|d| format!("sleep 1; rm -rf '{}';", d.display()))
-        .unwrap_or_default();
     let _ = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "while kill -0 {me} 2>/dev/null; do sleep 0.2; done; {kill} {remove}"
+            "while kill -0 {me} 2>/dev/null; do sleep 0.2; done; {cleanup}"
         ))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .process_group(0)
         .spawn();
+}
+
+/// Tears `pgid` (and everything it started, in groups of their own) down
+/// at exit: SIGTERM first, so wrangler removes its containers, then SIGKILL.
+fn kill_group_at_exit(pgid: u32) {
+    on_exit(format!(
+        "tree() {{ echo $1; for c in $(ps -o pid= --ppid $1 2>/dev/null); do tree $c; done; }}; \
+         pids=$(tree {pgid}); kill -TERM -{pgid} 2>/dev/null; \
+         for i in $(seq 50); do kill -0 -{pgid} 2>/dev/null || break; sleep 0.2; done; \
+         kill -KILL -{pgid} $pids 2>/dev/null;"
+    ));
 }
 
 /// Spawns `cmd` in its own process group, logging to `log`, cleaned up at exit.
@@ -143,7 +145,7 @@ pub fn spawn_logged(cmd: &mut Command, log: &Path) -> u32 {
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     let pid = child.id();
-    watch_and_clean(Some(pid), None);
+    kill_group_at_exit(pid);
     // Reap it when it exits, so a killed child leaves no zombie.
     std::thread::spawn(move || child.wait());
     pid
@@ -155,57 +157,9 @@ fn log_tail(path: &Path) -> String {
     text[start..].to_string()
 }
 
-/// Kills a process group now (e.g. to simulate a runner crash).
+/// Kills a process group now.
 pub fn kill_group(pgid: u32) {
     unsafe { libc::kill(-(pgid as i32), libc::SIGKILL) };
-}
-
-/// Starts the runner binary on a free port; returns (pid, url).
-pub fn start_runner(dir: &Path, extra_env: &[(&str, &str)]) -> (u32, String) {
-    let port = free_port();
-    let pid = start_runner_on(dir, port, extra_env);
-    (pid, format!("http://127.0.0.1:{port}"))
-}
-
-/// Starts the runner binary on `port` (waiting for a killed predecessor to
-/// free it) and waits for its health; returns its pid (= process group).
-pub fn start_runner_on(dir: &Path, port: u16, extra_env: &[(&str, &str)]) -> u32 {
-    build_runner();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpListener::bind(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "port {port} is still taken");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let bin = target_dir().join("debug").join("cloudbox-runner");
-    let mut cmd = Command::new(&bin);
-    cmd.env("RUNNER_LISTEN", format!("127.0.0.1:{port}"));
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
-    let log = dir.join(format!("runner-{port}-{}.log", unique_suffix()));
-    let pid = spawn_logged(&mut cmd, &log);
-    let url = format!("http://127.0.0.1:{port}");
-    wait_for(&format!("{url}/health"), &log, Duration::from_secs(20));
-    pid
-}
-
-fn unique_suffix() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-/// Builds the runner binary once per test binary (a no-op when fresh), so a
-/// test never talks to a stale runner.
-fn build_runner() {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        run_ok(
-            Command::new(env!("CARGO"))
-                .args(["build", "--quiet", "-p", "cloudbox-runner"])
-                .current_dir(repo_root()),
-            "building the runner",
-        )
-    });
 }
 
 fn wait_for(url: &str, log: &Path, limit: Duration) {
@@ -224,8 +178,193 @@ fn wait_for(url: &str, log: &Path, limit: Duration) {
     panic!("{url} not up after {limit:?}; log:\n{}", log_tail(log));
 }
 
+// ---------------------------------------------------------------------------
+// Containers: the engine, the images, the bridge.
+
+/// The Docker engine the stack's containers run on, and what wrangler dev
+/// needs to build and run them (scripts/container-engine.sh and
+/// scripts/container-images.sh, the same as `make dev`).
+pub struct Containers {
+    pub docker_host: String,
+    /// `CLOUDBOX_BASE_IMAGE`, `MINIFLARE_CONTAINER_EGRESS_IMAGE`,
+    /// `WRANGLER_DOCKER_BIN`.
+    pub wrangler_env: Vec<(String, String)>,
+    /// The host's address on the Docker bridge: servers the containers
+    /// reach (the git server, the scripted model) listen here.
+    pub bridge_ip: String,
+}
+
+pub fn containers() -> &'static Containers {
+    static CONTAINERS: OnceLock<Containers> = OnceLock::new();
+    CONTAINERS.get_or_init(|| {
+        let root = repo_root();
+        let engine = run_ok(
+            Command::new("bash")
+                .arg(root.join("scripts/container-engine.sh"))
+                .arg("start")
+                .current_dir(&root),
+            "starting the Docker engine (scripts/container-engine.sh start)",
+        );
+        let engine = key_values(&engine);
+        let docker_host = engine
+            .iter()
+            .find(|(k, _)| k == "DOCKER_HOST")
+            .map(|(_, v)| v.clone())
+            .expect("container-engine.sh printed DOCKER_HOST");
+        if engine.iter().any(|(k, _)| k == "CLOUDBOX_ENGINE_STARTED") {
+            // Ours to stop, once this binary is done.
+            on_exit(format!(
+                "bash '{}' stop",
+                root.join("scripts/container-engine.sh").display()
+            ));
+        }
+        let images = run_ok(
+            Command::new("bash")
+                .arg(root.join("scripts/container-images.sh"))
+                .arg("local")
+                .env("DOCKER_HOST", &docker_host)
+                .current_dir(&root),
+            "building the container images (scripts/container-images.sh local)",
+        );
+        let bridge_ip = run_ok(
+            Command::new("docker")
+                .args(["network", "inspect", "bridge", "--format"])
+                .arg("{{(index .IPAM.Config 0).Gateway}}")
+                .env("DOCKER_HOST", &docker_host),
+            "reading the bridge's gateway",
+        )
+        .trim()
+        .to_string();
+        Containers {
+            docker_host,
+            wrangler_env: key_values(&images),
+            bridge_ip,
+        }
+    })
+}
+
+fn key_values(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// Runs the docker CLI against the stack's engine; (success, stdout).
+pub fn docker(args: &[&str]) -> (bool, String) {
+    let out = Command::new("docker")
+        .args(args)
+        .env("DOCKER_HOST", &containers().docker_host)
+        .output()
+        .expect("docker CLI");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Docker's name for the container a runnerReceipt's `containerId` names,
+/// if Docker has it (running or not).
+pub fn container_name(container_id: &str) -> Option<String> {
+    let filter = format!("name={CONTAINER_INFIX}{container_id}");
+    let (_, out) = docker(&["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"]);
+    out.lines()
+        .find(|n| n.ends_with(&format!("{CONTAINER_INFIX}{container_id}")))
+        .map(str::to_string)
+}
+
+/// Whether that container is running.
+pub fn container_running(container_id: &str) -> bool {
+    let Some(name) = container_name(container_id) else {
+        return false;
+    };
+    let (ok, out) = docker(&["inspect", "--format", "{{.State.Running}}", &name]);
+    ok && out.trim() == "true"
+}
+
+/// Kills that container now (SIGKILL), as a crash would.
+pub fn kill_container(container_id: &str) {
+    let name = container_name(container_id).expect("the container exists");
+    let (ok, out) = docker(&["kill", &name]);
+    assert!(ok, "docker kill {name}: {out}");
+}
+
+/// The running containers of this engine's DOs (their `containerId`s).
+pub fn running_container_ids() -> Vec<String> {
+    let (_, out) = docker(&["ps", "--format", "{{.Names}}"]);
+    out.lines()
+        .filter_map(|n| n.split_once(CONTAINER_INFIX).map(|(_, id)| id))
+        .filter(|id| !id.ends_with("-proxy"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Runs `script` with bash in that container (as root); (success, stdout).
+pub fn in_container(container_id: &str, script: &str) -> (bool, String) {
+    let name = container_name(container_id).expect("the container exists");
+    docker(&["exec", &name, "bash", "-c", script])
+}
+
+/// The content of `path` in that container once a step has written it
+/// whole (a line ending in a newline).
+pub fn wait_in_container(container_id: &str, path: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ok, out) = in_container(container_id, &format!("cat {path}"));
+        if ok && out.ends_with('\n') {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} never written in {container_id}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether Docker has no running container for that id (within 10 s).
+pub fn container_gone(container_id: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if !container_running(container_id) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// The container of a started run, from its `runnerReceipts` (polled until
+/// the run's DO has recorded its start).
+pub fn run_container_id(run_id: &str, key: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let body = get(&format!("/api/runs/{run_id}"), Some(key));
+        if body.status == 200 {
+            if let Some(id) = container_id_of(&body.json()["runnerReceipts"]) {
+                return id;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run {run_id} never got a container"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The `containerId` of the first `ready` / `container.start` among runner
+/// receipts.
+pub fn container_id_of(runner_receipts: &Value) -> Option<String> {
+    runner_receipts
+        .as_array()?
+        .iter()
+        .find_map(|r| r["containerId"].as_str().map(str::to_string))
+}
+
 fn start_stack(vars: &[(String, String)]) -> Stack {
     let root = repo_root();
+    let containers = containers();
     run_ok(
         Command::new("bash")
             .arg(root.join("scripts/build-worker.sh"))
@@ -237,19 +376,17 @@ fn start_stack(vars: &[(String, String)]) -> Stack {
         .tempdir()
         .expect("temp dir")
         .keep();
-    // CLOUDBOX_KEEP_TEST_DIR=1 keeps the logs (wrangler.log, runner-*.log).
+    // CLOUDBOX_KEEP_TEST_DIR=1 keeps the logs (wrangler.log).
     if std::env::var_os("CLOUDBOX_KEEP_TEST_DIR").is_some() {
         eprintln!("test stack dir (kept): {}", dir.display());
     } else {
-        watch_and_clean(None, Some(&dir));
+        on_exit(format!("sleep 2; rm -rf '{}'", dir.display()));
     }
     let state_dir = dir.join("state");
 
     let github_dir = dir.join("github");
     std::fs::create_dir_all(&github_dir).expect("github mirror dir");
-    let runner_port = free_port();
-    let runner_url = format!("http://127.0.0.1:{runner_port}");
-    let runner_pid = start_stack_runner(&dir, &github_dir, runner_port, 0);
+    let github = git_http::start(&github_dir, &containers.bridge_ip);
 
     let wrangler = root.join("scripts/wrangler");
     run_ok(
@@ -282,10 +419,15 @@ fn start_stack(vars: &[(String, String)]) -> Stack {
     ])
     .arg("--persist-to")
     .arg(&state_dir)
-    .args(["--var", &format!("RUNNER_URL:{runner_url}")])
+    .args([
+        "--var",
+        &format!("RUNNER_GITHUB_MIRROR:{}", github.base_url),
+    ])
     .args(["--var", &format!("ADMIN_API_KEY:{ADMIN_KEY}")])
     .env("CLOUDBOX_SKIP_BUILD", "1")
     .env("CI", "true")
+    .env("DOCKER_HOST", &containers.docker_host)
+    .envs(containers.wrangler_env.iter().map(|(k, v)| (k, v)))
     .current_dir(&root);
     let overridden = |name: &str| vars.iter().any(|(k, _)| k == name);
     for (name, value) in DEFAULT_VARS.iter().filter(|(k, _)| !overridden(k)) {
@@ -296,122 +438,34 @@ fn start_stack(vars: &[(String, String)]) -> Stack {
     }
     spawn_logged(&mut cmd, &log);
     let base = format!("http://127.0.0.1:{port}");
-    wait_for(&format!("{base}/health"), &log, Duration::from_secs(90));
+    // wrangler builds the runner image before it serves (cached layers).
+    wait_for(&format!("{base}/health"), &log, Duration::from_secs(300));
     Stack {
         base,
         vars: vars.to_vec(),
-        runner_url,
         state_dir,
-        runner_pid: AtomicU32::new(runner_pid),
-        runner_starts: AtomicU32::new(1),
         dir,
         github_dir,
+        github_url: github.base_url,
     }
-}
-
-/// Starts the stack's runner on `port` like a new container: fresh blob
-/// cache and work dirs (`n` numbers them), the GitHub mirror, and the real
-/// Codex CLI when scripts/setup.sh installed it.
-fn start_stack_runner(dir: &Path, github_dir: &Path, port: u16, n: u32) -> u32 {
-    let runner_dir = dir.join(format!("runner-{n}"));
-    let (blobs, work) = (runner_dir.join("blobs"), runner_dir.join("work"));
-    for d in [&blobs, &work] {
-        std::fs::create_dir_all(d).expect("runner dir");
-    }
-    let mut env = vec![
-        ("CLOUDBOX_GITHUB_MIRROR", github_dir.display().to_string()),
-        ("RUNNER_BLOB_DIR", blobs.display().to_string()),
-        ("RUNNER_WORK_DIR", work.display().to_string()),
-    ];
-    let codex = repo_root().join("node_modules/.bin/codex");
-    if codex.exists() {
-        env.push(("CODEX_BIN", codex.display().to_string()));
-    }
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    start_runner_on(dir, port, &env)
 }
 
 impl Stack {
-    /// The current runner's pid (its own process group).
-    pub fn runner_pid(&self) -> u32 {
-        self.runner_pid.load(Ordering::SeqCst)
+    /// The `exe_…` task directories on every running container of this
+    /// engine (a task's directory lives while the task runs).
+    pub fn container_task_dirs(&self) -> Vec<String> {
+        running_container_ids()
+            .iter()
+            .flat_map(|id| {
+                let name = container_name(id).unwrap_or_default();
+                let (_, out) = docker(&["exec", &name, "ls", "/var/lib/cloudbox/work"]);
+                out.lines()
+                    .filter(|n| n.starts_with("exe_"))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
-
-    /// Kills the stack's runner and every process it started (the agent
-    /// runs in groups of its own) with SIGKILL, as a crashed container.
-    pub fn kill_runner(&self) {
-        let pid = self.runner_pid();
-        let groups = descendant_groups(pid);
-        kill_group(pid);
-        for group in groups {
-            kill_group(group);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while unsafe { libc::kill(pid as i32, 0) } == 0 {
-            assert!(Instant::now() < deadline, "runner {pid} survived SIGKILL");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// The current runner's `RUNNER_WORK_DIR` (a directory per task or run,
-    /// named by its id).
-    pub fn runner_work_dir(&self) -> PathBuf {
-        let n = self.runner_starts.load(Ordering::SeqCst) - 1;
-        self.dir.join(format!("runner-{n}")).join("work")
-    }
-
-    /// Replaces the stack's runner by a new one on the same port (the
-    /// Worker's `RUNNER_URL` is fixed) with fresh dirs, as a new container.
-    pub fn restart_runner(&self) {
-        self.kill_runner();
-        let port: u16 = self
-            .runner_url
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("runner port");
-        let n = self.runner_starts.fetch_add(1, Ordering::SeqCst);
-        let pid = start_stack_runner(&self.dir, &self.github_dir, port, n);
-        self.runner_pid.store(pid, Ordering::SeqCst);
-    }
-}
-
-/// The process groups of `pid`'s descendants (from /proc), other than its own.
-fn descendant_groups(pid: u32) -> Vec<u32> {
-    // (pid, ppid, pgid) of every process we can read.
-    let procs: Vec<(u32, u32, u32)> = std::fs::read_dir("/proc")
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-                .filter_map(|p| {
-                    let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-                    // Fields after the `(comm)`: state ppid pgrp ...
-                    let rest = &stat[stat.rfind(')')? + 2..];
-                    let mut fields = rest.split(' ').skip(1);
-                    let ppid = fields.next()?.parse().ok()?;
-                    let pgid = fields.next()?.parse().ok()?;
-                    Some((p, ppid, pgid))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let own = unsafe { libc::getpgrp() } as u32;
-    let mut family = vec![pid];
-    let mut i = 0;
-    while i < family.len() {
-        let parent = family[i];
-        family.extend(procs.iter().filter(|p| p.1 == parent).map(|p| p.0));
-        i += 1;
-    }
-    let mut groups: Vec<u32> = procs
-        .iter()
-        .filter(|p| family.contains(&p.0) && p.2 != pid && p.2 != own && p.2 > 1)
-        .map(|p| p.2)
-        .collect();
-    groups.sort_unstable();
-    groups.dedup();
-    groups
 }
 
 /// Creates the bare repo `<github_dir>/<owner>/<name>.git` with one commit
