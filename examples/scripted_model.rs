@@ -1,7 +1,9 @@
 //! The scripted Responses-API model server of the tests, standalone, so
 //! `/execute` can be tried on the local stack without a model key:
 //! `make dev CLOUDBOX_SCRIPTED_MODEL=1` starts it and points the agent at it.
-//! It prints its base URL on the first line, then serves until killed.
+//! It listens on the address given as its argument (default 127.0.0.1; the
+//! host's bridge address when the agent runs in a container), prints its
+//! base URL on the first line, then serves until killed.
 //! Tasks it understands: `write <path> <text>`, `loop`, `fail`, `slow`;
 //! anything else is echoed.
 
@@ -10,7 +12,10 @@
 mod responses_server;
 
 fn main() {
-    let server = responses_server::ModelServer::start();
+    let ip = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let server = responses_server::ModelServer::start_on(&ip);
     println!("{}", server.base_url);
     loop {
         std::thread::park();

@@ -4,8 +4,10 @@
 #
 #   scripts/container-images.sh stage   # container/image/: the build context
 #                                       #   of container/Dockerfile (also for deploy)
-#   scripts/container-images.sh local   # stage, then the local base and the
-#                                       #   sidecar stand-in; prints the env
+#   scripts/container-images.sh local   # stage, then the local base, the
+#                                       #   sidecar stand-in and the runner image
+#                                       #   (cloudbox-runner:local, for tests that
+#                                       #   run the runner alone); prints the env
 #                                       #   wrangler dev needs, as KEY=VALUE lines
 #
 # The base: Debian bookworm from Debian's own packages (debootstrap, then
@@ -130,6 +132,20 @@ egress_image() {
   echo "$tag"
 }
 
+# The runner image from container/Dockerfile, as wrangler builds it (the
+# same wrapper), tagged cloudbox-runner:local.
+runner_image() {
+  local base=$1
+  CLOUDBOX_BASE_IMAGE=$base scripts/wrangler-docker build -q -t cloudbox-runner:local \
+    --build-arg BASE_IMAGE=debian:bookworm-slim -f container/Dockerfile "$CONTEXT" 2>&1 >/dev/null \
+    | grep -v -e DEPRECATED -e 'BuildKit is currently disabled' -e 'environment-variable' -e '^ *$' >&2 || true
+  docker image inspect cloudbox-runner:local >/dev/null
+  local size
+  size=$(docker image inspect --format '{{.Size}}' cloudbox-runner:local)
+  say "runner image cloudbox-runner:local: $((size / 1024 / 1024)) MiB"
+  echo cloudbox-runner:local
+}
+
 case "${1:-}" in
   stage)
     stage
@@ -142,7 +158,9 @@ case "${1:-}" in
     stage
     base=$(base_image)
     egress=$(egress_image "$base")
+    runner=$(runner_image "$base")
     echo "CLOUDBOX_BASE_IMAGE=$base"
+    echo "CLOUDBOX_RUNNER_IMAGE=$runner"
     echo "MINIFLARE_CONTAINER_EGRESS_IMAGE=$egress"
     echo "WRANGLER_DOCKER_BIN=$PWD/scripts/wrangler-docker"
     ;;

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::agent_events::TokenUsage;
 use crate::billing::{self, Pricing};
 use crate::receipts::Receipt;
+use crate::runner_link::RunnerReceipt;
 use crate::wire::TaskResult;
 
 /// At most this many executes wait behind the running one of a workspace.
@@ -198,6 +199,10 @@ pub struct ExecutionBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub billing: Option<BillingBody>,
     pub receipts: Vec<Receipt>,
+    /// The container's lifecycle during this execute (`ready` names the
+    /// container that did the work; a reused one has no `container.start`).
+    #[serde(default)]
+    pub runner_receipts: Vec<RunnerReceipt>,
 }
 
 impl ExecutionBody {
@@ -362,6 +367,7 @@ mod tests {
             ),
             billing: None,
             receipts: vec![],
+            runner_receipts: vec![],
         };
         let v = serde_json::to_value(&body).unwrap();
         assert_eq!(v["runId"], "exe_1");

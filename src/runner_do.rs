@@ -498,6 +498,10 @@ async fn poll_health(
                     receipts,
                     RunnerEvent::Ready {
                         elapsed_ms,
+                        container_id: match link.target {
+                            Target::Container(_) => link.container_id.clone(),
+                            Target::Dev(_) => String::new(),
+                        },
                         instance_id: health.instance_id.clone(),
                     },
                 );

@@ -83,6 +83,9 @@ pub enum RunnerEvent {
     #[serde(rename = "ready", rename_all = "camelCase")]
     Ready {
         elapsed_ms: u64,
+        /// The container that answered (the DO's id; empty for a native runner).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        container_id: String,
         /// The runner process that answered (new with every container).
         #[serde(default, skip_serializing_if = "String::is_empty")]
         instance_id: String,

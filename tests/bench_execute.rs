@@ -2,9 +2,10 @@
 //! the wall time of one `POST /execute` on a 200-file workspace through the
 //! whole stack (Worker → workspace DO → sync in → runner → the real Codex
 //! CLI → metering proxy → scripted model → sync out → commit → settle), next
-//! to the same task POSTed straight to the runner with every blob already in
-//! its cache (no Worker, DO, R2, D1 or commit), interleaved. The difference
-//! is what the service adds to an agent task.
+//! to the same task POSTed straight to a runner alone in a container of the
+//! same image, with every blob already in its cache (no Worker, DO, R2, D1
+//! or commit), interleaved. The difference is what the service adds to an
+//! agent task.
 
 mod common;
 #[path = "common/responses_server.rs"]
@@ -18,6 +19,7 @@ use cloudbox::wire::TaskStart;
 use common::*;
 use responses_server::ModelServer;
 use serde_json::json;
+use sha2::Digest;
 
 #[test]
 #[ignore = "benchmark: run with scripts/bench.sh execute"]
@@ -27,8 +29,8 @@ fn bench_execute() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10)
         .max(1);
-    let model = ModelServer::start();
-    let stack = stack_with_vars(&[
+    let model = ModelServer::start_on(&containers().bridge_ip);
+    let _stack = stack_with_vars(&[
         ("AGENT_MODEL_BASE_URL", model.base_url.as_str()),
         ("AGENT_MODEL", "bench-model"),
         ("OPENAI_API_KEY", "upstream-secret"),
@@ -47,6 +49,17 @@ fn bench_execute() {
     }
     let client = SyncClient::new(&key);
     cloudbox::sync::push(&client, "bench", tree.path()).unwrap();
+    // The runner alone gets the same blobs in its cache up front.
+    let runner = runner_container(&[]);
+    for entry in walk(tree.path()) {
+        let bytes = std::fs::read(&entry).unwrap();
+        let sha = hex::encode(sha2::Sha256::digest(&bytes));
+        let resp = runner
+            .request("PUT", &format!("/blobs/{sha}"))
+            .send_bytes(&bytes)
+            .unwrap();
+        assert!([200, 201].contains(&resp.status()));
+    }
 
     let mut n = 0;
     let mut through_stack = || {
@@ -66,7 +79,10 @@ fn bench_execute() {
         m += 1;
         // The workspace as it is now; its blobs are in the runner's cache
         // since the executes above.
-        let manifest = cloudbox::sync::fetch_manifest(&client, "bench").unwrap();
+        // Only the files pushed up front (whose blobs it has), as a fresh
+        // workspace each time.
+        let mut manifest = cloudbox::sync::fetch_manifest(&client, "bench").unwrap();
+        manifest.files.retain(|f| f.path.starts_with("src/"));
         let start = TaskStart {
             task_id: format!("bench_direct_{m}_{}", std::process::id()),
             task: format!("write direct/{m}.txt run {m}"),
@@ -83,8 +99,8 @@ fn bench_execute() {
             timeout_ms: 120_000,
         };
         let t = Instant::now();
-        let resp = agent()
-            .post(&format!("{}/tasks", stack.runner_url))
+        let resp = runner
+            .request("POST", "/tasks")
             .send_json(serde_json::to_value(&start).unwrap())
             .unwrap();
         let mut body = String::new();
@@ -131,4 +147,21 @@ fn bench_execute() {
         "  ratio stack / runner alone:                           {:8.2}x",
         ms(s) / ms(d)
     );
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
 }

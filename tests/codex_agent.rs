@@ -1,5 +1,5 @@
-//! The runner's agent engine with the real Codex CLI (npm `@openai/codex`),
-//! against the scripted Responses-API server: workspace blobs pushed to the
+//! The runner alone, in a container of the runner image, with its real Codex
+//! CLI (npm `@openai/codex`) against the scripted Responses-API server: workspace blobs pushed to the
 //! runner, a task that makes the CLI run a tool that writes a file, usage
 //! metered per model call by the runner's proxy, and the session resumed by a
 //! second task in a fresh CODEX_HOME from the session files the first
@@ -17,32 +17,23 @@ use cloudbox::workspace::FileEntry;
 use responses_server::{ModelServer, USAGE_IN, USAGE_OUT};
 use sha2::{Digest, Sha256};
 
-fn runner() -> (String, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let codex = common::repo_root().join("node_modules/.bin/codex");
-    assert!(
-        codex.exists(),
-        "run scripts/setup.sh: {} is missing",
-        codex.display()
-    );
-    let codex = codex.display().to_string();
-    let (_, url) = common::start_runner(dir.path(), &[("CODEX_BIN", codex.as_str())]);
-    (url, dir)
+fn runner() -> common::RunnerContainer {
+    common::runner_container(&[])
 }
 
-fn put_blob(runner: &str, bytes: &[u8]) -> String {
+fn put_blob(runner: &common::RunnerContainer, bytes: &[u8]) -> String {
     let sha = hex::encode(Sha256::digest(bytes));
-    let resp = common::agent()
-        .put(&format!("{runner}/blobs/{sha}"))
+    let resp = runner
+        .request("PUT", &format!("/blobs/{sha}"))
         .send_bytes(bytes)
         .unwrap();
     assert!([200, 201].contains(&resp.status()));
     sha
 }
 
-fn run_task(runner: &str, start: &TaskStart) -> (Vec<WireEvent>, TaskResult) {
-    let resp = common::agent()
-        .post(&format!("{runner}/tasks"))
+fn run_task(runner: &common::RunnerContainer, start: &TaskStart) -> (Vec<WireEvent>, TaskResult) {
+    let resp = runner
+        .request("POST", "/tasks")
         .send_json(serde_json::to_value(start).unwrap())
         .unwrap();
     let mut body = String::new();
@@ -77,9 +68,9 @@ fn start(id: &str, task: &str, files: Vec<FileEntry>, model: &ModelServer) -> Ta
     }
 }
 
-fn blob(runner: &str, sha: &str) -> Vec<u8> {
-    let resp = common::agent()
-        .get(&format!("{runner}/blobs/{sha}"))
+fn blob(runner: &common::RunnerContainer, sha: &str) -> Vec<u8> {
+    let resp = runner
+        .request("GET", &format!("/blobs/{sha}"))
         .call()
         .unwrap();
     let mut bytes = Vec::new();
@@ -89,8 +80,8 @@ fn blob(runner: &str, sha: &str) -> Vec<u8> {
 
 #[test]
 fn the_codex_cli_edits_the_workspace_and_resumes_its_session_in_a_fresh_home() {
-    let (runner, _dir) = runner();
-    let model = ModelServer::start();
+    let runner = runner();
+    let model = ModelServer::start_on(&common::containers().bridge_ip);
     let readme = put_blob(&runner, b"# demo\n");
     let files = vec![FileEntry {
         path: "README.md".into(),

@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 /// Worker sends every agent's model calls to it (through the runner's proxy).
 fn model() -> &'static ModelServer {
     static MODEL: OnceLock<ModelServer> = OnceLock::new();
-    let model = MODEL.get_or_init(ModelServer::start);
+    let model = MODEL.get_or_init(|| ModelServer::start_on(&containers().bridge_ip));
     stack_with_vars(&[
         ("AGENT_MODEL_BASE_URL", model.base_url.as_str()),
         ("AGENT_MODEL", "test-model"),
@@ -599,14 +599,29 @@ fn a_task_that_outspends_its_hold_is_stopped_and_charged_at_most_the_hold() {
     assert_eq!(manifest(&k, &ws), (1, vec!["seed.txt".to_string()]));
 }
 
-/// Restarts the stack's runner when dropped, so a failed test leaves a
-/// working runner behind.
-struct RestartOnDrop;
+/// The container an execute ran in (its `ready` runner receipt).
+fn container_of(body: &Value) -> String {
+    container_id_of(&body["runnerReceipts"]).unwrap_or_else(|| panic!("no container: {body}"))
+}
 
-impl Drop for RestartOnDrop {
-    fn drop(&mut self) {
-        current().restart_runner();
-    }
+/// The runner process that answered an execute (new with every container).
+fn runner_instance(body: &Value) -> String {
+    body["runnerReceipts"]
+        .as_array()
+        .and_then(|rs| rs.iter().find_map(|r| r["instanceId"].as_str()))
+        .unwrap_or_else(|| panic!("no instanceId: {body}"))
+        .to_string()
+}
+
+fn lifecycle(body: &Value) -> Vec<String> {
+    body["runnerReceipts"]
+        .as_array()
+        .map(|rs| {
+            rs.iter()
+                .map(|r| r["event"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[test]
@@ -642,11 +657,28 @@ fn the_session_resumes_across_tasks_and_a_runner_restart_until_reset() {
     assert_eq!(two["sessionId"], session.as_str());
     assert_eq!(two["version"], 1);
     assert!(history(&second).contains(&first), "not resumed");
+    // The workspace's second execute reused its container.
+    assert!(
+        lifecycle(&one).contains(&"container.start".to_string()),
+        "{one}"
+    );
+    assert!(
+        !lifecycle(&two).contains(&"container.start".to_string()),
+        "{two}"
+    );
+    assert_eq!(container_of(&one), container_of(&two));
+    assert_eq!(runner_instance(&one), runner_instance(&two));
 
-    // A new container (fresh dirs): the session comes back from R2.
-    current().restart_runner();
+    // The container dies; the next execute gets a fresh one (empty dirs),
+    // and the session comes back from R2.
+    kill_container(&container_of(&two));
     let third = format!("recall gamma-{n}");
     let three = run(&third, json!({}));
+    assert!(
+        lifecycle(&three).contains(&"container.start".to_string()),
+        "{three}"
+    );
+    assert_ne!(runner_instance(&three), runner_instance(&two));
     assert_eq!(three["sessionId"], session.as_str());
     let seen = history(&third);
     assert!(
@@ -739,17 +771,13 @@ fn cancel_stops_a_running_task_commits_nothing_and_charges_only_metered_usage() 
     assert_eq!(again.json()["error"], "run_not_running");
 }
 
-/// The ids of the tasks the current runner has been given (its work dirs).
+/// The ids of the tasks running in this stack's containers (their work dirs).
 fn runner_tasks() -> Vec<String> {
-    std::fs::read_dir(current().runner_work_dir())
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                .filter(|name| name.starts_with("exe_"))
-                .collect()
-        })
-        .unwrap_or_default()
+    current()
+        .container_tasks()
+        .into_iter()
+        .map(|(_, task)| task)
+        .collect()
 }
 
 #[test]
@@ -853,7 +881,7 @@ fn a_failing_agent_commits_nothing_and_is_charged_only_its_metered_usage() {
 }
 
 #[test]
-fn a_runner_killed_mid_task_ends_container_lost_and_releases_the_hold() {
+fn a_container_killed_mid_task_ends_container_lost_and_releases_the_hold() {
     let _lock = exclusive();
     let m = model();
     let k = funded_key(CREDITS_USD);
@@ -869,8 +897,9 @@ fn a_runner_killed_mid_task_ends_container_lost_and_releases_the_hold() {
     wait_for_model_call(m, &task);
     assert_eq!(micros(&account(&k)["heldCredits"]), 500_000);
 
-    let restart = RestartOnDrop;
-    current().kill_runner();
+    let running: Vec<(String, String)> = current().container_tasks();
+    assert_eq!(running.len(), 1, "{running:?}");
+    kill_container(&running[0].0);
     let resp = waiting.join().unwrap();
     let body = not_ok(&resp, "container_lost", 1);
     let acct = settled_account(&k);
@@ -881,8 +910,7 @@ fn a_runner_killed_mid_task_ends_container_lost_and_releases_the_hold() {
     );
     assert_eq!(manifest(&k, &ws), (1, vec!["seed.txt".to_string()]));
 
-    // A new runner takes the next task.
-    drop(restart);
+    // A new container takes the next task.
     let echo = format!("after the crash {n}");
     let again = succeeded(&execute(&k, &json!({"task": echo, "workspaceId": ws})), &ws);
     assert_eq!(again["version"], 1);

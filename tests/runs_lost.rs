@@ -4,7 +4,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;

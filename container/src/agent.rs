@@ -167,6 +167,7 @@ mod tests {
             model_base_url: "http://127.0.0.1:1/v1",
             timeout: Duration::from_secs(5),
             base_env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            user: None,
         }
     }
 

@@ -48,7 +48,7 @@ use crate::ledger_d1::{self, BillingVars, HoldTicket};
 use crate::ledger_sql::Usage;
 use crate::receipts::Receipt;
 use crate::run_events::LineSplitter;
-use crate::runner_link::{idle_release_due, RunnerEvent};
+use crate::runner_link::{idle_release_due, RunnerEvent, RunnerReceipt};
 use crate::wire::{BlobList, RunEvent, TaskResult, TaskStart, WireEvent};
 use crate::workspace::{self, FileEntry, Manifest};
 use crate::{http, time, workspace_store};
@@ -267,6 +267,23 @@ impl ExecCtx {
         Ok(())
     }
 
+    fn runner_receipts(&self, id: &str) -> Result<Vec<RunnerReceipt>, ApiError> {
+        #[derive(Deserialize)]
+        struct Row {
+            body: String,
+        }
+        let rows: Vec<Row> = self
+            .sql
+            .exec(
+                "SELECT body FROM runner_receipts WHERE op = ? ORDER BY seq",
+                vec![id.into()],
+            )?
+            .to_array()?;
+        rows.iter()
+            .map(|r| serde_json::from_str(&r.body).map_err(ApiError::from))
+            .collect()
+    }
+
     fn receipts(&self, id: &str) -> Result<Vec<Receipt>, ApiError> {
         #[derive(Deserialize)]
         struct Row {
@@ -435,6 +452,7 @@ impl ExecCtx {
             usage: UsageBody::new(&ending.usage, cost),
             billing: billing_body,
             receipts: self.receipts(id)?,
+            runner_receipts: self.runner_receipts(id)?,
         };
         let text = serde_json::to_string(&body)?;
         // Checked and written with no await between: one body, one result.

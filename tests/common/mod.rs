@@ -299,6 +299,81 @@ pub fn running_container_ids() -> Vec<String> {
         .collect()
 }
 
+/// A runner alone in a container of the runner image (`docker run`, its
+/// port published on loopback), for tests and benchmarks of the runner's own
+/// contract. Removed when the test binary exits.
+pub struct RunnerContainer {
+    pub url: String,
+    pub name: String,
+    pub secret: String,
+}
+
+impl RunnerContainer {
+    /// A request to this runner, with its secret.
+    pub fn request(&self, method: &str, path: &str) -> ureq::Request {
+        agent()
+            .request(method, &format!("{}{path}", self.url))
+            .set(cloudbox::wire::RUNNER_SECRET_HEADER, &self.secret)
+    }
+}
+
+pub fn runner_container(env: &[(&str, &str)]) -> RunnerContainer {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let c = containers();
+    let image = c
+        .wrangler_env
+        .iter()
+        .find(|(k, _)| k == "CLOUDBOX_RUNNER_IMAGE")
+        .map(|(_, v)| v.clone())
+        .expect("container-images.sh printed CLOUDBOX_RUNNER_IMAGE");
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("cloudbox-test-runner-{}-{n}", std::process::id());
+    let secret = format!("test-secret-{}-{n}", std::process::id());
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        "-d".into(),
+        "--name".into(),
+        name.clone(),
+        "-p".into(),
+        "127.0.0.1::8080".into(),
+        "-e".into(),
+        format!("RUNNER_SECRET={secret}"),
+    ];
+    for (k, v) in env {
+        args.push("-e".into());
+        args.push(format!("{k}={v}"));
+    }
+    args.push(image);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, out) = docker(&args);
+    assert!(ok, "docker run the runner: {out}");
+    on_exit(format!(
+        "DOCKER_HOST='{}' docker rm -f {name} >/dev/null 2>&1",
+        c.docker_host
+    ));
+    let (ok, port) = docker(&["port", &name, "8080/tcp"]);
+    assert!(ok, "docker port {name}: {port}");
+    let addr = port.lines().next().unwrap_or_default().trim().to_string();
+    let runner = RunnerContainer {
+        url: format!("http://{addr}"),
+        name,
+        secret,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(resp) = runner.request("GET", "/health").call() {
+            if resp.status() == 200 {
+                return runner;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the runner container never answered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Runs `script` with bash in that container (as root); (success, stdout).
 pub fn in_container(container_id: &str, script: &str) -> (bool, String) {
     let name = container_name(container_id).expect("the container exists");
@@ -451,17 +526,17 @@ fn start_stack(vars: &[(String, String)]) -> Stack {
 }
 
 impl Stack {
-    /// The `exe_…` task directories on every running container of this
-    /// engine (a task's directory lives while the task runs).
-    pub fn container_task_dirs(&self) -> Vec<String> {
+    /// (containerId, task id) of every `exe_…` task directory on the
+    /// running containers of this engine (a task's directory lives while
+    /// the task runs).
+    pub fn container_tasks(&self) -> Vec<(String, String)> {
         running_container_ids()
-            .iter()
+            .into_iter()
             .flat_map(|id| {
-                let name = container_name(id).unwrap_or_default();
-                let (_, out) = docker(&["exec", &name, "ls", "/var/lib/cloudbox/work"]);
+                let (_, out) = in_container(&id, "ls /var/lib/cloudbox/work");
                 out.lines()
                     .filter(|n| n.starts_with("exe_"))
-                    .map(str::to_string)
+                    .map(|task| (id.clone(), task.to_string()))
                     .collect::<Vec<_>>()
             })
             .collect()

@@ -35,8 +35,10 @@ pub struct ModelServer {
 }
 
 impl ModelServer {
-    pub fn start() -> ModelServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind model server");
+    /// Listens on `ip` (a free port): the host's bridge address, for an
+    /// agent in a container, or 127.0.0.1 for a native runner.
+    pub fn start_on(ip: &str) -> ModelServer {
+        let listener = TcpListener::bind((ip, 0)).expect("bind model server");
         let port = listener.local_addr().expect("addr").port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let authorizations = Arc::new(Mutex::new(Vec::new()));
@@ -50,7 +52,7 @@ impl ModelServer {
             }
         });
         ModelServer {
-            base_url: format!("http://127.0.0.1:{port}/v1"),
+            base_url: format!("http://{ip}:{port}/v1"),
             requests,
             authorizations,
         }
