@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # The run command (`make dev`): the full local stack. Installs what is
-# missing, builds, applies D1 migrations, starts the runner natively and
-# `wrangler dev` on 127.0.0.1:8787, and prints how to mint a first key.
+# missing, builds, applies D1 migrations and starts `wrangler dev` on
+# 127.0.0.1:8787, then prints how to mint a first key.
+#
+# The runner: in real Containers (one per run and per workspace, built from
+# container/Dockerfile) when a Docker engine answers or can be started here
+# (scripts/container-engine.sh); otherwise, with a message, as one native
+# process on 127.0.0.1:$RUNNER_PORT that every run shares (no isolation).
 #
 # Environment:
 #   PORT=8787           Worker port
-#   RUNNER_PORT=8788    runner port (the Container's stand-in)
+#   CLOUDBOX_RUNNER=auto|containers|native   force one runner mode
+#   RUNNER_PORT=8788    the native runner's port
 #   CLOUDBOX_STATE=.cloudbox/state   local D1/R2/DO state (kept between runs)
-#   CLOUDBOX_GITHUB_MIRROR=DIR        offline runs: the runner clones
-#                       https://github.com/<owner>/<repo> from DIR/<owner>/<repo>.git
+#   CLOUDBOX_GITHUB_MIRROR=DIR        offline runs: https://github.com/<owner>/<repo>
+#                       is cloned from DIR/<owner>/<repo>.git (for containers,
+#                       served by `git daemon` on the bridge address)
 #   CLOUDBOX_SCRIPTED_MODEL=1          /execute without a model key: starts the
 #                       tests' scripted Responses-API server and points the agent at it
 #   AGENT_MODEL_BASE_URL, AGENT_MODEL, AGENT_COMMAND   override wrangler.toml's
@@ -18,10 +25,10 @@ cd "$(dirname "$0")/.."
 PORT=${PORT:-8787}
 RUNNER_PORT=${RUNNER_PORT:-8788}
 STATE=${CLOUDBOX_STATE:-.cloudbox/state}
+MODE=${CLOUDBOX_RUNNER:-auto}
 
 bash scripts/setup.sh
 bash scripts/build-worker.sh
-cargo build --quiet -p cloudbox-runner
 mkdir -p .cloudbox
 
 # A dev admin key, made once and kept in .dev.vars (git-ignored), which
@@ -33,17 +40,55 @@ ADMIN_API_KEY=$(sed -n 's/^ADMIN_API_KEY=//p' .dev.vars | head -1)
 
 CI=true scripts/wrangler d1 migrations apply DB --local --persist-to "$STATE" >/dev/null
 
-CLOUDBOX_GITHUB_MIRROR="${CLOUDBOX_GITHUB_MIRROR:-}" RUNNER_LISTEN="127.0.0.1:$RUNNER_PORT" \
-  CODEX_BIN="${CODEX_BIN:-$PWD/node_modules/.bin/codex}" \
-  target/debug/cloudbox-runner > .cloudbox/runner.log 2>&1 &
-runner_pid=$!
-pids="$runner_pid"
-trap 'kill $pids 2>/dev/null' EXIT
+pids=""
+cleanup() {
+  [ -n "$pids" ] && kill $pids 2>/dev/null
+  [ -n "${engine_started:-}" ] && bash scripts/container-engine.sh stop
+  return 0
+}
+trap cleanup EXIT
 
-agent_vars=()
+vars=()
+engine=""
+if [ "$MODE" != native ] && engine=$(bash scripts/container-engine.sh start); then
+  export DOCKER_HOST=$(echo "$engine" | sed -n 's/^DOCKER_HOST=//p')
+  echo "$engine" | grep -q '^CLOUDBOX_ENGINE_STARTED=1' && engine_started=1
+  while IFS='=' read -r name value; do export "$name=$value"; done \
+    < <(bash scripts/container-images.sh local)
+  bridge=$(docker network inspect bridge --format '{{(index .IPAM.Config 0).Gateway}}')
+  MODE=containers
+  listen_ip=$bridge
+  runner_note="the runner runs in Containers (Docker at $DOCKER_HOST; one per run and per workspace)"
+  if [ -n "${CLOUDBOX_GITHUB_MIRROR:-}" ]; then
+    git_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("",0)); print(s.getsockname()[1])')
+    git daemon --base-path="$CLOUDBOX_GITHUB_MIRROR" --export-all --reuseaddr \
+      --listen="$bridge" --port="$git_port" > .cloudbox/git-daemon.log 2>&1 &
+    pids="$pids $!"
+    vars+=(--var "RUNNER_GITHUB_MIRROR:git://$bridge:$git_port/")
+  fi
+else
+  if [ "$MODE" = containers ]; then
+    echo "dev: CLOUDBOX_RUNNER=containers, but no Docker engine can be had here" >&2
+    exit 1
+  fi
+  echo "dev: no Docker engine answers or can be started here (it needs root, or Docker installed)," >&2
+  echo "dev: so the runner runs natively: one process for every run and workspace, no isolation." >&2
+  MODE=native
+  listen_ip=127.0.0.1
+  cargo build --quiet -p cloudbox-runner
+  secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  RUNNER_SECRET="$secret" CLOUDBOX_GITHUB_MIRROR="${CLOUDBOX_GITHUB_MIRROR:-}" \
+    RUNNER_LISTEN="127.0.0.1:$RUNNER_PORT" CODEX_BIN="${CODEX_BIN:-$PWD/node_modules/.bin/codex}" \
+    target/debug/cloudbox-runner > .cloudbox/runner.log 2>&1 &
+  pids="$pids $!"
+  vars+=(--enable-containers=false --var "RUNNER_URL:http://127.0.0.1:$RUNNER_PORT" --var "RUNNER_SECRET:$secret")
+  runner_note="the runner runs natively on 127.0.0.1:$RUNNER_PORT (log .cloudbox/runner.log)"
+fi
+
 if [ -n "${CLOUDBOX_SCRIPTED_MODEL:-}" ]; then
   cargo build --quiet --example scripted_model
-  target/debug/examples/scripted_model > .cloudbox/model.url 2> .cloudbox/model.log &
+  rm -f .cloudbox/model.url
+  target/debug/examples/scripted_model "$listen_ip" > .cloudbox/model.url 2> .cloudbox/model.log &
   pids="$pids $!"
   for _ in $(seq 50); do [ -s .cloudbox/model.url ] && break; sleep 0.1; done
   AGENT_MODEL_BASE_URL=$(head -1 .cloudbox/model.url)
@@ -51,12 +96,12 @@ if [ -n "${CLOUDBOX_SCRIPTED_MODEL:-}" ]; then
   echo "scripted model server: $AGENT_MODEL_BASE_URL"
 fi
 for name in AGENT_MODEL_BASE_URL AGENT_MODEL AGENT_COMMAND; do
-  if [ -n "${!name:-}" ]; then agent_vars+=(--var "$name:${!name}"); fi
+  if [ -n "${!name:-}" ]; then vars+=(--var "$name:${!name}"); fi
 done
 
 cat <<MSG
 
-Cloudbox is starting on http://127.0.0.1:$PORT (runner on 127.0.0.1:$RUNNER_PORT, log .cloudbox/runner.log).
+Cloudbox is starting on http://127.0.0.1:$PORT; $runner_note.
 Mint a first API key with the dev admin key (kept in .dev.vars):
 
   curl -s -X POST http://127.0.0.1:$PORT/admin/keys \\
@@ -65,4 +110,4 @@ Mint a first API key with the dev admin key (kept in .dev.vars):
 
 MSG
 CLOUDBOX_SKIP_BUILD=1 scripts/wrangler dev --local --ip 127.0.0.1 --port "$PORT" \
-  --persist-to "$STATE" --var "RUNNER_URL:http://127.0.0.1:$RUNNER_PORT" "${agent_vars[@]}"
+  --persist-to "$STATE" "${vars[@]}"

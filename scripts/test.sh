@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The test command (`make test`): installs what is missing, then runs every
-# check: format, lints, unit tests, the runner's tests, the integration tests
-# against `wrangler dev`, and a deploy dry run with a bundle-size budget.
+# The test command (`make test`): installs what is missing (the toolchain,
+# the npm packages, a Docker engine and the container images), then runs
+# every check: format, lints, unit tests, the runner's tests, the
+# integration tests against `wrangler dev` with real Containers, and a
+# deploy dry run with budgets for the bundle and the runner image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
@@ -21,6 +23,17 @@ cargo clippy --lib --target wasm32-unknown-unknown --quiet -- -D warnings
 step "build the wasm Worker and the runner"
 bash scripts/build-worker.sh
 cargo build --quiet -p cloudbox-runner
+
+step "container engine and images"
+# An engine that answers is used as it is; else we start our own and stop
+# it when the tests are done.
+engine=$(bash scripts/container-engine.sh start)
+export DOCKER_HOST=$(echo "$engine" | sed -n 's/^DOCKER_HOST=//p')
+if echo "$engine" | grep -q '^CLOUDBOX_ENGINE_STARTED=1'; then
+  trap 'bash scripts/container-engine.sh stop' EXIT
+fi
+bash scripts/container-images.sh local >/dev/null
+bash scripts/image-size.sh cloudbox-runner:local
 
 step "tests: unit, runner, integration (wrangler dev)"
 cargo test --workspace --quiet

@@ -14,7 +14,7 @@ mod live;
 mod runs;
 mod sse;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -97,17 +97,32 @@ pub struct CloudboxRunner {
     env: Env,
     sql: SqlStorage,
     live: Rc<live::Live>,
+    link_state: Rc<LinkState>,
+}
+
+/// What the links of one DO instance share about its container.
+#[derive(Default)]
+struct LinkState {
+    /// Why the container started last went away (set by its exit watcher):
+    /// readiness stops waiting at once.
+    exited: RefCell<Option<String>>,
+    /// A readiness check is under way: another waits for it, so that two
+    /// requests never start (or release) the container at once.
+    readying: Cell<bool>,
 }
 
 /// Where the runner server is reached, and the secret every call carries.
 pub(crate) struct Link {
     target: Target,
-    /// The container's secret (empty: no container of ours is known to run).
-    secret: RefCell<String>,
+    /// The DO's storage: the container's secret lives there (`container_link`).
+    sql: SqlStorage,
+    /// A native runner's fixed secret (`RUNNER_SECRET`).
+    dev_secret: Option<String>,
     /// Names the container in `runnerReceipts` (the DO's id).
     container_id: String,
     /// `RUNNER_GITHUB_MIRROR`, passed to each container at its start.
     github_mirror: Option<String>,
+    shared: Rc<LinkState>,
 }
 
 enum Target {
@@ -116,8 +131,13 @@ enum Target {
 }
 
 impl Link {
+    /// The secret of the container (empty: no container of ours is known
+    /// to run). Read from storage each time: it changes with every start.
     fn secret(&self) -> String {
-        self.secret.borrow().clone()
+        match &self.dev_secret {
+            Some(secret) => secret.clone(),
+            None => stored_secret(&self.sql).unwrap_or_default(),
+        }
     }
 
     /// A container of this DO is up (a native dev runner never counts).
@@ -141,6 +161,7 @@ impl DurableObject for CloudboxRunner {
             env,
             sql,
             live: Rc::new(live::Live::default()),
+            link_state: Rc::new(LinkState::default()),
         }
     }
 
@@ -240,17 +261,21 @@ impl CloudboxRunner {
         if let Some(container) = self.state.container() {
             return Ok(Link {
                 target: Target::Container(container),
-                secret: RefCell::new(stored_secret(&self.sql).unwrap_or_default()),
+                sql: self.sql.clone(),
+                dev_secret: None,
                 container_id,
                 github_mirror: config.runner_github_mirror,
+                shared: self.link_state.clone(),
             });
         }
         match (config.runner_url, config.runner_secret) {
             (Some(url), Some(secret)) => Ok(Link {
                 target: Target::Dev(url.trim_end_matches('/').to_string()),
-                secret: RefCell::new(secret),
+                sql: self.sql.clone(),
+                dev_secret: Some(secret),
                 container_id,
                 github_mirror: None,
+                shared: self.link_state.clone(),
             }),
             (Some(_), None) => Err(ApiError::RunnerUnavailable(
                 "RUNNER_URL is set without RUNNER_SECRET".into(),
@@ -287,7 +312,7 @@ fn start_container(sql: &SqlStorage, link: &Link, container: &Container) -> Resu
         ],
     )
     .map_err(|e| format!("store the container secret: {e}"))?;
-    *link.secret.borrow_mut() = secret.clone();
+    link.shared.exited.borrow_mut().take();
     let env = Object::new();
     for (name, value) in start_env(&secret, link.github_mirror.as_deref()) {
         Reflect::set(&env, &JsValue::from_str(name), &JsValue::from_str(&value))
@@ -311,7 +336,7 @@ fn start_container(sql: &SqlStorage, link: &Link, container: &Container) -> Resu
 /// kill) unless the DO released it; `running()` turns false with it.
 fn watch_exit(sql: &SqlStorage, link: &Link, container: &Container, op: &str) {
     let (sql, op, secret) = (sql.clone(), op.to_string(), link.secret());
-    let container_id = link.container_id.clone();
+    let (container_id, shared) = (link.container_id.clone(), link.shared.clone());
     let watched: Container = container.as_ref().clone().unchecked_into();
     worker::wasm_bindgen_futures::spawn_local(async move {
         let reason = match watched.wait_for_exit().await {
@@ -321,6 +346,7 @@ fn watch_exit(sql: &SqlStorage, link: &Link, container: &Container, op: &str) {
         // A release records itself, and a newer container has another
         // secret: only an exit of the container still in use is recorded.
         if stored_secret(&sql).as_deref() == Some(secret.as_str()) {
+            *shared.exited.borrow_mut() = Some(reason.clone());
             let mut list = Vec::new();
             record(
                 &sql,
@@ -350,7 +376,6 @@ pub(crate) async fn release(
     };
     // Forget the secret first: the exit watcher then knows it was us.
     let _ = sql.exec("DELETE FROM container_link", None);
-    link.secret.borrow_mut().clear();
     if let Err(err) = container.destroy(None).await {
         worker::console_error!("runner_do: destroy: {err}");
     }
@@ -396,9 +421,29 @@ pub(crate) async fn ensure_ready(
     op: &str,
     receipts: &mut Vec<RunnerReceipt>,
 ) -> Result<RunnerHealth, String> {
+    while link.shared.readying.get() {
+        Delay::from(Duration::from_millis(20)).await;
+    }
+    struct Readying<'a>(&'a Cell<bool>);
+    impl Drop for Readying<'_> {
+        fn drop(&mut self) {
+            self.0.set(false);
+        }
+    }
+    link.shared.readying.set(true);
+    let _readying = Readying(&link.shared.readying);
+    ensure_ready_alone(sql, link, op, receipts).await
+}
+
+async fn ensure_ready_alone(
+    sql: &SqlStorage,
+    link: &Link,
+    op: &str,
+    receipts: &mut Vec<RunnerReceipt>,
+) -> Result<RunnerHealth, String> {
     let mut fresh = false;
     if let Target::Container(container) = &link.target {
-        if container.running() && link.secret.borrow().is_empty() {
+        if container.running() && link.secret().is_empty() {
             release(
                 sql,
                 link,
@@ -407,6 +452,9 @@ pub(crate) async fn ensure_ready(
                 receipts,
             )
             .await;
+        } else if container.running() && link.shared.exited.borrow().is_some() {
+            // `running()` can lag the exit its watcher saw.
+            release(sql, link, op, "the container had exited", receipts).await;
         }
         if !container.running() {
             start_and_watch(sql, link, container, op, receipts)?;
@@ -462,6 +510,9 @@ async fn poll_health(
     let started = Date::now().as_millis();
     let mut last_error = String::new();
     for attempt in 1..=READINESS.max_attempts {
+        if let Some(reason) = link.shared.exited.borrow().clone() {
+            return Err(format!("the container exited: {reason}"));
+        }
         let result = send(
             link,
             Method::Get,

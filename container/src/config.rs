@@ -49,7 +49,10 @@ pub enum GithubMirror {
 
 impl GithubMirror {
     pub fn parse(value: &str) -> Self {
-        if value.starts_with("http://") || value.starts_with("https://") {
+        if ["http://", "https://", "git://"]
+            .iter()
+            .any(|s| value.starts_with(s))
+        {
             let mut url = value.to_string();
             if !url.ends_with('/') {
                 url.push('/');

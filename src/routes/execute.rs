@@ -239,6 +239,7 @@ async fn start(
     // A Durable Object's response has immutable headers: answer a copy.
     let mut resp = sent?;
     let status = resp.status_code();
+    let retry_after = resp.headers().get("retry-after")?;
     let resp = if sse && status == 200 {
         let headers = Headers::new();
         headers.set("content-type", "text/event-stream")?;
@@ -251,6 +252,9 @@ async fn start(
     let mut resp = resp;
     if matches!(status, 200 | 422) {
         resp.headers_mut().set("x-run-id", &run_id)?;
+    }
+    if let Some(retry_after) = retry_after {
+        resp.headers_mut().set("retry-after", &retry_after)?;
     }
     with_budget_warning(ctx, caller, resp).await
 }

@@ -690,7 +690,15 @@ async fn run_one(ctx: &ExecCtx, row: ExecRow) -> Result<(), ApiError> {
 /// Readiness, the workspace and session, sync in, `POST /tasks`.
 async fn prepare(ctx: &ExecCtx, id: &str, start: &ExecStart) -> Result<Prepared, ApiError> {
     let mut receipts = Vec::new();
-    let ready = ensure_ready(&ctx.sql, &ctx.link, id, &mut receipts).await;
+    // `begin` made an idle workspace's runner ready just now.
+    let ready = if ctx.live.runner_ready.replace(false) {
+        receipts = ctx.runner_receipts(id)?;
+        Ok(())
+    } else {
+        ensure_ready(&ctx.sql, &ctx.link, id, &mut receipts)
+            .await
+            .map(|_| ())
+    };
     for receipt in &receipts {
         ctx.append_event(id, "runner", &serde_json::to_string(receipt)?)?;
     }
@@ -1402,6 +1410,33 @@ async fn begin(
     let open = ctx.open_count()?;
     if (open > 0 && !start.wait) || open > MAX_QUEUED {
         return Err(ApiError::WorkspaceBusy);
+    }
+    if open == 0 && !ctx.live.driving.get() {
+        // An idle workspace gets its container first: when none can be had,
+        // the caller gets 503 `runner_unavailable` and nothing is queued
+        // (the Worker gives the hold back).
+        let mut ready = Vec::new();
+        if let Err(why) = ensure_ready(&ctx.sql, &ctx.link, &start.run_id, &mut ready).await {
+            super::release(
+                &ctx.sql,
+                &ctx.link,
+                &start.run_id,
+                "it never became ready",
+                &mut ready,
+            )
+            .await;
+            ctx.sql.exec(
+                "DELETE FROM runner_receipts WHERE op = ?",
+                vec![start.run_id.as_str().into()],
+            )?;
+            return Err(ApiError::RunnerUnavailable(why));
+        }
+        ctx.live.runner_ready.set(true);
+        // Checked again: the insert below follows with no await between.
+        let open = ctx.open_count()?;
+        if (open > 0 && !start.wait) || open > MAX_QUEUED {
+            return Err(ApiError::WorkspaceBusy);
+        }
     }
     ctx.sql.exec(
         "INSERT INTO executions (id, queue_seq, start, status, created_ms) VALUES (?, \
