@@ -17,4 +17,5 @@ bench:    ## benchmarks (see scripts/bench.sh)
 	bash scripts/bench.sh
 
 deploy:   ## build and deploy to Cloudflare (needs wrangler login, a D1 id, secrets)
-	bash scripts/setup.sh && bash scripts/build-worker.sh && CLOUDBOX_SKIP_BUILD=1 scripts/wrangler deploy
+	bash scripts/setup.sh && bash scripts/build-worker.sh && bash scripts/container-images.sh stage \
+	  && CLOUDBOX_SKIP_BUILD=1 scripts/wrangler deploy

@@ -85,17 +85,17 @@ stage_pack() {
 }
 
 base_image() {
-  if docker image inspect debian:bookworm-slim >/dev/null 2>&1 \
-     || timeout 60 docker pull -q debian:bookworm-slim >/dev/null 2>&1; then
-    echo debian:bookworm-slim
-    return 0
-  fi
   local mirror recipe tag
   mirror=$(debian_mirror)
   recipe="debootstrap --variant=minbase --include=$BASE_PACKAGES $SUITE $mirror"
   tag="cloudbox-base:$(echo "$recipe" | sha256sum | cut -c1-12)"
   if docker image inspect "$tag" >/dev/null 2>&1; then
     echo "$tag"
+    return 0
+  fi
+  if docker image inspect debian:bookworm-slim >/dev/null 2>&1 \
+     || timeout 60 docker pull -q debian:bookworm-slim >/dev/null 2>&1; then
+    echo debian:bookworm-slim
     return 0
   fi
   if ! command -v debootstrap >/dev/null; then

@@ -125,6 +125,15 @@ pub(crate) struct Link {
     shared: Rc<LinkState>,
 }
 
+/// Held while one request starts, probes or releases the container.
+pub(crate) struct LinkGuard<'a>(&'a Cell<bool>);
+
+impl Drop for LinkGuard<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
 enum Target {
     Container(Container),
     Dev(String),
@@ -138,6 +147,17 @@ impl Link {
             Some(secret) => secret.clone(),
             None => stored_secret(&self.sql).unwrap_or_default(),
         }
+    }
+
+    /// Waits until no other request of this DO instance is starting,
+    /// probing or releasing the container, then holds it off until the
+    /// guard drops.
+    pub(crate) async fn lock(&self) -> LinkGuard<'_> {
+        while self.shared.readying.get() {
+            Delay::from(Duration::from_millis(20)).await;
+        }
+        self.shared.readying.set(true);
+        LinkGuard(&self.shared.readying)
     }
 
     /// A container of this DO is up (a native dev runner never counts).
@@ -421,17 +441,7 @@ pub(crate) async fn ensure_ready(
     op: &str,
     receipts: &mut Vec<RunnerReceipt>,
 ) -> Result<RunnerHealth, String> {
-    while link.shared.readying.get() {
-        Delay::from(Duration::from_millis(20)).await;
-    }
-    struct Readying<'a>(&'a Cell<bool>);
-    impl Drop for Readying<'_> {
-        fn drop(&mut self) {
-            self.0.set(false);
-        }
-    }
-    link.shared.readying.set(true);
-    let _readying = Readying(&link.shared.readying);
+    let _alone = link.lock().await;
     ensure_ready_alone(sql, link, op, receipts).await
 }
 

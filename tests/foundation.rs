@@ -83,8 +83,16 @@ fn the_worker_reaches_the_runner_through_the_durable_object() {
         .iter()
         .filter_map(|r| r["event"].as_str())
         .collect();
-    assert_eq!(events.last(), Some(&"ready"), "{events:?}");
-    assert!(events.contains(&"ready_attempt"));
+    // A real container: started, probed until ready, and not kept.
+    assert_eq!(events.first(), Some(&"container.start"), "{events:?}");
+    assert!(events.contains(&"ready_attempt"), "{events:?}");
+    assert_eq!(
+        &events[events.len() - 2..],
+        ["ready", "container.release"],
+        "{events:?}"
+    );
+    let container = container_id_of(&body["runnerReceipts"]).expect("containerId");
+    assert!(container_gone(&container));
 }
 
 #[test]

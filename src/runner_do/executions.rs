@@ -1276,6 +1276,12 @@ async fn release_when_idle(ctx: &ExecCtx, state: &State) {
     let idle_ms = crate::config::Config::from_env(&ctx.env).workspace_idle_seconds * 1000;
     let now = time::now_ms();
     if idle_release_due(false, last_ms, now, idle_ms) {
+        // Not while an execute is being taken (its `begin` makes the
+        // container ready under the same lock); re-checked once we hold it.
+        let _alone = ctx.link.lock().await;
+        if ctx.open_count().unwrap_or(1) > 0 || ctx.live.driving.get() {
+            return;
+        }
         let mut receipts = Vec::new();
         let reason = format!("the workspace was idle for {} s", idle_ms / 1000);
         super::release(&ctx.sql, &ctx.link, &op, &reason, &mut receipts).await;
