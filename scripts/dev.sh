@@ -71,8 +71,12 @@ else
     echo "dev: CLOUDBOX_RUNNER=containers, but no Docker engine can be had here" >&2
     exit 1
   fi
-  echo "dev: no Docker engine answers or can be started here (it needs root, or Docker installed)," >&2
-  echo "dev: so the runner runs natively: one process for every run and workspace, no isolation." >&2
+  if [ "$MODE" = native ]; then
+    echo "dev: CLOUDBOX_RUNNER=native: one runner process for every run and workspace, no isolation." >&2
+  else
+    echo "dev: no Docker engine answers or can be started here (it needs root, or Docker installed)," >&2
+    echo "dev: so the runner runs natively: one process for every run and workspace, no isolation." >&2
+  fi
   MODE=native
   listen_ip=127.0.0.1
   cargo build --quiet -p cloudbox-runner
