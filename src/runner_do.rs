@@ -410,6 +410,33 @@ pub(crate) async fn release(
     );
 }
 
+/// Gives back the container of work that never came into being (no
+/// container could be made ready, or the work could not be recorded): it is
+/// destroyed, and nothing of `op` is left in storage.
+pub(crate) async fn abandon(sql: &SqlStorage, link: &Link, op: &str, reason: &str) {
+    release(sql, link, op, reason, &mut Vec::new()).await;
+    if let Err(err) = sql.exec("DELETE FROM runner_receipts WHERE op = ?", vec![op.into()]) {
+        worker::console_error!("runner_do abandon: {err}");
+    }
+}
+
+/// The lifecycle steps recorded under `op`, in order.
+pub(crate) fn runner_receipts(sql: &SqlStorage, op: &str) -> Result<Vec<RunnerReceipt>, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Row {
+        body: String,
+    }
+    let rows: Vec<Row> = sql
+        .exec(
+            "SELECT body FROM runner_receipts WHERE op = ? ORDER BY seq",
+            vec![op.into()],
+        )?
+        .to_array()?;
+    rows.iter()
+        .map(|r| serde_json::from_str(&r.body).map_err(ApiError::from))
+        .collect()
+}
+
 /// Stores one lifecycle step under `op` (a probe or run id) and appends it
 /// to `receipts`.
 pub(crate) fn record(

@@ -26,25 +26,6 @@ fn key() -> String {
         .to_string()
 }
 
-fn events(body: &Value) -> Vec<String> {
-    body["runnerReceipts"]
-        .as_array()
-        .map(|rs| {
-            rs.iter()
-                .map(|r| r["event"].as_str().unwrap_or("").to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn instance(body: &Value) -> String {
-    body["runnerReceipts"]
-        .as_array()
-        .and_then(|rs| rs.iter().find_map(|r| r["instanceId"].as_str()))
-        .unwrap_or_else(|| panic!("no instanceId: {body}"))
-        .to_string()
-}
-
 fn run(key: &str, spec: &Value) -> Value {
     let resp = post_json("/api/runs", Some(key), spec);
     assert!(matches!(resp.status, 200 | 422), "{}", resp.text);
@@ -76,9 +57,9 @@ fn two_parallel_runs_are_two_containers_each_gone_when_its_run_ends() {
         })
         .collect();
     assert_ne!(ids[0], ids[1], "both runs in one container");
-    assert_ne!(instance(&bodies[0]), instance(&bodies[1]));
+    assert_ne!(runner_instance(&bodies[0]), runner_instance(&bodies[1]));
     for (body, id) in bodies.iter().zip(&ids) {
-        let lifecycle = events(body);
+        let lifecycle = runner_events(body);
         assert_eq!(
             lifecycle.first().map(String::as_str),
             Some("container.start")
@@ -191,11 +172,11 @@ fn a_workspace_keeps_its_container_between_executes_and_loses_it_when_idle() {
     let first = execute("one");
     let second = execute("two");
     assert!(
-        events(&first).contains(&"container.start".to_string()),
+        runner_events(&first).contains(&"container.start".to_string()),
         "{first}"
     );
     assert!(
-        !events(&second).contains(&"container.start".to_string()),
+        !runner_events(&second).contains(&"container.start".to_string()),
         "{second}"
     );
     let container = container_id_of(&first["runnerReceipts"]).unwrap();
@@ -203,7 +184,7 @@ fn a_workspace_keeps_its_container_between_executes_and_loses_it_when_idle() {
         container_id_of(&second["runnerReceipts"]),
         Some(container.clone())
     );
-    assert_eq!(instance(&first), instance(&second));
+    assert_eq!(runner_instance(&first), runner_instance(&second));
     assert!(container_running(&container));
 
     // Idle past WORKSPACE_IDLE_SECONDS (2 s; the watchdog looks every 5 s).
@@ -217,10 +198,10 @@ fn a_workspace_keeps_its_container_between_executes_and_loses_it_when_idle() {
     }
     let third = execute("three");
     assert!(
-        events(&third).contains(&"container.start".to_string()),
+        runner_events(&third).contains(&"container.start".to_string()),
         "{third}"
     );
-    assert_ne!(instance(&third), instance(&second));
+    assert_ne!(runner_instance(&third), runner_instance(&second));
     let file = get("/workspaces/idle-ws/files/task.txt", Some(&key));
     assert_eq!(file.text, "three\n");
 }

@@ -604,26 +604,6 @@ fn container_of(body: &Value) -> String {
     container_id_of(&body["runnerReceipts"]).unwrap_or_else(|| panic!("no container: {body}"))
 }
 
-/// The runner process that answered an execute (new with every container).
-fn runner_instance(body: &Value) -> String {
-    body["runnerReceipts"]
-        .as_array()
-        .and_then(|rs| rs.iter().find_map(|r| r["instanceId"].as_str()))
-        .unwrap_or_else(|| panic!("no instanceId: {body}"))
-        .to_string()
-}
-
-fn lifecycle(body: &Value) -> Vec<String> {
-    body["runnerReceipts"]
-        .as_array()
-        .map(|rs| {
-            rs.iter()
-                .map(|r| r["event"].as_str().unwrap_or("").to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn the_session_resumes_across_tasks_and_a_runner_restart_until_reset() {
     let _lock = exclusive();
@@ -659,11 +639,11 @@ fn the_session_resumes_across_tasks_and_a_runner_restart_until_reset() {
     assert!(history(&second).contains(&first), "not resumed");
     // The workspace's second execute reused its container.
     assert!(
-        lifecycle(&one).contains(&"container.start".to_string()),
+        runner_events(&one).contains(&"container.start".to_string()),
         "{one}"
     );
     assert!(
-        !lifecycle(&two).contains(&"container.start".to_string()),
+        !runner_events(&two).contains(&"container.start".to_string()),
         "{two}"
     );
     assert_eq!(container_of(&one), container_of(&two));
@@ -675,7 +655,7 @@ fn the_session_resumes_across_tasks_and_a_runner_restart_until_reset() {
     let third = format!("recall gamma-{n}");
     let three = run(&third, json!({}));
     assert!(
-        lifecycle(&three).contains(&"container.start".to_string()),
+        runner_events(&three).contains(&"container.start".to_string()),
         "{three}"
     );
     assert_ne!(runner_instance(&three), runner_instance(&two));

@@ -268,20 +268,7 @@ impl ExecCtx {
     }
 
     fn runner_receipts(&self, id: &str) -> Result<Vec<RunnerReceipt>, ApiError> {
-        #[derive(Deserialize)]
-        struct Row {
-            body: String,
-        }
-        let rows: Vec<Row> = self
-            .sql
-            .exec(
-                "SELECT body FROM runner_receipts WHERE op = ? ORDER BY seq",
-                vec![id.into()],
-            )?
-            .to_array()?;
-        rows.iter()
-            .map(|r| serde_json::from_str(&r.body).map_err(ApiError::from))
-            .collect()
+        super::runner_receipts(&self.sql, id)
     }
 
     fn receipts(&self, id: &str) -> Result<Vec<Receipt>, ApiError> {
@@ -1423,18 +1410,7 @@ async fn begin(
         // (the Worker gives the hold back).
         let mut ready = Vec::new();
         if let Err(why) = ensure_ready(&ctx.sql, &ctx.link, &start.run_id, &mut ready).await {
-            super::release(
-                &ctx.sql,
-                &ctx.link,
-                &start.run_id,
-                "it never became ready",
-                &mut ready,
-            )
-            .await;
-            ctx.sql.exec(
-                "DELETE FROM runner_receipts WHERE op = ?",
-                vec![start.run_id.as_str().into()],
-            )?;
+            super::abandon(&ctx.sql, &ctx.link, &start.run_id, "it never became ready").await;
             return Err(ApiError::RunnerUnavailable(why));
         }
         ctx.live.runner_ready.set(true);

@@ -30,7 +30,7 @@ use crate::error::ApiError;
 use crate::receipts::{verify_chain, Chain, Receipt, ReceiptKind, Step};
 use crate::run_billing::RunBilling;
 use crate::run_events::{parse_last_event_id, LineSplitter};
-use crate::runner_link::RunnerEvent;
+use crate::runner_link::{RunnerEvent, RunnerReceipt};
 use crate::wire::{RunEvent, RunResult, RunStart, RunStatus, WireEvent};
 use crate::{http, time};
 
@@ -178,21 +178,8 @@ impl RunCtx {
             .collect()
     }
 
-    fn runner_receipts(&self, run_id: &str) -> Result<Vec<Value>, ApiError> {
-        #[derive(Deserialize)]
-        struct Row {
-            body: String,
-        }
-        let rows: Vec<Row> = self
-            .sql
-            .exec(
-                "SELECT body FROM runner_receipts WHERE op = ? ORDER BY seq",
-                vec![run_id.into()],
-            )?
-            .to_array()?;
-        rows.iter()
-            .map(|r| serde_json::from_str(&r.body).map_err(ApiError::from))
-            .collect()
+    fn runner_receipts(&self, run_id: &str) -> Result<Vec<RunnerReceipt>, ApiError> {
+        super::runner_receipts(&self.sql, run_id)
     }
 
     fn store_receipt(&self, receipt: &Receipt) -> Result<(), ApiError> {
@@ -741,15 +728,7 @@ async fn start(
     // `runner_unavailable` and nothing exists (the Worker gives the hold back).
     let mut ready = Vec::new();
     if let Err(why) = ensure_ready(&ctx.sql, &ctx.link, &spec.run_id, &mut ready).await {
-        super::release(
-            &ctx.sql,
-            &ctx.link,
-            &spec.run_id,
-            "it never became ready",
-            &mut ready,
-        )
-        .await;
-        ctx.sql.exec("DELETE FROM runner_receipts", None)?;
+        super::abandon(&ctx.sql, &ctx.link, &spec.run_id, "it never became ready").await;
         return Err(ApiError::RunnerUnavailable(why));
     }
     ctx.live.runner_ready.set(true);
@@ -777,15 +756,7 @@ async fn start(
     }
     .await;
     if let Err(err) = indexed {
-        super::release(
-            &ctx.sql,
-            &ctx.link,
-            &spec.run_id,
-            "the run was not created",
-            &mut ready,
-        )
-        .await;
-        ctx.sql.exec("DELETE FROM runner_receipts", None)?;
+        super::abandon(&ctx.sql, &ctx.link, &spec.run_id, "the run was not created").await;
         return Err(err);
     }
     ctx.sql.exec(

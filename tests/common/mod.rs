@@ -428,6 +428,28 @@ pub fn run_container_id(run_id: &str, key: &str) -> String {
     }
 }
 
+/// The `event` names of a run's or an execute's `runnerReceipts`, in order.
+pub fn runner_events(body: &Value) -> Vec<String> {
+    body["runnerReceipts"]
+        .as_array()
+        .map(|rs| {
+            rs.iter()
+                .map(|r| r["event"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The runner process that did a body's work (the `instanceId` of its
+/// `ready` receipt: new with every container).
+pub fn runner_instance(body: &Value) -> String {
+    body["runnerReceipts"]
+        .as_array()
+        .and_then(|rs| rs.iter().find_map(|r| r["instanceId"].as_str()))
+        .unwrap_or_else(|| panic!("no instanceId: {body}"))
+        .to_string()
+}
+
 /// The `containerId` of the first `ready` / `container.start` among runner
 /// receipts.
 pub fn container_id_of(runner_receipts: &Value) -> Option<String> {

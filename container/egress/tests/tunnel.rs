@@ -83,6 +83,21 @@ fn read_head(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&head).into_owned()
 }
 
+/// Sends `payload` and half-closes while reading everything that comes
+/// back, until the other side closes.
+fn exchange(stream: &mut TcpStream, payload: &[u8]) -> Vec<u8> {
+    let mut writer = stream.try_clone().unwrap();
+    let sent = payload.to_vec();
+    let sender = thread::spawn(move || {
+        writer.write_all(&sent).unwrap();
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut got = Vec::new();
+    stream.read_to_end(&mut got).unwrap();
+    sender.join().unwrap();
+    got
+}
+
 fn request(sidecar: &Sidecar, raw: &str) -> String {
     let mut stream = TcpStream::connect(&sidecar.addr).unwrap();
     stream.write_all(raw.as_bytes()).unwrap();
@@ -123,15 +138,7 @@ fn a_tunnel_carries_bytes_both_ways_to_a_listening_port() {
     let (mut stream, status) = connect(&sidecar, port);
     assert_eq!(status, "HTTP/1.1 200 Connection Established");
     let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-    let mut writer = stream.try_clone().unwrap();
-    let sent = payload.clone();
-    let sender = thread::spawn(move || {
-        writer.write_all(&sent).unwrap();
-        writer.shutdown(Shutdown::Write).unwrap();
-    });
-    let mut got = Vec::new();
-    stream.read_to_end(&mut got).unwrap();
-    sender.join().unwrap();
+    let got = exchange(&mut stream, &payload);
     let mut want = b"hello\n".to_vec();
     want.extend_from_slice(&payload);
     want.extend_from_slice(b"bye\n");
@@ -164,15 +171,7 @@ fn many_tunnels_at_once_each_get_their_own_bytes() {
             assert_eq!(status, "HTTP/1.1 200 Connection Established");
             thread::spawn(move || {
                 let payload = vec![i; 32 * 1024];
-                let mut writer = stream.try_clone().unwrap();
-                let sent = payload.clone();
-                let sender = thread::spawn(move || {
-                    writer.write_all(&sent).unwrap();
-                    writer.shutdown(Shutdown::Write).unwrap();
-                });
-                let mut got = Vec::new();
-                stream.read_to_end(&mut got).unwrap();
-                sender.join().unwrap();
+                let got = exchange(&mut stream, &payload);
                 assert_eq!(&got[..6], b"hello\n");
                 assert_eq!(&got[6..got.len() - 4], &payload[..]);
                 assert_eq!(&got[got.len() - 4..], b"bye\n");
