@@ -53,8 +53,8 @@ engine=""
 if [ "$MODE" != native ] && engine=$(bash scripts/container-engine.sh start); then
   export DOCKER_HOST=$(echo "$engine" | sed -n 's/^DOCKER_HOST=//p')
   echo "$engine" | grep -q '^CLOUDBOX_ENGINE_STARTED=1' && engine_started=1
-  while IFS='=' read -r name value; do export "$name=$value"; done \
-    < <(bash scripts/container-images.sh local)
+  images=$(bash scripts/container-images.sh local)
+  while IFS='=' read -r name value; do export "$name=$value"; done <<< "$images"
   bridge=$(docker network inspect bridge --format '{{(index .IPAM.Config 0).Gateway}}')
   MODE=containers
   listen_ip=$bridge

@@ -32,8 +32,12 @@ export DOCKER_HOST=$(echo "$engine" | sed -n 's/^DOCKER_HOST=//p')
 if echo "$engine" | grep -q '^CLOUDBOX_ENGINE_STARTED=1'; then
   trap 'bash scripts/container-engine.sh stop' EXIT
 fi
-bash scripts/container-images.sh local >/dev/null
-bash scripts/image-size.sh cloudbox-runner:local
+# The images once for the whole suite: the test binaries take them from
+# the environment instead of each checking them again.
+images=$(bash scripts/container-images.sh local)
+while IFS='=' read -r name value; do export "$name=$value"; done <<< "$images"
+export CLOUDBOX_IMAGES_READY=1
+bash scripts/image-size.sh "$CLOUDBOX_RUNNER_IMAGE"
 
 step "tests: unit, runner, integration (wrangler dev)"
 cargo test --workspace --quiet

@@ -218,14 +218,30 @@ pub fn containers() -> &'static Containers {
                 root.join("scripts/container-engine.sh").display()
             ));
         }
-        let images = run_ok(
-            Command::new("bash")
-                .arg(root.join("scripts/container-images.sh"))
-                .arg("local")
-                .env("DOCKER_HOST", &docker_host)
-                .current_dir(&root),
-            "building the container images (scripts/container-images.sh local)",
-        );
+        // scripts/test.sh builds them once for the whole suite.
+        let image_vars = [
+            "CLOUDBOX_BASE_IMAGE",
+            "CLOUDBOX_RUNNER_IMAGE",
+            "MINIFLARE_CONTAINER_EGRESS_IMAGE",
+            "WRANGLER_DOCKER_BIN",
+        ];
+        let ready = std::env::var("CLOUDBOX_IMAGES_READY").is_ok_and(|v| v == "1")
+            && image_vars.iter().all(|v| std::env::var_os(v).is_some());
+        let images = if ready {
+            image_vars
+                .iter()
+                .map(|v| format!("{v}={}\n", std::env::var(v).unwrap_or_default()))
+                .collect()
+        } else {
+            run_ok(
+                Command::new("bash")
+                    .arg(root.join("scripts/container-images.sh"))
+                    .arg("local")
+                    .env("DOCKER_HOST", &docker_host)
+                    .current_dir(&root),
+                "building the container images (scripts/container-images.sh local)",
+            )
+        };
         let bridge_ip = run_ok(
             Command::new("docker")
                 .args(["network", "inspect", "bridge", "--format"])
