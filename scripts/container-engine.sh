@@ -16,6 +16,8 @@
 # Exit status 3: no engine can be had here (not root, no package, no start).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# dockerd, runc and debootstrap live in sbin, which a user's PATH may lack.
+export PATH="$PATH:/usr/sbin:/sbin"
 ENGINE_DIR=${CLOUDBOX_ENGINE_DIR:-$PWD/.cloudbox/engine}
 SOCK="$ENGINE_DIR/docker.sock"
 PIDFILE="$ENGINE_DIR/dockerd.pid"

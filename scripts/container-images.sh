@@ -23,6 +23,8 @@
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
+# dockerd, runc and debootstrap live in sbin, which a user's PATH may lack.
+export PATH="$PATH:/usr/sbin:/sbin"
 say() { echo "images: $*" >&2; }
 
 TARGET=x86_64-unknown-linux-musl
