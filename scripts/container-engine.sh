@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The Docker engine the Containers run on under `wrangler dev`.
 #
-#   scripts/container-engine.sh start   # prints DOCKER_HOST=… on stdout (and
-#                                       #   CLOUDBOX_ENGINE_STARTED=1 if it started one)
-#   scripts/container-engine.sh stop    # stops the engine `start` started
+#   scripts/container-engine.sh start [--for PID]  # prints DOCKER_HOST=…
+#   scripts/container-engine.sh release PID        # PID is done with it
+#   scripts/container-engine.sh stop               # stops our dockerd now
 #   scripts/container-engine.sh status
 #
 # `start` uses an engine that already answers (DOCKER_HOST, or the default
@@ -12,7 +12,12 @@
 # of our own: data root, socket and pid file under CLOUDBOX_ENGINE_DIR
 # (default .cloudbox/engine), the default bridge with an explicit gateway
 # (workerd's container client needs the bridge's Gateway; TOOLCHAIN.md).
-# Only the one who started that dockerd stops it (`stop`), by its pid file.
+#
+# Who uses our dockerd says so (`start --for PID`: make test, make dev, each
+# test binary) and `release`s it when done; the last release stops it. Both
+# take a lock, so a user that arrives as another leaves never finds it
+# stopping. A user that died without releasing is not counted. An engine
+# that is not ours is never stopped.
 # Exit status 3: no engine can be had here (not root, no package, no start).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,12 +73,11 @@ start_engine() {
   setsid dockerd --data-root "$ENGINE_DIR/data" --exec-root "$ENGINE_DIR/exec" \
     --host "unix://$SOCK" --pidfile "$PIDFILE" --bip "$BRIDGE_CIDR" \
     --containerd-namespace cloudbox --containerd-plugins-namespace cloudbox-plugins \
-    >"$ENGINE_DIR/dockerd.log" 2>&1 </dev/null &
+    >"$ENGINE_DIR/dockerd.log" 2>&1 </dev/null 9>&- &
   for _ in $(seq 150); do
     if answers "unix://$SOCK"; then
       say "dockerd is up (pid $(cat "$PIDFILE"))"
       echo "DOCKER_HOST=unix://$SOCK"
-      echo "CLOUDBOX_ENGINE_STARTED=1"
       return 0
     fi
     sleep 0.2
@@ -99,9 +103,41 @@ stop_engine() {
   say "dockerd stopped"
 }
 
+# Runs "$@" holding the engine lock.
+locked() {
+  mkdir -p "$ENGINE_DIR/users"
+  exec 9>"$ENGINE_DIR/lock"
+  flock 9
+  "$@"
+}
+
+# The registered users that are still alive.
+live_users() {
+  for f in "$ENGINE_DIR"/users/*; do
+    [ -e "$f" ] || continue
+    if kill -0 "$(basename "$f")" 2>/dev/null; then echo "$(basename "$f")"; else rm -f "$f"; fi
+  done
+}
+
+start_for() {
+  local user=${1:-}
+  start_engine
+  if [ -n "$user" ]; then touch "$ENGINE_DIR/users/$user"; fi
+}
+
+release_by() {
+  rm -f "$ENGINE_DIR/users/$1"
+  if [ -z "$(live_users)" ]; then stop_engine; fi
+}
+
 case "${1:-}" in
-  start) start_engine ;;
-  stop) stop_engine ;;
+  start)
+    user=""
+    [ "${2:-}" = --for ] && user=${3:?start --for PID}
+    locked start_for "$user"
+    ;;
+  release) locked release_by "${2:?release PID}" ;;
+  stop) locked stop_engine ;;
   status) if host=$(existing_engine); then echo "DOCKER_HOST=$host"; else echo "no engine" >&2; exit 1; fi ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  *) echo "usage: $0 start [--for PID]|release PID|stop|status" >&2; exit 2 ;;
 esac

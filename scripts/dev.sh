@@ -43,16 +43,15 @@ CI=true scripts/wrangler d1 migrations apply DB --local --persist-to "$STATE" >/
 pids=""
 cleanup() {
   [ -n "$pids" ] && kill $pids 2>/dev/null
-  [ -n "${engine_started:-}" ] && bash scripts/container-engine.sh stop
+  [ -n "$engine" ] && bash scripts/container-engine.sh release $$
   return 0
 }
 trap cleanup EXIT
 
 vars=()
 engine=""
-if [ "$MODE" != native ] && engine=$(bash scripts/container-engine.sh start); then
+if [ "$MODE" != native ] && engine=$(bash scripts/container-engine.sh start --for $$); then
   export DOCKER_HOST=$(echo "$engine" | sed -n 's/^DOCKER_HOST=//p')
-  echo "$engine" | grep -q '^CLOUDBOX_ENGINE_STARTED=1' && engine_started=1
   images=$(bash scripts/container-images.sh local)
   while IFS='=' read -r name value; do export "$name=$value"; done <<< "$images"
   bridge=$(docker network inspect bridge --format '{{(index .IPAM.Config 0).Gateway}}')

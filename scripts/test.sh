@@ -25,13 +25,11 @@ bash scripts/build-worker.sh
 cargo build --quiet -p cloudbox-runner
 
 step "container engine and images"
-# An engine that answers is used as it is; else we start our own and stop
-# it when the tests are done.
-engine=$(bash scripts/container-engine.sh start)
+# An engine that answers is used as it is; else we start our own, which
+# stops when the tests (and whatever else uses it) are done.
+engine=$(bash scripts/container-engine.sh start --for $$)
+trap 'bash scripts/container-engine.sh release $$' EXIT
 export DOCKER_HOST=$(echo "$engine" | sed -n 's/^DOCKER_HOST=//p')
-if echo "$engine" | grep -q '^CLOUDBOX_ENGINE_STARTED=1'; then
-  trap 'bash scripts/container-engine.sh stop' EXIT
-fi
 # The images once for the whole suite: the test binaries take them from
 # the environment instead of each checking them again.
 images=$(bash scripts/container-images.sh local)

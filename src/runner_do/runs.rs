@@ -67,6 +67,16 @@ const SCHEMA: &[&str] = &[
         seq INTEGER PRIMARY KEY,
         body TEXT NOT NULL
     )",
+    // How the run ended, kept before the end is carried out (the release,
+    // D1, the settle, then the terminal status): the first ending wins, and
+    // one cut short by an eviction is finished by the watchdog.
+    "CREATE TABLE IF NOT EXISTS run_ending (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        status TEXT NOT NULL,
+        ok INTEGER NOT NULL,
+        result TEXT,
+        ended_ms INTEGER NOT NULL
+    )",
     // The run's billing (`RunBilling` as JSON) until it is settled in D1.
     "CREATE TABLE IF NOT EXISTS run_billing (
         key_id TEXT NOT NULL,
@@ -92,6 +102,14 @@ pub struct RunCtx {
     pub env: Env,
     pub link: Rc<Link>,
     pub live: Rc<Live>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Ending {
+    status: String,
+    ok: f64,
+    result: Option<String>,
+    ended_ms: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -238,10 +256,58 @@ impl RunCtx {
         let Some(row) = self.load()? else {
             return Ok(());
         };
+        if row.status().is_terminal() {
+            return Ok(());
+        }
+        let result = match result {
+            Some(r) => worker::SqlStorageValue::String(serde_json::to_string(r)?),
+            None => worker::SqlStorageValue::Null,
+        };
+        // Kept before any await; a later ending does not replace it.
+        self.sql.exec(
+            "INSERT OR IGNORE INTO run_ending (id, status, ok, result, ended_ms) VALUES (1, ?, ?, ?, ?)",
+            vec![
+                status.as_str().into(),
+                int(ok as i64),
+                result,
+                int(time::now_ms()),
+            ],
+        )?;
+        self.finish_ending().await
+    }
+
+    /// How the run ended, once that is decided.
+    fn ending(&self) -> Result<Option<Ending>, ApiError> {
+        let rows: Vec<Ending> = self
+            .sql
+            .exec("SELECT status, ok, result, ended_ms FROM run_ending", None)?
+            .to_array()?;
+        Ok(rows.into_iter().next())
+    }
+
+    /// Carries out the recorded ending, unless the run is already over or
+    /// this instance is already at it.
+    async fn finish_ending(&self) -> Result<(), ApiError> {
+        let (Some(row), Some(ending)) = (self.load()?, self.ending()?) else {
+            return Ok(());
+        };
         if row.status().is_terminal() || self.live.finalizing.replace(true) {
             return Ok(());
         }
-        let ended = self.finalize_once(&row, status, ok, result).await;
+        let status = RunStatus::parse(&ending.status).unwrap_or(RunStatus::ContainerLost);
+        let result: Option<RunResult> = match &ending.result {
+            Some(text) => Some(serde_json::from_str(text)?),
+            None => None,
+        };
+        let ended = self
+            .finalize_once(
+                &row,
+                status,
+                ending.ok != 0.0,
+                result.as_ref(),
+                ending.ended_ms as i64,
+            )
+            .await;
         self.live.finalizing.set(false);
         ended
     }
@@ -252,8 +318,8 @@ impl RunCtx {
         status: RunStatus,
         ok: bool,
         result: Option<&RunResult>,
+        now: i64,
     ) -> Result<(), ApiError> {
-        let now = time::now_ms();
         let container_ms = result
             .map(|r| r.container_ms as i64)
             .unwrap_or_else(|| (now - row.created_ms as i64).max(0));
@@ -375,6 +441,10 @@ impl RunCtx {
         if row.status().is_terminal() {
             return Ok(());
         }
+        if self.ending()?.is_some() {
+            // It has already ended (its end is under way): no receipt after it.
+            return self.finish_ending().await;
+        }
         let receipts = self.receipts()?;
         let mut chain = Chain::after(receipts.last());
         let receipt = chain.append(Step {
@@ -476,6 +546,9 @@ async fn pump_inner(ctx: &RunCtx) -> Result<(), ApiError> {
         };
         if row.status().is_terminal() {
             return Ok(());
+        }
+        if ctx.ending()?.is_some() {
+            return ctx.finish_ending().await;
         }
         if time::now_ms() > row.deadline_ms as i64 {
             let _ = ctx.cancel_on_runner(&row.id).await;
@@ -623,6 +696,13 @@ pub async fn watchdog(ctx: RunCtx, state: &State) {
     if let Err(err) = state.storage().set_alarm(WATCHDOG_MS as i64).await {
         worker::console_error!("runs watchdog: cannot re-arm: {err}");
     }
+    if matches!(ctx.ending(), Ok(Some(_))) {
+        // An end cut short (the instance was evicted on the way).
+        if let Err(err) = ctx.finish_ending().await {
+            worker::console_error!("runs watchdog: ending {}: {err}", row.id);
+        }
+        return;
+    }
     if time::now_ms() > row.deadline_ms as i64 {
         let _ = ctx.cancel_on_runner(&row.id).await;
         let _ = ctx
@@ -690,6 +770,7 @@ pub async fn handle(ctx: RunCtx, state: &State, mut req: Request) -> Result<Resp
                 cancel(&ctx, &row).await?;
             }
             for stmt in [
+                "DELETE FROM run_ending",
                 "DELETE FROM run_billing",
                 "DELETE FROM run_events",
                 "DELETE FROM run_receipts",
@@ -812,7 +893,8 @@ async fn cancel(ctx: &RunCtx, row: &RunRow) -> Result<RunRow, ApiError> {
     }
     ctx.end_by_do(RunStatus::Cancelled, "cancelled by request".into())
         .await?;
-    ctx.load()?.ok_or(ApiError::RunNotFound)
+    // An end already under way (a result that just arrived) is waited for.
+    ctx.wait_terminal(Some(10_000)).await
 }
 
 // ---------------------------------------------------------------------------

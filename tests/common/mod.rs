@@ -198,26 +198,25 @@ pub fn containers() -> &'static Containers {
     static CONTAINERS: OnceLock<Containers> = OnceLock::new();
     CONTAINERS.get_or_init(|| {
         let root = repo_root();
+        // This binary uses the engine until it exits; the last user of a
+        // dockerd the scripts started stops it.
+        let me = std::process::id().to_string();
         let engine = run_ok(
             Command::new("bash")
                 .arg(root.join("scripts/container-engine.sh"))
-                .arg("start")
+                .args(["start", "--for", &me])
                 .current_dir(&root),
             "starting the Docker engine (scripts/container-engine.sh start)",
         );
-        let engine = key_values(&engine);
-        let docker_host = engine
-            .iter()
+        on_exit(format!(
+            "bash '{}' release {me}",
+            root.join("scripts/container-engine.sh").display()
+        ));
+        let docker_host = key_values(&engine)
+            .into_iter()
             .find(|(k, _)| k == "DOCKER_HOST")
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| v)
             .expect("container-engine.sh printed DOCKER_HOST");
-        if engine.iter().any(|(k, _)| k == "CLOUDBOX_ENGINE_STARTED") {
-            // Ours to stop, once this binary is done.
-            on_exit(format!(
-                "bash '{}' stop",
-                root.join("scripts/container-engine.sh").display()
-            ));
-        }
         // scripts/test.sh builds them once for the whole suite.
         let image_vars = [
             "CLOUDBOX_BASE_IMAGE",
