@@ -91,6 +91,11 @@ start_engine() {
 stop_engine() {
   [ -f "$PIDFILE" ] || return 0
   pid=$(cat "$PIDFILE")
+  # A pid file our dockerd left when it died may name another process now.
+  if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" != dockerd ]; then
+    rm -f "$PIDFILE" "$SOCK"
+    return 0
+  fi
   # Containers first (wrangler removes its own; this catches the rest).
   if answers "unix://$SOCK"; then
     ids=$(DOCKER_HOST="unix://$SOCK" docker ps -q 2>/dev/null || true)

@@ -138,10 +138,16 @@ egress_image() {
 # same wrapper), tagged cloudbox-runner:local.
 runner_image() {
   local base=$1
-  CLOUDBOX_BASE_IMAGE=$base scripts/wrangler-docker build -q -t cloudbox-runner:local \
-    --build-arg BASE_IMAGE=debian:bookworm-slim -f container/Dockerfile "$CONTEXT" 2>&1 >/dev/null \
-    | grep -v -e DEPRECATED -e 'BuildKit is currently disabled' -e 'environment-variable' -e '^ *$' >&2 || true
-  docker image inspect cloudbox-runner:local >/dev/null
+  local log
+  log=$(mktemp)
+  if ! CLOUDBOX_BASE_IMAGE=$base scripts/wrangler-docker build -q -t cloudbox-runner:local \
+      --build-arg BASE_IMAGE=debian:bookworm-slim -f container/Dockerfile "$CONTEXT" >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    say "the runner image did not build"
+    exit 1
+  fi
+  rm -f "$log"
   local size
   size=$(docker image inspect --format '{{.Size}}' cloudbox-runner:local)
   say "runner image cloudbox-runner:local: $((size / 1024 / 1024)) MiB"

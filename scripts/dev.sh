@@ -42,7 +42,7 @@ CI=true scripts/wrangler d1 migrations apply DB --local --persist-to "$STATE" >/
 
 pids=""
 cleanup() {
-  [ -n "$pids" ] && kill $pids 2>/dev/null
+  [ -n "$pids" ] && { kill $pids 2>/dev/null || true; }
   [ -n "$engine" ] && bash scripts/container-engine.sh release $$
   return 0
 }

@@ -261,6 +261,7 @@ impl CloudboxRunner {
                         reason: why.clone(),
                     },
                 );
+                release(&self.sql, &link, &op, "the probe failed", &mut receipts).await;
                 return http::json(
                     503,
                     &json!({"error": "runner_unavailable", "message": why, "runnerReceipts": receipts}),

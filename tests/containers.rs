@@ -38,9 +38,10 @@ fn two_parallel_runs_are_two_containers_each_gone_when_its_run_ends() {
     let repo = fixture_repo("iso", "parallel", &[("README.md", "hi\n")]);
     let spec = json!({
         "repo": repo,
-        // Each run leaves a mark in its container and looks for the other's.
-        "commands": ["echo $RANDOM > /tmp/mark; sleep 3; ls /tmp"],
-        "verify": ["test $(ls /tmp | grep -c '^mark$') -eq 1"],
+        // Each run leaves a mark of its own in its container and finds
+        // only that one: had they shared a container, each would see two.
+        "commands": ["touch /tmp/mark-$$-$RANDOM; sleep 3; ls /tmp"],
+        "verify": ["test $(ls /tmp | grep -c '^mark-') -eq 1"],
     });
     let runs: Vec<_> = (0..2)
         .map(|_| {

@@ -3,7 +3,7 @@
 //! ends — normally, by timeout or by cancel — the whole group is killed, so
 //! nothing a step started outlives it and no pipe stays open.
 
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -58,6 +58,20 @@ pub fn kill_group(pgid: u32) {
 /// with `setsid`, must not outlive its run, nor race the runner reading the
 /// tree it leaves). The runner is another user, so it is never among them.
 pub fn kill_user_processes(user: StepUser) {
+    // kill(-1) as that user reaches every process it could signal itself,
+    // those in pid namespaces it made included; repeated, for forks in flight.
+    for _ in 0..3 {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "-1"])
+            .uid(user.uid)
+            .gid(user.gid)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return;
     };

@@ -87,6 +87,9 @@ async fn execute_in(
     tree::materialize(cache, &start.files, &workdir).map_err(|e| format!("workspace: {e}"))?;
     tree::materialize(cache, &start.session, &codex_home).map_err(|e| format!("session: {e}"))?;
     if let Some(user) = cfg.step_user {
+        // Nothing of an earlier task may be alive while root works in a
+        // tree that user owns.
+        crate::process::kill_user_processes(user);
         tree::give_to(dir, user).map_err(|e| format!("task dir: {e}"))?;
     }
 

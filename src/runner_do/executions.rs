@@ -678,7 +678,8 @@ async fn run_one(ctx: &ExecCtx, row: ExecRow) -> Result<(), ApiError> {
 async fn prepare(ctx: &ExecCtx, id: &str, start: &ExecStart) -> Result<Prepared, ApiError> {
     let mut receipts = Vec::new();
     // `begin` made an idle workspace's runner ready just now.
-    let ready = if ctx.live.runner_ready.replace(false) {
+    let readied = ctx.live.runner_ready_for.borrow_mut().take();
+    let ready = if readied.as_deref() == Some(id) {
         receipts = ctx.runner_receipts(id)?;
         Ok(())
     } else {
@@ -1272,6 +1273,10 @@ async fn release_when_idle(ctx: &ExecCtx, state: &State) {
         let mut receipts = Vec::new();
         let reason = format!("the workspace was idle for {} s", idle_ms / 1000);
         super::release(&ctx.sql, &ctx.link, &op, &reason, &mut receipts).await;
+        if ctx.link.container_running() {
+            // The destroy failed: try again at the next alarm.
+            let _ = state.storage().set_alarm(WATCHDOG_MS).await;
+        }
     } else {
         let wait = (last_ms + idle_ms as i64 - now).max(1_000);
         if let Err(err) = state.storage().set_alarm(wait).await {
@@ -1413,7 +1418,7 @@ async fn begin(
             super::abandon(&ctx.sql, &ctx.link, &start.run_id, "it never became ready").await;
             return Err(ApiError::RunnerUnavailable(why));
         }
-        ctx.live.runner_ready.set(true);
+        *ctx.live.runner_ready_for.borrow_mut() = Some(start.run_id.clone());
         // Checked again: the insert below follows with no await between.
         let open = ctx.open_count()?;
         if (open > 0 && !start.wait) || open > MAX_QUEUED {

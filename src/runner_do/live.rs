@@ -21,6 +21,9 @@ pub struct Live {
     pub pumping: Cell<bool>,
     /// A repo run's `start` found its runner ready (the pump need not ask).
     pub runner_ready: Cell<bool>,
+    /// The execute whose `begin` made the workspace's runner ready just now
+    /// (its driver need not ask again).
+    pub runner_ready_for: RefCell<Option<String>>,
     /// A repo run's end is in progress in this instance (it awaits on the
     /// way, and the run must end once).
     pub finalizing: Cell<bool>,

@@ -682,7 +682,21 @@ pub async fn watchdog(ctx: RunCtx, state: &State) {
         _ => return,
     };
     if row.status().is_terminal() {
-        // The run is over; its billing may still need settling.
+        // The run is over: its container must be gone (a destroy that
+        // failed is tried again), and its billing may still need settling.
+        if ctx.link.container_running() {
+            super::release(
+                &ctx.sql,
+                &ctx.link,
+                &row.id,
+                "the run had ended",
+                &mut Vec::new(),
+            )
+            .await;
+            if ctx.link.container_running() {
+                let _ = state.storage().set_alarm(WATCHDOG_MS as i64).await;
+            }
+        }
         let container_ms = row.container_ms.unwrap_or(0.0) as i64;
         if let Err(err) = ctx
             .settle_billing(&row.id, &row.account_id, container_ms)

@@ -288,8 +288,11 @@ pub fn container_name(container_id: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Whether that container is running.
+/// Whether that container is running (Docker not having it is "no"; a
+/// Docker that does not answer fails the test rather than passing it).
 pub fn container_running(container_id: &str) -> bool {
+    let (ok, _) = docker(&["version", "--format", "{{.Server.Version}}"]);
+    assert!(ok, "the Docker engine does not answer");
     let Some(name) = container_name(container_id) else {
         return false;
     };
