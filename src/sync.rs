@@ -88,10 +88,13 @@ pub fn parallel_map<T: Sync, R: Send>(
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(item) = items.get(i) else { break };
                 let r = f(item);
+                // ok: native sync client only (no threads in the Worker); a
+                // poisoned lock means a worker thread already panicked.
                 out.lock().expect("results lock")[i] = Some(r);
             });
         }
     });
+    // ok: as above; and every index below items.len() was taken exactly once.
     out.into_inner()
         .expect("results lock")
         .into_iter()
