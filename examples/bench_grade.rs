@@ -7,9 +7,9 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use cloudbox::computer_receipts::{next_receipt, Receipt};
-use cloudbox::grade::grade;
-use cloudbox::spec::{Criterion, MustEvent};
+use cloudbox::computers::receipts::{next_receipt, Receipt};
+use cloudbox::computers::grade::grade;
+use cloudbox::computers::spec::{Criterion, MustEvent};
 use serde_json::json;
 
 const RECEIPTS: usize = 100_000;

@@ -14,7 +14,7 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cloudbox::sync::{self, PushReport, Transport};
+use cloudbox::workspaces::sync::{self, PushReport, Transport};
 use common::SyncClient;
 use serde_json::json;
 
@@ -106,7 +106,7 @@ fn breakdown(client: &SyncClient, root: &Path) -> String {
     let current = sync::fetch_manifest(client, "bench").unwrap();
     step("manifest");
     let entries: Vec<_> = files.iter().map(|f| f.entry.clone()).collect();
-    let hashes = cloudbox::workspace::unique_blobs(&entries);
+    let hashes = cloudbox::workspaces::manifest::unique_blobs(&entries);
     let missing = sync::ask_missing(client, "bench", &hashes).unwrap();
     assert_eq!(missing.len(), 1);
     step("missing");

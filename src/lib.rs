@@ -1,70 +1,33 @@
 //! Cloudbox: a Cloudflare Worker (Rust → wasm) where AI coding agents run
 //! repos, execute tasks on persistent workspaces and get evaluated.
 //!
-//! Pure modules (no JS needed, tested natively) come first; the workers-rs
-//! glue behind the `worker-runtime` feature is a thin layer over them. The
-//! runner in `container/` depends on this crate without that feature to
-//! share the wire types.
+//! One folder per domain, pure rules first and the workers-rs glue after
+//! (the glue is behind the `worker-runtime` feature, so the runner in
+//! `container/` and the CLI share the pure modules without it). The README's
+//! "Layout" table says what each folder owns.
 
-pub mod agent_events;
+/// The request pipeline: route table, dispatch, auth, rate limits,
+/// idempotency, the one error type, the OpenAPI document.
+pub mod api;
+/// Prepaid credits, holds, spending limits and the ledger.
 pub mod billing;
-pub mod blob_parts;
-pub mod canonical;
-pub mod computer_receipts;
-pub mod error;
-pub mod execute_spec;
-pub mod execution;
-pub mod generate;
-pub mod grade;
-pub mod idempotency;
-pub mod ids;
-pub mod key_records;
+/// Shared pure helpers: ids, time, paths, paging, canonical JSON.
+pub mod common;
+/// Typed workspaces ("computers") and their grading.
+pub mod computers;
+/// `/execute`: agent tasks on a workspace, queued and driven by its DO.
+pub mod executes;
+/// API keys: format, hashing, records, the admin routes.
 pub mod keys;
-pub mod ledger_sql;
-pub mod model_usage;
-pub mod openapi;
-pub mod paging;
-pub mod paths;
-pub mod ratelimit;
-pub mod receipts;
-pub mod route;
-pub mod run_billing;
-pub mod run_events;
-pub mod run_spec;
-pub mod runner_link;
-pub mod spec;
-pub mod time;
+/// The Worker's glue to the platform: config, bindings, HTTP, model client.
+#[cfg(feature = "worker-runtime")]
+mod platform;
+/// The CloudboxRunner DO shell, its container link, and the job machinery
+/// (NDJSON follower, event log, SSE, watchdog) that runs and executes share.
+pub mod runner;
+/// Repo runs: validation, metering, routes and the run's DO side.
+pub mod runs;
+/// The DO ↔ runner contract (both sides use these types) and run receipts.
 pub mod wire;
-pub mod workspace;
-
-/// The workspace sync client (hash a tree, send what is missing, commit);
-/// native only, used by the tests and the bench.
-#[cfg(not(target_arch = "wasm32"))]
-pub mod sync;
-
-#[cfg(feature = "worker-runtime")]
-mod auth;
-#[cfg(feature = "worker-runtime")]
-mod computer_do;
-#[cfg(feature = "worker-runtime")]
-mod config;
-#[cfg(feature = "worker-runtime")]
-mod entry;
-#[cfg(feature = "worker-runtime")]
-mod http;
-#[cfg(feature = "worker-runtime")]
-pub mod idempotency_d1;
-#[cfg(feature = "worker-runtime")]
-pub mod ledger_d1;
-#[cfg(feature = "worker-runtime")]
-mod model;
-#[cfg(feature = "worker-runtime")]
-mod ratelimit_d1;
-#[cfg(feature = "worker-runtime")]
-mod routes;
-#[cfg(feature = "worker-runtime")]
-mod run_billing_d1;
-#[cfg(feature = "worker-runtime")]
-mod runner_do;
-#[cfg(feature = "worker-runtime")]
-mod workspace_store;
+/// Versioned workspaces in R2: manifests, storage, sync.
+pub mod workspaces;

@@ -10,7 +10,7 @@ fn every_admin_route_is_503_when_the_admin_key_is_unset() {
     stack_with_vars(&[("ADMIN_API_KEY", "")]);
     let auth = format!("Bearer {ADMIN_KEY}");
     let id = "key_000000000000000000000000";
-    let admin_routes = cloudbox::route::ROUTES
+    let admin_routes = cloudbox::api::route::ROUTES
         .iter()
         .filter(|r| r.pattern.starts_with("/admin/") || r.pattern.starts_with("/billing/admin/"));
     let mut checked = 0;

@@ -48,7 +48,7 @@ fn bench_execute() {
         std::fs::write(dir.join(format!("f{i}.txt")), format!("{i}\n").repeat(2000)).unwrap();
     }
     let client = SyncClient::new(&key);
-    cloudbox::sync::push(&client, "bench", tree.path()).unwrap();
+    cloudbox::workspaces::sync::push(&client, "bench", tree.path()).unwrap();
     // The runner alone gets the same blobs in its cache up front.
     let runner = runner_container(&[]);
     for entry in walk(tree.path()) {
@@ -81,7 +81,7 @@ fn bench_execute() {
         // since the executes above.
         // Only the files pushed up front (whose blobs it has), as a fresh
         // workspace each time.
-        let mut manifest = cloudbox::sync::fetch_manifest(&client, "bench").unwrap();
+        let mut manifest = cloudbox::workspaces::sync::fetch_manifest(&client, "bench").unwrap();
         manifest.files.retain(|f| f.path.starts_with("src/"));
         let start = TaskStart {
             task_id: format!("bench_direct_{m}_{}", std::process::id()),

@@ -4,9 +4,9 @@
 
 mod common;
 
-use cloudbox::billing::{self, BudgetRefusal, BudgetState};
-use cloudbox::keys::KeyType;
-use cloudbox::ledger_sql::{self as sql, Arg, Stmt};
+use cloudbox::billing::ledger_sql::{self as sql, Arg, Stmt};
+use cloudbox::billing::rules::{self, BudgetRefusal, BudgetState};
+use cloudbox::keys::api_key::KeyType;
 use common::*;
 use serde_json::{json, Value};
 
@@ -44,7 +44,7 @@ fn transactions(key: &str, query: &str) -> Value {
 }
 
 fn micros(v: &Value) -> i64 {
-    billing::usd_to_micros(v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))).unwrap()
+    rules::usd_to_micros(v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))).unwrap()
 }
 
 /// The account as the budget rules see it, read over HTTP.
@@ -187,7 +187,7 @@ fn limits_are_set_cleared_and_drive_the_budget_rules() {
 
     // No credits: the budget check refuses with 402 insufficient_credits.
     let a = account(key);
-    let refusal = billing::check_budget(KeyType::Standard, &budget_state(&a)).unwrap_err();
+    let refusal = rules::check_budget(KeyType::Standard, &budget_state(&a)).unwrap_err();
     assert_eq!(
         refusal,
         BudgetRefusal::InsufficientCredits {
@@ -195,13 +195,13 @@ fn limits_are_set_cleared_and_drive_the_budget_rules() {
             total_spent: 0
         }
     );
-    let err: cloudbox::error::ApiError = refusal.into();
+    let err: cloudbox::api::error::ApiError = refusal.into();
     assert_eq!((err.status(), err.code()), (402, "insufficient_credits"));
     // An internal key is never budget-checked.
-    assert!(billing::check_budget(KeyType::Internal, &budget_state(&a)).is_ok());
+    assert!(rules::check_budget(KeyType::Internal, &budget_state(&a)).is_ok());
 
     credit(id, 5.0, None);
-    assert!(billing::check_budget(KeyType::Standard, &budget_state(&account(key))).is_ok());
+    assert!(rules::check_budget(KeyType::Standard, &budget_state(&account(key))).is_ok());
 
     // A daily limit of 0 is reached at once: 429 spending_limit_exceeded,
     // and the account lists the 100 % alert.
@@ -212,9 +212,8 @@ fn limits_are_set_cleared_and_drive_the_budget_rules() {
         (a["dailyLimit"].clone(), a["monthlyLimit"].clone()),
         (json!(0.0), json!(100.0))
     );
-    let refusal =
-        billing::check_budget(KeyType::Standard, &budget_state(&account(key))).unwrap_err();
-    let err: cloudbox::error::ApiError = refusal.into();
+    let refusal = rules::check_budget(KeyType::Standard, &budget_state(&account(key))).unwrap_err();
+    let err: cloudbox::api::error::ApiError = refusal.into();
     assert_eq!((err.status(), err.code()), (429, "spending_limit_exceeded"));
     let resp = get("/billing/account", Some(key));
     let alerts = resp.json()["alerts"].clone();
@@ -226,7 +225,7 @@ fn limits_are_set_cleared_and_drive_the_budget_rules() {
     let cleared = admin_post(&path, &json!({"dailyLimit": null}), None).json();
     assert_eq!(cleared["account"]["dailyLimit"], Value::Null);
     assert_eq!(cleared["account"]["monthlyLimit"], 100.0);
-    assert!(billing::check_budget(KeyType::Standard, &budget_state(&account(key))).is_ok());
+    assert!(rules::check_budget(KeyType::Standard, &budget_state(&account(key))).is_ok());
     for bad in [
         json!({}),
         json!({"dailyLimit": -1}),

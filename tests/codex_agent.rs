@@ -13,7 +13,7 @@ mod responses_server;
 use std::io::Read;
 
 use cloudbox::wire::{RunEvent, TaskResult, TaskStart, WireEvent};
-use cloudbox::workspace::FileEntry;
+use cloudbox::workspaces::manifest::FileEntry;
 use responses_server::{ModelServer, USAGE_IN, USAGE_OUT};
 use sha2::{Digest, Sha256};
 

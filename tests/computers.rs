@@ -3,7 +3,7 @@
 
 mod common;
 
-use cloudbox::computer_receipts::{verify_chain, Receipt};
+use cloudbox::computers::receipts::{verify_chain, Receipt};
 use common::*;
 use serde_json::{json, Value};
 
@@ -82,7 +82,7 @@ fn the_same_spec_is_the_same_computer_and_changed_content_is_another() {
     assert_eq!(first.status, 201, "{}", first.text);
     let body = first.json();
     let id = body["id"].as_str().unwrap();
-    assert!(cloudbox::spec::is_computer_id(id), "{id}");
+    assert!(cloudbox::computers::spec::is_computer_id(id), "{id}");
     assert_eq!(body["baseUrl"], format!("/api/c/{id}"));
 
     // Same content, keys in another order: the same computer, 200.
@@ -623,7 +623,7 @@ fn a_brief_drafts_a_spec_that_validates_and_materializes() {
     let body = resp.json();
     assert_eq!(body["source"], "template");
     let draft = body["spec"].clone();
-    assert!(cloudbox::spec::parse(&draft).is_ok());
+    assert!(cloudbox::computers::spec::parse(&draft).is_ok());
     let created = post_json("/api/computers", Some(&key), &draft);
     assert_eq!(created.status, 201, "{}", created.text);
     let id = created.json()["id"].as_str().unwrap().to_string();

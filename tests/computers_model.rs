@@ -214,5 +214,5 @@ fn a_brief_is_drafted_by_the_model_and_materializes() {
     )
     .json();
     assert_eq!(fallback["source"], "template");
-    assert!(cloudbox::spec::parse(&fallback["spec"]).is_ok());
+    assert!(cloudbox::computers::spec::parse(&fallback["spec"]).is_ok());
 }

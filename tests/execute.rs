@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use cloudbox::billing::{self, Pricing};
+use cloudbox::billing::rules::{self, Pricing};
 use common::*;
 use responses_server::{ModelServer, USAGE_IN, USAGE_OUT};
 use serde_json::{json, Value};
@@ -92,7 +92,7 @@ fn funded_key(usd: f64) -> Key {
 // Money
 
 fn micros(v: &Value) -> i64 {
-    billing::usd_to_micros(v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))).unwrap()
+    rules::usd_to_micros(v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))).unwrap()
 }
 
 /// The price of `input` + `output` tokens (the wrangler.toml defaults).
@@ -484,7 +484,7 @@ fn a_standard_key_is_charged_tokens_times_price_then_stopped_at_its_daily_limit(
     let limits = post_json(
         &format!("/billing/admin/{}/limits", k.id),
         Some(ADMIN_KEY),
-        &json!({"dailyLimit": billing::micros_to_usd(expected)}),
+        &json!({"dailyLimit": rules::micros_to_usd(expected)}),
     );
     assert_eq!(limits.status, 200, "{}", limits.text);
     let before = transactions(&k).len();

@@ -122,7 +122,7 @@ fn a_minted_key_has_the_documented_shape() {
     let body = mint_key(json!({"name": "shape", "permissions": ["read"]}));
     let key = body["key"].as_str().expect("key");
     assert!(key.starts_with("cbx_") && key.len() == 50, "{key}");
-    assert_eq!(cloudbox::keys::parse(key), Ok("cbx_"));
+    assert_eq!(cloudbox::keys::api_key::parse(key), Ok("cbx_"));
     assert_eq!(body["permissions"], json!(["read"]));
     assert_eq!(body["keyType"], "standard");
     assert!(body["accountId"]
@@ -137,8 +137,8 @@ fn openapi_is_served_and_lists_the_routes() {
     assert_eq!(resp.status, 200);
     let doc = resp.json();
     assert_eq!(doc["openapi"], "3.1.0");
-    for route in cloudbox::route::ROUTES {
-        let path = cloudbox::route::openapi_path(route.pattern);
+    for route in cloudbox::api::route::ROUTES {
+        let path = cloudbox::api::route::openapi_path(route.pattern);
         let method = route.method.to_lowercase();
         assert!(
             doc["paths"][&path][&method].is_object(),

@@ -75,7 +75,7 @@ fn unknown_tampered_revoked_and_expired_keys_are_401() {
     );
     // Well-formed (valid checksum) but never minted.
     let entropy: Vec<u8> = (0..64u8).collect();
-    let stranger = cloudbox::keys::build_key("cbx_", &entropy).unwrap();
+    let stranger = cloudbox::keys::api_key::build_key("cbx_", &entropy).unwrap();
     let resp = get("/billing/account", Some(&stranger));
     assert_eq!(
         (resp.status, resp.json()["error"].clone()),
@@ -227,7 +227,7 @@ fn rotation_gives_a_new_key_and_revokes_the_old_one() {
     let rotated = resp.json();
     let new_key = rotated["key"].as_str().unwrap();
     assert!(new_key.starts_with("team_"));
-    assert_eq!(cloudbox::keys::parse(new_key), Ok("team_"));
+    assert_eq!(cloudbox::keys::api_key::parse(new_key), Ok("team_"));
     assert_eq!(rotated["accountId"], minted["accountId"]);
     assert_eq!(rotated["rotatedFrom"], old_id);
     assert_eq!(rotated["rateLimit"], 50);

@@ -16,9 +16,9 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use cloudbox::billing::{self, BudgetState};
-use cloudbox::keys::KeyType;
-use cloudbox::ledger_sql::{self as sql, Arg, ReleaseKind, Stmt, Usage};
+use cloudbox::billing::ledger_sql::{self as sql, Arg, ReleaseKind, Stmt, Usage};
+use cloudbox::billing::rules::{self, BudgetState};
+use cloudbox::keys::api_key::KeyType;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use rusqlite::{params, types::Value, Connection};
@@ -375,9 +375,9 @@ fn run_case(ops: &[Op], daily: Option<i64>, monthly: Option<i64>) {
                 // re-checks it in SQL. Ask for the raw amount half the time
                 // (to exercise the guard) and the sized amount otherwise.
                 let state = budget(&db, KEYS[*key], now);
-                let sized = billing::hold_amount(Some(*amount), 1_000_000, &state);
+                let sized = rules::hold_amount(Some(*amount), 1_000_000, &state);
                 let ask = if amount % 2 == 0 { *amount } else { sized };
-                let (day, month) = billing::periods(now);
+                let (day, month) = rules::periods(now);
                 let (key_daily, key_monthly) = if *key == 0 {
                     (daily, monthly)
                 } else {
@@ -390,7 +390,7 @@ fn run_case(ops: &[Op], daily: Option<i64>, monthly: Option<i64>) {
                     && room(&day, key_daily)
                     && room(&month, key_monthly);
                 // The pure budget check agrees with the SQL guard's view.
-                let refused = billing::check_budget(KeyType::Standard, &state).is_err();
+                let refused = rules::check_budget(KeyType::Standard, &state).is_err();
                 if refused {
                     assert!(sized == 0, "refused budget yet sized {sized}");
                 }
@@ -459,7 +459,7 @@ fn run_case(ops: &[Op], daily: Option<i64>, monthly: Option<i64>) {
                 );
                 count(1, h.open);
                 if h.open {
-                    let charge = billing::settle_charge(h.amount, *actual);
+                    let charge = rules::settle_charge(h.amount, *actual);
                     m.balance -= charge;
                     m.charged += charge;
                     *m.spent.entry((h.key, h.day.clone())).or_default() += charge;

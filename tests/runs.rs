@@ -112,9 +112,9 @@ fn a_passing_run_answers_200_with_receipts_in_step_order() {
     assert_eq!(check.json()["head"], receipts.last().unwrap()["hash"]);
 
     // The receipts verify offline with the shared pure function too.
-    let parsed: Vec<cloudbox::receipts::Receipt> =
+    let parsed: Vec<cloudbox::wire::receipts::Receipt> =
         serde_json::from_value(body["receipts"].clone()).unwrap();
-    assert!(cloudbox::receipts::verify_chain(&parsed).valid);
+    assert!(cloudbox::wire::receipts::verify_chain(&parsed).valid);
 }
 
 #[test]

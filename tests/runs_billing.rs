@@ -8,14 +8,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use cloudbox::billing::{self, run_cost_micros};
+use cloudbox::billing::rules::{self, run_cost_micros};
 use common::*;
 use serde_json::{json, Value};
 
 const PRICE: &str = "0.6";
 
 fn price_micros() -> i64 {
-    billing::parse_usd_var(PRICE).unwrap()
+    rules::parse_usd_var(PRICE).unwrap()
 }
 
 /// A key of the priced stack: (key, key id).
@@ -38,7 +38,7 @@ fn credit(key_id: &str, usd: f64) {
 }
 
 fn micros(v: &Value) -> i64 {
-    billing::usd_to_micros(v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))).unwrap()
+    rules::usd_to_micros(v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))).unwrap()
 }
 
 fn account(key: &str) -> Value {

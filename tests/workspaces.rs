@@ -8,8 +8,8 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use cloudbox::sync::{self, Transport};
-use cloudbox::workspace::sha256_hex;
+use cloudbox::workspaces::manifest::sha256_hex;
+use cloudbox::workspaces::sync::{self, Transport};
 use common::*;
 use serde_json::{json, Value};
 

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use cloudbox::agent_events::{parse_line, AgentEvent, AgentSummary};
+use cloudbox::executes::agent_events::{parse_line, AgentEvent, AgentSummary};
 use cloudbox::wire::StreamName;
 use tokio::sync::watch;
 

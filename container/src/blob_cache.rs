@@ -34,7 +34,8 @@ impl BlobCache {
 
     /// Where blob `sha` lives; `None` if `sha` is not 64 lowercase hex chars.
     pub fn path(&self, sha: &str) -> Option<PathBuf> {
-        cloudbox::workspace::is_sha256_hex(sha).then(|| self.dir.join(&sha[..2]).join(sha))
+        cloudbox::workspaces::manifest::is_sha256_hex(sha)
+            .then(|| self.dir.join(&sha[..2]).join(sha))
     }
 
     pub fn contains(&self, sha: &str) -> bool {

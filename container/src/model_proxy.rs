@@ -13,8 +13,8 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use cloudbox::agent_events::TokenUsage;
-use cloudbox::model_usage::UsageScanner;
+use cloudbox::executes::agent_events::TokenUsage;
+use cloudbox::executes::model_usage::UsageScanner;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cloudbox::receipts::{Chain, ReceiptKind, Step};
+use cloudbox::wire::receipts::{Chain, ReceiptKind, Step};
 use cloudbox::wire::{
     outcome, Artifact, OutputChunk, RunEvent, RunResult, RunStart, WireEvent, HEARTBEAT_MS,
     MAX_ARTIFACT_BYTES,
@@ -472,7 +472,7 @@ pub async fn read_artifact(checkout: &Path, path: &str) -> Artifact {
         truncated: false,
         error: Some(error),
     };
-    if let Err(why) = cloudbox::paths::validate_path(path) {
+    if let Err(why) = cloudbox::common::paths::validate_path(path) {
         return missing(format!("bad artifact path: {why}"));
     }
     let root = match tokio::fs::canonicalize(checkout).await {

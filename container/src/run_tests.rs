@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloudbox::receipts::{verify_chain, ReceiptKind};
+use cloudbox::wire::receipts::{verify_chain, ReceiptKind};
 use cloudbox::wire::{RunEvent, RunStatus, StreamName};
 
 use super::*;

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cloudbox::agent_events::TokenUsage;
-use cloudbox::billing::Pricing;
-use cloudbox::receipts::{Chain, ReceiptKind, Step};
+use cloudbox::billing::rules::Pricing;
+use cloudbox::executes::agent_events::TokenUsage;
+use cloudbox::wire::receipts::{Chain, ReceiptKind, Step};
 use cloudbox::wire::{RunEvent, TaskResult, TaskStart, UsageReport};
 use tokio::sync::watch;
 

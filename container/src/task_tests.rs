@@ -10,7 +10,7 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::Router;
 use cloudbox::wire::{RunEvent, TaskResult, TaskStart, WireEvent};
-use cloudbox::workspace::FileEntry;
+use cloudbox::workspaces::manifest::FileEntry;
 
 use crate::blob_cache::BlobCache;
 use crate::config::RunnerConfig;

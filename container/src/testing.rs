@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use cloudbox::receipts::Receipt;
+use cloudbox::wire::receipts::Receipt;
 use cloudbox::wire::{RunEvent, RunResult, RunStart, WireEvent};
 
 use crate::config::RunnerConfig;

@@ -5,7 +5,7 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use cloudbox::workspace::{FileEntry, MODE_EXECUTABLE, MODE_FILE};
+use cloudbox::workspaces::manifest::{FileEntry, MODE_EXECUTABLE, MODE_FILE};
 
 use crate::blob_cache::BlobCache;
 use crate::config::StepUser;
@@ -14,7 +14,7 @@ use crate::config::StepUser;
 /// may edit files in place and must not change the cache).
 pub fn materialize(cache: &BlobCache, files: &[FileEntry], dir: &Path) -> io::Result<()> {
     for file in files {
-        cloudbox::paths::validate_path(&file.path).map_err(io::Error::other)?;
+        cloudbox::common::paths::validate_path(&file.path).map_err(io::Error::other)?;
         let src = cache
             .path(&file.sha256)
             .filter(|p| p.is_file())
@@ -73,7 +73,7 @@ pub fn scan(cache: &BlobCache, dir: &Path, skip_dirs: &[&str]) -> io::Result<Vec
             let Some(relative) = relative.to_str() else {
                 continue;
             };
-            if cloudbox::paths::validate_path(relative).is_err() {
+            if cloudbox::common::paths::validate_path(relative).is_err() {
                 continue;
             }
             let executable = entry.metadata()?.permissions().mode() & 0o111 != 0;

@@ -730,7 +730,7 @@ impl SyncClient {
     }
 }
 
-impl cloudbox::sync::Transport for SyncClient {
+impl cloudbox::workspaces::sync::Transport for SyncClient {
     fn send(
         &self,
         method: &str,

@@ -1,0 +1,146 @@
+//! Request handling: resolve the route (`crate::api::route::ROUTES`), then call
+//! its handler. Handlers live one file per API surface.
+
+use crate::api::health;
+use crate::billing::routes as billing;
+use crate::computers::routes as computers;
+use crate::executes::routes as execute;
+use crate::keys::routes as admin_keys;
+use crate::runner::routes as diagnostics;
+use crate::runs::routes as runs;
+use crate::workspaces::routes as workspaces;
+
+use worker::{Env, Request, Response};
+
+use crate::api::auth;
+use crate::api::error::ApiError;
+use crate::api::ratelimit;
+use crate::api::ratelimit_d1;
+use crate::api::route::{self, Params, Resolution, Route};
+use crate::platform::config::Config;
+
+/// Response headers `handle` adds besides the handler's (`ratelimit-*`).
+pub type ExtraHeaders = Vec<(&'static str, String)>;
+
+/// What every handler gets besides the request.
+pub struct Ctx<'a> {
+    pub env: &'a Env,
+    pub cfg: Config,
+    pub params: Params,
+    pub now_ms: i64,
+    pub request_id: &'a str,
+}
+
+impl Ctx<'_> {
+    /// A path parameter the route pattern guarantees.
+    pub fn param(&self, name: &str) -> Result<&str, ApiError> {
+        self.params
+            .get(name)
+            .ok_or_else(|| ApiError::Internal(format!("route has no param {name}")))
+    }
+}
+
+/// Handles one request. Returns the route pattern (for the log line), the
+/// handler's result and the `ratelimit-*` headers for the response.
+pub async fn handle(
+    req: Request,
+    env: &Env,
+    request_id: &str,
+    now_ms: i64,
+) -> (&'static str, Result<Response, ApiError>, ExtraHeaders) {
+    let path = req.path();
+    let method = req.method().to_string();
+    let resolution = route::resolve(&method, &path);
+    let pattern = match &resolution {
+        Resolution::Found(spec, _) => spec.pattern,
+        Resolution::MethodNotAllowed(_) => "(method not allowed)",
+        Resolution::NotFound => "(no route)",
+    };
+    let cfg = Config::from_env(env);
+    // Every request passes here: count it before anything else is done.
+    let class = ratelimit::classify(&method, pattern);
+    let limit_headers = match ratelimit_d1::check(&req, env, &cfg, class, now_ms).await {
+        Ok(Some(verdict)) => {
+            let headers = verdict.headers();
+            if !verdict.allowed {
+                let err = ApiError::RateLimited {
+                    retry_after_secs: verdict.reset_secs.max(1) as u64,
+                };
+                return (pattern, Err(err), headers);
+            }
+            headers
+        }
+        Ok(None) => Vec::new(),
+        Err(err) => return (pattern, Err(err), Vec::new()),
+    };
+    let (spec, params) = match resolution {
+        Resolution::Found(spec, params) => (spec, params),
+        Resolution::MethodNotAllowed(allowed) => {
+            return (
+                pattern,
+                Err(ApiError::MethodNotAllowed { allowed }),
+                limit_headers,
+            )
+        }
+        Resolution::NotFound => return (pattern, Err(ApiError::NotFound), limit_headers),
+    };
+    if let Err(err) = auth::reject_key_in_query(&req) {
+        return (spec.pattern, Err(err), limit_headers);
+    }
+    let ctx = Ctx {
+        env,
+        cfg,
+        params,
+        now_ms,
+        request_id,
+    };
+    (
+        spec.pattern,
+        dispatch(spec.route, req, ctx).await,
+        limit_headers,
+    )
+}
+
+async fn dispatch(route: Route, req: Request, ctx: Ctx<'_>) -> Result<Response, ApiError> {
+    match route {
+        Route::Health | Route::ApiHealth => health::health(&ctx),
+        Route::OpenApi => health::openapi(),
+        Route::AdminCreateKey => admin_keys::create(req, &ctx).await,
+        Route::AdminListKeys => admin_keys::list(req, &ctx).await,
+        Route::AdminGetKey => admin_keys::get(req, &ctx).await,
+        Route::AdminUpdateKey => admin_keys::update(req, &ctx).await,
+        Route::AdminRevokeKey => admin_keys::revoke(req, &ctx).await,
+        Route::AdminRotateKey => admin_keys::rotate(req, &ctx).await,
+        Route::AdminKeyUsage => admin_keys::usage(req, &ctx).await,
+        Route::BillingAccount => billing::account(req, &ctx).await,
+        Route::BillingTransactions => billing::transactions(req, &ctx).await,
+        Route::BillingTransaction => billing::transaction(req, &ctx).await,
+        Route::BillingUsage => billing::usage(req, &ctx).await,
+        Route::BillingAdminCredits => billing::admin_credits(req, &ctx).await,
+        Route::BillingAdminLimits => billing::admin_limits(req, &ctx).await,
+        Route::AdminRunnerHealth => diagnostics::runner_health(req, &ctx).await,
+        Route::WorkspaceList => workspaces::list(req, &ctx).await,
+        Route::WorkspaceGet => workspaces::get(req, &ctx).await,
+        Route::WorkspaceDelete => workspaces::delete(req, &ctx).await,
+        Route::WorkspaceManifest => workspaces::manifest(req, &ctx).await,
+        Route::WorkspaceBlobsMissing => workspaces::blobs_missing(req, &ctx).await,
+        Route::WorkspaceBlobPut => workspaces::blob_put(req, &ctx).await,
+        Route::WorkspaceBlobGet => workspaces::blob_get(req, &ctx).await,
+        Route::WorkspaceCommit => workspaces::commit(req, &ctx).await,
+        Route::WorkspaceFileGet => workspaces::file_get(req, &ctx).await,
+        Route::WorkspaceFilePut => workspaces::file_put(req, &ctx).await,
+        Route::WorkspaceFileDelete => workspaces::file_delete(req, &ctx).await,
+        Route::WorkspaceSessionReset => workspaces::session_reset(req, &ctx).await,
+        Route::Execute => execute::create(req, &ctx).await,
+        Route::ExecuteGet => execute::get(req, &ctx).await,
+        Route::ExecuteCancel => execute::cancel(req, &ctx).await,
+        Route::RunCreate => runs::create(req, &ctx).await,
+        Route::RunList => runs::list(req, &ctx).await,
+        Route::RunGet => runs::get(req, &ctx).await,
+        Route::RunEvents => runs::events(req, &ctx).await,
+        Route::RunVerify => runs::verify(req, &ctx).await,
+        Route::RunCancel => runs::cancel(req, &ctx).await,
+        Route::RunDelete => runs::delete(req, &ctx).await,
+        Route::Computers(op) => computers::handle(op, req, &ctx).await,
+    }
+}

@@ -1,0 +1,64 @@
+//! The Worker's entry points: `fetch` (every HTTP request) and `scheduled`.
+
+use serde_json::json;
+use worker::{event, Context, Date, Env, Request, Response, ScheduleContext, ScheduledEvent};
+
+use crate::api::error::ApiError;
+use crate::{api::dispatch, common::ids, platform::http};
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+    let started_ms = Date::now().as_millis() as i64;
+    let request_id = ids::new_id("req_").unwrap_or_else(|_| format!("req_{started_ms}"));
+    let method = req.method().to_string();
+    let (route, result, extra_headers) = dispatch::handle(req, &env, &request_id, started_ms).await;
+    let resp = match result {
+        Ok(resp) => resp,
+        Err(err) => {
+            if let ApiError::Internal(detail) = &err {
+                worker::console_error!(
+                    "{}",
+                    json!({"requestId": request_id, "route": route, "internal": detail})
+                );
+            }
+            http::error_response(&err, &request_id)
+        }
+    };
+    let mut resp = http::with_request_id(resp, &request_id);
+    for (name, value) in &extra_headers {
+        let _ = resp.headers_mut().set(name, value);
+    }
+    // One structured line per request. The route is the pattern, never the
+    // raw URL, so ids and query strings (where a key might be) stay out.
+    worker::console_log!(
+        "{}",
+        json!({
+            "requestId": request_id,
+            "method": method,
+            "route": route,
+            "status": resp.status_code(),
+            "durationMs": Date::now().as_millis() as i64 - started_ms,
+        })
+    );
+    Ok(resp)
+}
+
+#[event(scheduled)]
+async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
+    // Releases the holds of runs that outlived their maximum life (crashed
+    // runs), and purges expired idempotency records and old rate windows.
+    let now_ms = Date::now().as_millis() as i64;
+    let window = crate::api::ratelimit_d1::limits(&env).window_secs;
+    let outcome = match env.d1("DB") {
+        Ok(db) => crate::billing::ledger_d1::sweep(&db, now_ms, window).await,
+        Err(err) => Err(ApiError::from(err)),
+    };
+    match outcome {
+        Ok(released) => {
+            worker::console_log!("{}", json!({"sweep": "billing", "holdsReleased": released}))
+        }
+        Err(err) => {
+            worker::console_error!("{}", json!({"sweep": "billing", "error": err.to_string()}))
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! `Idempotency-Key` on D1, for any surface (credits now; /execute and
+//! /api/runs later):
+//!
+//! ```text
+//! let claim = match idempotency_d1::begin(&req_parts…).await? {
+//!     Begin::Replay(resp) => return Ok(resp),
+//!     Begin::Proceed(claim) => claim,
+//! };
+//! let outcome: Result<(u16, serde_json::Value), ApiError> = do_the_work().await;
+//! idempotency_d1::finish(&db, claim, outcome, request_id).await
+//! ```
+//! Without the header, `begin` answers `Begin::Proceed(None)`-like through
+//! `header_key` returning `None`; callers then skip it entirely.
+
+use serde::Deserialize;
+use serde_json::Value;
+use worker::{D1Database, Request, Response};
+
+use crate::api::error::{ApiError, FieldError};
+use crate::api::idempotency::{self, Decision, Record, Slot};
+use crate::billing::ledger_d1::first;
+use crate::platform::http;
+
+pub const HEADER: &str = "idempotency-key";
+
+/// The request's `Idempotency-Key`, if any (400 when malformed).
+pub fn header_key(req: &Request) -> Result<Option<String>, ApiError> {
+    match req.headers().get(HEADER)? {
+        None => Ok(None),
+        Some(k) if idempotency::valid_key(k.trim()) => Ok(Some(k.trim().to_string())),
+        Some(_) => Err(ApiError::ValidationFailed(vec![FieldError::new(
+            "Idempotency-Key",
+            "1–255 visible ASCII characters",
+        )])),
+    }
+}
+
+pub struct Claim {
+    slot: Slot,
+    claimed_at: i64,
+}
+
+impl Claim {
+    /// The key and the claim time: what another party (a Durable Object
+    /// that outlives the request) needs to record the outcome itself with
+    /// `Slot::finish`.
+    pub fn key_and_time(&self) -> (String, i64) {
+        (self.slot.key.clone(), self.claimed_at)
+    }
+}
+
+pub enum Begin {
+    Proceed(Claim),
+    Replay(Response),
+}
+
+#[derive(Deserialize)]
+struct Claimed {
+    created_at: i64,
+}
+
+#[derive(Deserialize)]
+struct Row {
+    fingerprint: String,
+    state: String,
+    response_status: Option<i64>,
+    response_body: Option<String>,
+    created_at: i64,
+}
+
+/// Claims the key for this request, or answers with the first response
+/// (replay), 422 `idempotency_key_reused` or 409 `in_flight`.
+pub async fn begin(
+    db: &D1Database,
+    slot: Slot,
+    fingerprint: &str,
+    now_ms: i64,
+    stale_after_ms: i64,
+) -> Result<Begin, ApiError> {
+    for _ in 0..3 {
+        if let Some(c) = first::<Claimed>(db, &slot.claim(fingerprint, now_ms)).await? {
+            return Ok(Begin::Proceed(Claim {
+                slot,
+                claimed_at: c.created_at,
+            }));
+        }
+        let row = first::<Row>(db, &slot.read()).await?;
+        let record = row.as_ref().map(|r| Record {
+            fingerprint: r.fingerprint.clone(),
+            done: r.state == "done",
+            response_status: r.response_status.map(|s| s as u16),
+            response_body: r.response_body.clone(),
+            created_at_ms: r.created_at,
+        });
+        match idempotency::decide(record.as_ref(), fingerprint, now_ms, stale_after_ms) {
+            Decision::Replay { status, body } => {
+                let value: Value = serde_json::from_str(&body)?;
+                let mut resp = http::json(status, &value)?;
+                let _ = resp.headers_mut().set("idempotent-replayed", "true");
+                return Ok(Begin::Replay(resp));
+            }
+            Decision::Reused => return Err(ApiError::IdempotencyKeyReused),
+            Decision::InFlight => return Err(ApiError::InFlight),
+            Decision::TakeOver => {
+                let old = record.map(|r| r.created_at_ms).unwrap_or_default();
+                if let Some(c) = first::<Claimed>(db, &slot.take_over(old, now_ms)).await? {
+                    return Ok(Begin::Proceed(Claim {
+                        slot,
+                        claimed_at: c.created_at,
+                    }));
+                }
+            }
+            Decision::Retry => {}
+        }
+    }
+    Err(ApiError::InFlight)
+}
+
+/// Stores the outcome for replay (or frees the key when the outcome is
+/// about the moment rather than the request), then returns it.
+pub async fn finish(
+    db: &D1Database,
+    claim: Claim,
+    outcome: Result<(u16, Value), ApiError>,
+    request_id: &str,
+) -> Result<Response, ApiError> {
+    let (status, body) = match &outcome {
+        Ok((status, body)) => (*status, body.clone()),
+        Err(err) => (err.status(), err.body(request_id)),
+    };
+    let stmt = if idempotency::should_store(status) {
+        claim
+            .slot
+            .finish(status, &body.to_string(), claim.claimed_at)
+    } else {
+        claim.slot.abandon(claim.claimed_at)
+    };
+    crate::billing::ledger_d1::bind(db, &stmt)?.run().await?;
+    let (status, body) = outcome?;
+    http::json(status, &body)
+}
+
+/// The whole `Idempotency-Key` cycle around one piece of work: a replay
+/// answers the stored response; otherwise `work` runs (given the claim's
+/// key and time) and its answer is stored for replay. Every replayed or
+/// stored answer is a fresh JSON response with `x-run-id` from its `runId`.
+#[allow(clippy::too_many_arguments)]
+pub async fn once<F, Fut>(
+    db: &D1Database,
+    slot: Slot,
+    fingerprint: &str,
+    now_ms: i64,
+    stale_after_ms: i64,
+    request_id: &str,
+    work: F,
+) -> Result<Response, ApiError>
+where
+    F: FnOnce((String, i64)) -> Fut,
+    Fut: std::future::Future<Output = Result<Response, ApiError>>,
+{
+    let claim = match begin(db, slot, fingerprint, now_ms, stale_after_ms).await? {
+        Begin::Replay(resp) => return with_run_id_header(resp).await,
+        Begin::Proceed(claim) => claim,
+    };
+    let outcome = match work(claim.key_and_time()).await {
+        Ok(mut resp) => {
+            let status = resp.status_code();
+            resp.json::<Value>()
+                .await
+                .map(|body| (status, body))
+                .map_err(ApiError::from)
+        }
+        Err(err) => Err(err),
+    };
+    let resp = finish(db, claim, outcome, request_id).await?;
+    with_run_id_header(resp).await
+}
+
+/// Sets `x-run-id` from the body's `runId`, if it has one.
+async fn with_run_id_header(mut resp: Response) -> Result<Response, ApiError> {
+    let body = resp.cloned()?.json::<Value>().await.unwrap_or(Value::Null);
+    if let Some(id) = body["runId"].as_str() {
+        resp.headers_mut().set("x-run-id", id)?;
+    }
+    Ok(resp)
+}

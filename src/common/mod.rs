@@ -1,0 +1,7 @@
+//! Shared pure helpers.
+
+pub mod canonical;
+pub mod ids;
+pub mod paging;
+pub mod paths;
+pub mod time;

@@ -1,0 +1,686 @@
+//! The Computer Durable Object: one per computer. Its SQLite storage holds
+//! the spec, the materialized files, the agent's writes, which collaborators
+//! have revealed their private files, and the hash-chained receipt log. The
+//! Worker (`routes/computers.rs`) authenticates and validates, then calls it
+//! with internal `POST /<op>` requests carrying the caller's account; every op
+//! but `create` answers 404 `computer_not_found` to any other account.
+//!
+//! Rules live in pure modules (`spec`, `grade`, `computer_receipts`,
+//! `generate`); this file only stores and sequences. Writes of one action are
+//! plain synchronous `sql.exec` calls with no `await` between them, so the
+//! runtime commits them together and no other request interleaves.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use worker::{
+    durable_object, DurableObject, Env, Request, Response, SqlStorage, SqlStorageValue, State,
+};
+
+use crate::api::error::ApiError;
+use crate::computers::generate::{self, FileToWrite};
+use crate::computers::receipts::{self, Receipt};
+use crate::computers::spec::{self, ComputerSpec, Criterion};
+use crate::platform::model::{self, ModelConfig};
+use crate::{common::canonical, common::time, computers::grade, platform::http};
+
+/// Header with the caller's account on internal requests from the Worker.
+pub const ACCOUNT_HEADER: &str = "x-cloudbox-account";
+/// Criteria without a `mustEvent` judged by the model per grade, at most.
+const MAX_JUDGED: usize = 8;
+/// Receipts summarized for the judge (the most recent ones).
+const JUDGE_RECEIPTS: usize = 200;
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, ord INTEGER NOT NULL, \
+     kind TEXT NOT NULL, state TEXT, description TEXT, depends_on TEXT, owner TEXT, \
+     content TEXT NOT NULL, source TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS writes (path TEXT PRIMARY KEY, content TEXT NOT NULL, ms INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS reveals (who TEXT PRIMARY KEY, ms INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS receipts (seq INTEGER PRIMARY KEY, ms INTEGER NOT NULL, \
+     ts TEXT NOT NULL, kind TEXT NOT NULL, payload TEXT NOT NULL, hash TEXT NOT NULL, \
+     prev_hash TEXT NOT NULL)",
+];
+
+#[durable_object]
+pub struct Computer {
+    env: Env,
+    sql: SqlStorage,
+}
+
+impl DurableObject for Computer {
+    fn new(state: State, env: Env) -> Self {
+        let sql = state.storage().sql();
+        for statement in SCHEMA {
+            if let Err(err) = sql.exec(statement, None) {
+                worker::console_error!("computer_do schema: {err}");
+            }
+        }
+        Self { env, sql }
+    }
+
+    async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
+        let request_id = req
+            .headers()
+            .get("x-request-id")?
+            .unwrap_or_else(|| "computer-do".to_string());
+        let result = self.handle(&mut req).await;
+        Ok(result.unwrap_or_else(|err| {
+            if let ApiError::Internal(detail) = &err {
+                worker::console_error!("computer_do [{request_id}]: {detail}");
+            }
+            http::error_response(&err, &request_id)
+        }))
+    }
+}
+
+// Rows as stored.
+#[derive(Deserialize)]
+struct FileRow {
+    path: String,
+    kind: String,
+    state: Option<String>,
+    description: Option<String>,
+    depends_on: Option<String>,
+    owner: Option<String>,
+    content: String,
+}
+
+#[derive(Deserialize)]
+struct WriteRow {
+    path: String,
+    content: String,
+}
+
+#[derive(Deserialize)]
+struct ReceiptRow {
+    seq: f64,
+    ms: f64,
+    ts: String,
+    kind: String,
+    payload: String,
+    hash: String,
+    prev_hash: String,
+}
+
+#[derive(Deserialize)]
+struct MetaRow {
+    v: String,
+}
+
+#[derive(Deserialize)]
+struct CountRow {
+    n: f64,
+}
+
+#[derive(Deserialize)]
+struct CreateBody {
+    id: String,
+    spec: Value,
+}
+
+#[derive(Deserialize)]
+struct PathBody {
+    path: String,
+}
+
+#[derive(Deserialize)]
+struct WriteBody {
+    path: String,
+    content: String,
+}
+
+#[derive(Deserialize)]
+struct AskBody {
+    who: String,
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct SubmitBody {
+    objective: String,
+    decision: Option<String>,
+    paths: Option<Vec<String>>,
+    notes: Option<String>,
+}
+
+fn opt(value: &Option<String>) -> SqlStorageValue {
+    match value {
+        Some(s) => s.as_str().into(),
+        None => SqlStorageValue::Null,
+    }
+}
+
+impl Computer {
+    async fn handle(&self, req: &mut Request) -> Result<Response, ApiError> {
+        let account = req
+            .headers()
+            .get(ACCOUNT_HEADER)?
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| ApiError::Internal("internal call without an account".into()))?;
+        let op = req.path().trim_start_matches('/').to_string();
+        let body: Value = req.json().await.unwrap_or(Value::Null);
+        if op == "create" {
+            return self.create(&account, serde_json::from_value(body)?).await;
+        }
+        let (id, spec) = self.owned_spec(&account)?;
+        match op.as_str() {
+            "files" => self.files(),
+            "read" => self.read(serde_json::from_value(body)?),
+            "write" => self.write(serde_json::from_value(body)?),
+            "ask" => self.ask(&spec, serde_json::from_value(body)?).await,
+            "submit" => self.submit(&spec, serde_json::from_value(body)?),
+            "receipts" => http::json(200, &json!({ "receipts": self.receipts()? })),
+            "grade" => self.grade(&spec).await,
+            "spec" => self.spec_view(&id),
+            "reset" => self.reset(&id),
+            _ => Err(ApiError::NotFound),
+        }
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<String>, ApiError> {
+        let rows: Vec<MetaRow> = self
+            .sql
+            .exec("SELECT v FROM meta WHERE k = ?", vec![key.into()])?
+            .to_array()?;
+        Ok(rows.into_iter().next().map(|r| r.v))
+    }
+
+    /// The computer's id and spec, if it exists and belongs to `account`;
+    /// otherwise 404 as if it did not exist.
+    fn owned_spec(&self, account: &str) -> Result<(String, ComputerSpec), ApiError> {
+        match self.meta("account")? {
+            Some(owner) if owner == account => {}
+            _ => return Err(ApiError::ComputerNotFound),
+        }
+        let id = self.meta("id")?.unwrap_or_default();
+        let text = self
+            .meta("spec")?
+            .ok_or_else(|| ApiError::Internal("computer without a spec".into()))?;
+        let value: Value = serde_json::from_str(&text)?;
+        let spec =
+            spec::parse(&value).map_err(|e| ApiError::Internal(format!("stored spec: {e}")))?;
+        Ok((id, spec))
+    }
+
+    fn created_response(id: &str, status: u16) -> Result<Response, ApiError> {
+        http::json(
+            status,
+            &json!({ "id": id, "baseUrl": format!("/api/c/{id}") }),
+        )
+    }
+
+    /// Materializes the spec once: 201 the first time, 200 after.
+    async fn create(&self, account: &str, body: CreateBody) -> Result<Response, ApiError> {
+        if let Some(owner) = self.meta("account")? {
+            return if owner == account {
+                Self::created_response(&body.id, 200)
+            } else {
+                Err(ApiError::Internal(
+                    "computer id collision across accounts".into(),
+                ))
+            };
+        }
+        let parsed = spec::parse(&body.spec)?;
+        let mut model_cfg = ModelConfig::from_env(&self.env);
+        let mut materialized: Vec<(String, String, &'static str)> = Vec::new();
+        for index in spec::materialization_order(&parsed.filesystem)? {
+            let file = &parsed.filesystem[index];
+            let (content, source) = match &file.content {
+                Some(content) => (content.clone(), "spec"),
+                None => {
+                    let deps = file
+                        .depends_on
+                        .iter()
+                        .filter_map(|d| {
+                            materialized
+                                .iter()
+                                .find(|(p, _, _)| p == d)
+                                .map(|(p, c, _)| (p.as_str(), c.as_str()))
+                        })
+                        .collect();
+                    let to_write = FileToWrite {
+                        role: &parsed.role,
+                        path: &file.path,
+                        kind: &file.kind,
+                        description: file.description.as_deref(),
+                        deps,
+                    };
+                    generate_file(&mut model_cfg, &to_write).await
+                }
+            };
+            materialized.push((file.path.clone(), content, source));
+        }
+        let mut private = Vec::new();
+        for collaborator in &parsed.collaborators {
+            for file in &collaborator.private_files {
+                let (content, source) = match &file.content {
+                    Some(content) => (content.clone(), "spec"),
+                    None => {
+                        let to_write = FileToWrite {
+                            role: &collaborator.role,
+                            path: &file.path,
+                            kind: &file.kind,
+                            description: file.description.as_deref(),
+                            deps: vec![],
+                        };
+                        generate_file(&mut model_cfg, &to_write).await
+                    }
+                };
+                private.push((collaborator.id.clone(), file, content, source));
+            }
+        }
+
+        // A concurrent create of the same spec may have finished meanwhile.
+        if self.meta("account")?.is_some() {
+            return Self::created_response(&body.id, 200);
+        }
+        let now = time::now_ms();
+        for (ord, file) in parsed.filesystem.iter().enumerate() {
+            let (content, source) = materialized
+                .iter()
+                .find(|(p, _, _)| *p == file.path)
+                .map(|(_, c, s)| (c.clone(), *s))
+                .unwrap_or_default();
+            let depends_on = (!file.depends_on.is_empty())
+                .then(|| serde_json::to_string(&file.depends_on))
+                .transpose()?;
+            self.sql.exec(
+                "INSERT INTO files (path, ord, kind, state, description, depends_on, owner, content, source) \
+                 VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?)",
+                vec![
+                    file.path.as_str().into(),
+                    (ord as i64).into(),
+                    file.kind.as_str().into(),
+                    opt(&file.state),
+                    opt(&file.description),
+                    opt(&depends_on),
+                    content.into(),
+                    source.into(),
+                ],
+            )?;
+        }
+        let base = parsed.filesystem.len();
+        for (i, (owner, file, content, source)) in private.into_iter().enumerate() {
+            self.sql.exec(
+                "INSERT INTO files (path, ord, kind, state, description, depends_on, owner, content, source) \
+                 VALUES (?, ?, ?, NULL, ?, NULL, ?, ?, ?)",
+                vec![
+                    file.path.as_str().into(),
+                    ((base + i) as i64).into(),
+                    file.kind.as_str().into(),
+                    opt(&file.description),
+                    owner.into(),
+                    content.into(),
+                    source.into(),
+                ],
+            )?;
+        }
+        for (k, v) in [
+            ("id", body.id.clone()),
+            ("spec", canonical::to_string(&body.spec)),
+            ("createdMs", now.to_string()),
+            ("account", account.to_string()),
+        ] {
+            self.sql.exec(
+                "INSERT INTO meta (k, v) VALUES (?, ?)",
+                vec![k.into(), v.into()],
+            )?;
+        }
+        Self::created_response(&body.id, 201)
+    }
+
+    fn revealed(&self) -> Result<Vec<String>, ApiError> {
+        #[derive(Deserialize)]
+        struct Who {
+            who: String,
+        }
+        let rows: Vec<Who> = self.sql.exec("SELECT who FROM reveals", None)?.to_array()?;
+        Ok(rows.into_iter().map(|r| r.who).collect())
+    }
+
+    /// Spec files the agent may see: all public ones, and private ones whose
+    /// owner has been asked.
+    fn visible_files(&self) -> Result<Vec<FileRow>, ApiError> {
+        let revealed = self.revealed()?;
+        let rows: Vec<FileRow> = self
+            .sql
+            .exec(
+                "SELECT path, kind, state, description, depends_on, owner, content FROM files ORDER BY ord",
+                None,
+            )?
+            .to_array()?;
+        Ok(rows
+            .into_iter()
+            .filter(|f| f.owner.as_ref().is_none_or(|o| revealed.contains(o)))
+            .collect())
+    }
+
+    fn writes(&self) -> Result<Vec<WriteRow>, ApiError> {
+        Ok(self
+            .sql
+            .exec("SELECT path, content FROM writes", None)?
+            .to_array()?)
+    }
+
+    fn files(&self) -> Result<Response, ApiError> {
+        let writes = self.writes()?;
+        let mut listed: Vec<Value> = Vec::new();
+        for file in self.visible_files()? {
+            if writes.iter().any(|w| w.path == file.path) {
+                continue; // the agent's write replaces it
+            }
+            let mut entry = json!({"path": file.path, "kind": file.kind});
+            if let Some(state) = file.state {
+                entry["state"] = json!(state);
+            }
+            if let Some(description) = file.description {
+                entry["description"] = json!(description);
+            }
+            if let Some(deps) = file.depends_on {
+                entry["dependsOn"] = serde_json::from_str(&deps)?;
+            }
+            listed.push(entry);
+        }
+        for write in writes {
+            listed.push(json!({"path": write.path, "kind": "agent-write"}));
+        }
+        listed.sort_by(|a, b| a["path"].as_str().cmp(&b["path"].as_str()));
+        http::json(200, &json!({ "files": listed }))
+    }
+
+    fn read(&self, body: PathBody) -> Result<Response, ApiError> {
+        let found = match self.writes()?.into_iter().find(|w| w.path == body.path) {
+            Some(write) => Some(("agent-write".to_string(), write.content)),
+            None => self
+                .visible_files()?
+                .into_iter()
+                .find(|f| f.path == body.path)
+                .map(|f| (f.kind, f.content)),
+        };
+        let (kind, content) = found.ok_or(ApiError::FileNotFound)?;
+        self.append("read", json!({ "path": body.path }))?;
+        http::json(
+            200,
+            &json!({"path": body.path, "kind": kind, "content": content}),
+        )
+    }
+
+    fn write(&self, body: WriteBody) -> Result<Response, ApiError> {
+        let bytes = body.content.len();
+        #[derive(Deserialize)]
+        struct Held {
+            files: f64,
+            bytes: f64,
+            replaced: Option<f64>,
+        }
+        let held: Vec<Held> = self
+            .sql
+            .exec(
+                "SELECT COUNT(*) AS files, COALESCE(SUM(LENGTH(CAST(content AS BLOB))), 0) AS bytes, \
+                 (SELECT LENGTH(CAST(content AS BLOB)) FROM writes WHERE path = ?) AS replaced \
+                 FROM writes",
+                vec![body.path.as_str().into()],
+            )?
+            .to_array()?;
+        if let Some(held) = held.first() {
+            crate::computers::spec::check_agent_write(
+                held.files as usize,
+                held.bytes as u64,
+                held.replaced.map(|b| b as u64),
+                bytes as u64,
+            )
+            .map_err(ApiError::ComputerFull)?;
+        }
+        let sha256 = canonical::sha256_hex(body.content.as_bytes());
+        self.sql.exec(
+            "INSERT INTO writes (path, content, ms) VALUES (?, ?, ?) \
+             ON CONFLICT(path) DO UPDATE SET content = excluded.content, ms = excluded.ms",
+            vec![
+                body.path.as_str().into(),
+                body.content.into(),
+                time::now_ms().into(),
+            ],
+        )?;
+        self.append(
+            "write",
+            json!({"path": body.path, "bytes": bytes, "sha256": sha256}),
+        )?;
+        http::json(200, &json!({"path": body.path, "written": bytes}))
+    }
+
+    async fn ask(&self, spec: &ComputerSpec, body: AskBody) -> Result<Response, ApiError> {
+        let collaborator = spec
+            .collaborators
+            .iter()
+            .find(|c| c.id == body.who)
+            .ok_or(ApiError::CollaboratorNotFound)?;
+        let first_ask = !self.revealed()?.contains(&collaborator.id);
+        let to_reveal: Vec<FileRow> = if first_ask {
+            let rows: Vec<FileRow> = self
+                .sql
+                .exec(
+                    "SELECT path, kind, state, description, depends_on, owner, content FROM files \
+                     WHERE owner = ? ORDER BY ord",
+                    vec![collaborator.id.as_str().into()],
+                )?
+                .to_array()?;
+            rows
+        } else {
+            Vec::new()
+        };
+        let revealed: Vec<String> = to_reveal.iter().map(|f| f.path.clone()).collect();
+        let shared: Vec<(&str, &str)> = to_reveal
+            .iter()
+            .map(|f| (f.path.as_str(), f.content.as_str()))
+            .collect();
+        let cfg = ModelConfig::from_env(&self.env);
+        let prompt = generate::reply_prompt(collaborator, &body.message, &shared);
+        let (reply, source) = match model::try_chat(cfg.as_ref(), &prompt, "reply").await {
+            Some(text) => (text, "model"),
+            None => (
+                generate::template_reply(collaborator, &body.message, &revealed),
+                "template",
+            ),
+        };
+        // Another ask may have revealed these files while the model answered.
+        let revealed = if first_ask && !self.revealed()?.contains(&collaborator.id) {
+            self.sql.exec(
+                "INSERT INTO reveals (who, ms) VALUES (?, ?)",
+                vec![collaborator.id.as_str().into(), time::now_ms().into()],
+            )?;
+            revealed
+        } else {
+            Vec::new()
+        };
+        self.append(
+            "ask",
+            json!({
+                "who": collaborator.id,
+                "message": body.message,
+                "reply": reply,
+                "revealed": revealed,
+                "source": source,
+            }),
+        )?;
+        let mut out = json!({
+            "from": collaborator.id,
+            "role": collaborator.role,
+            "reply": reply,
+            "revealed": revealed,
+        });
+        if let Some(style) = &collaborator.style {
+            out["style"] = json!(style);
+        }
+        http::json(200, &out)
+    }
+
+    fn submit(&self, spec: &ComputerSpec, body: SubmitBody) -> Result<Response, ApiError> {
+        if !spec.objectives.iter().any(|o| o.id == body.objective) {
+            return Err(ApiError::ObjectiveNotFound);
+        }
+        let mut payload = json!({ "objective": body.objective });
+        if let Some(decision) = body.decision {
+            payload["decision"] = json!(decision);
+        }
+        if let Some(paths) = body.paths {
+            payload["paths"] = json!(paths);
+        }
+        if let Some(notes) = body.notes {
+            payload["notes"] = json!(notes);
+        }
+        self.append("submit", payload)?;
+        http::json(200, &json!({"objective": body.objective, "accepted": true}))
+    }
+
+    fn receipts(&self) -> Result<Vec<Receipt>, ApiError> {
+        let rows: Vec<ReceiptRow> = self
+            .sql
+            .exec(
+                "SELECT seq, ms, ts, kind, payload, hash, prev_hash FROM receipts ORDER BY seq",
+                None,
+            )?
+            .to_array()?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(Receipt {
+                    seq: r.seq as u64,
+                    ts: r.ts,
+                    ms: r.ms as i64,
+                    kind: r.kind,
+                    payload: serde_json::from_str(&r.payload)?,
+                    hash: r.hash,
+                    prev_hash: r.prev_hash,
+                })
+            })
+            .collect()
+    }
+
+    /// Appends one receipt after the last one (synchronously: no other
+    /// request can slip in between reading the head and writing).
+    fn append(&self, kind: &str, payload: Value) -> Result<Receipt, ApiError> {
+        let head: Vec<ReceiptRow> = self
+            .sql
+            .exec(
+                "SELECT seq, ms, ts, kind, payload, hash, prev_hash FROM receipts ORDER BY seq DESC LIMIT 1",
+                None,
+            )?
+            .to_array()?;
+        let prev = head
+            .first()
+            .map(|r| (r.hash.as_str(), r.seq as u64, r.ms as i64));
+        let receipt = receipts::next_receipt(prev, time::now_ms(), kind, payload);
+        self.sql.exec(
+            "INSERT INTO receipts (seq, ms, ts, kind, payload, hash, prev_hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            vec![
+                (receipt.seq as i64).into(),
+                receipt.ms.into(),
+                receipt.ts.as_str().into(),
+                receipt.kind.as_str().into(),
+                canonical::to_string(&receipt.payload).into(),
+                receipt.hash.as_str().into(),
+                receipt.prev_hash.as_str().into(),
+            ],
+        )?;
+        Ok(receipt)
+    }
+
+    async fn grade(&self, spec: &ComputerSpec) -> Result<Response, ApiError> {
+        let receipts = self.receipts()?;
+        let mut result = grade::grade(&spec.rubric, &receipts);
+        if let Some(cfg) = ModelConfig::from_env(&self.env) {
+            let unjudged: Vec<&Criterion> = spec
+                .rubric
+                .iter()
+                .filter(|c| c.must_event.is_none())
+                .take(MAX_JUDGED)
+                .collect();
+            if !unjudged.is_empty() {
+                let actions = summarize(&receipts);
+                for criterion in unjudged {
+                    let prompt = generate::judge_prompt(&criterion.must, &actions);
+                    let verdict = model::try_chat(Some(&cfg), &prompt, "judge")
+                        .await
+                        .and_then(|text| generate::parse_verdict(&text));
+                    match verdict {
+                        Some((pass, reason)) => result.apply_judgment(&criterion.id, pass, reason),
+                        None => break, // the model is down: the rest stay ungraded
+                    }
+                }
+            }
+        }
+        self.append(
+            "grade",
+            json!({
+                "score": result.score,
+                "max": result.max,
+                "totalWeight": result.total_weight,
+                "passed": result.passed,
+                "failed": result.failed,
+                "ungraded": result.ungraded,
+                "judged": result.judged,
+            }),
+        )?;
+        http::json(200, &result)
+    }
+
+    fn spec_view(&self, id: &str) -> Result<Response, ApiError> {
+        let text = self.meta("spec")?.unwrap_or_else(|| "null".into());
+        let created_ms: i64 = self
+            .meta("createdMs")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default();
+        let spec: Value = serde_json::from_str(&text)?;
+        http::json(
+            200,
+            &json!({"id": id, "createdAt": time::rfc3339(created_ms), "spec": spec}),
+        )
+    }
+
+    fn reset(&self, id: &str) -> Result<Response, ApiError> {
+        let cleared: Vec<CountRow> = self
+            .sql
+            .exec("SELECT COUNT(*) AS n FROM receipts", None)?
+            .to_array()?;
+        for table in ["receipts", "writes", "reveals"] {
+            self.sql.exec(&format!("DELETE FROM {table}"), None)?;
+        }
+        let cleared = cleared.first().map(|r| r.n as u64).unwrap_or(0);
+        http::json(
+            200,
+            &json!({"id": id, "reset": true, "clearedReceipts": cleared}),
+        )
+    }
+}
+
+/// A file's content from the model, else the template. After one model
+/// failure the rest of this materialization uses templates, so a dead
+/// endpoint costs one timeout, not one per file.
+async fn generate_file(
+    cfg: &mut Option<ModelConfig>,
+    file: &FileToWrite<'_>,
+) -> (String, &'static str) {
+    let prompt = generate::file_prompt(file);
+    match model::try_chat(cfg.as_ref(), &prompt, "file").await {
+        Some(text) => (text, "model"),
+        None => {
+            *cfg = None;
+            (generate::template_file(file), "template")
+        }
+    }
+}
+
+/// One line per receipt (the most recent ones), for the judge.
+fn summarize(receipts: &[Receipt]) -> String {
+    let start = receipts.len().saturating_sub(JUDGE_RECEIPTS);
+    receipts[start..]
+        .iter()
+        .filter(|r| r.kind != "grade")
+        .map(|r| {
+            let payload = canonical::to_string(&r.payload);
+            let short: String = payload.chars().take(300).collect();
+            format!("{} {} {}", r.seq, r.kind, short)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

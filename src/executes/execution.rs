@@ -1,0 +1,380 @@
+//! The rules of one `/execute` (pure): its states, how a task's end maps to
+//! a state, what it is charged, and the body the API answers.
+
+use serde::{Deserialize, Serialize};
+
+use crate::billing::rules::{self, Pricing};
+use crate::executes::agent_events::TokenUsage;
+use crate::runner::lifecycle::RunnerReceipt;
+use crate::wire::receipts::Receipt;
+use crate::wire::TaskResult;
+
+/// At most this many executes wait behind the running one of a workspace.
+pub const MAX_QUEUED: usize = 8;
+/// An execute that waited longer than this in its workspace's queue is
+/// failed instead of started: its hold was sized for its own run, not for
+/// an unbounded wait.
+pub const MAX_QUEUE_WAIT_MS: i64 = 30 * 60_000;
+/// Time a hold must cover beyond the task's timeout: the queue wait, the
+/// sync both ways and the commit.
+pub const HOLD_GRACE_MS: i64 = MAX_QUEUE_WAIT_MS + 10 * 60_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecStatus {
+    Queued,
+    Running,
+    /// The agent is done and its result is being stored and committed
+    /// (internal: a cancel now waits for the outcome instead of ending it).
+    Saving,
+    Succeeded,
+    /// The agent exited non-zero, the model failed, or the sync failed.
+    Failed,
+    Cancelled,
+    /// The metered cost reached the hold (or `maxCostUsd`).
+    Stopped,
+    TimedOut,
+    /// The runner died or restarted mid-task.
+    ContainerLost,
+}
+
+impl ExecStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecStatus::Queued => "queued",
+            ExecStatus::Running => "running",
+            ExecStatus::Saving => "saving",
+            ExecStatus::Succeeded => "succeeded",
+            ExecStatus::Failed => "failed",
+            ExecStatus::Cancelled => "cancelled",
+            ExecStatus::Stopped => "stopped",
+            ExecStatus::TimedOut => "timed_out",
+            ExecStatus::ContainerLost => "container_lost",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        use ExecStatus::*;
+        [
+            Queued,
+            Running,
+            Saving,
+            Succeeded,
+            Failed,
+            Cancelled,
+            Stopped,
+            TimedOut,
+            ContainerLost,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(
+            self,
+            ExecStatus::Queued | ExecStatus::Running | ExecStatus::Saving
+        )
+    }
+}
+
+/// How a task that reached its end came out.
+pub fn outcome(result: &TaskResult) -> ExecStatus {
+    if result.ok {
+        ExecStatus::Succeeded
+    } else if result.stopped_at_cap {
+        ExecStatus::Stopped
+    } else if result.cancelled {
+        ExecStatus::Cancelled
+    } else if result.timed_out {
+        ExecStatus::TimedOut
+    } else {
+        ExecStatus::Failed
+    }
+}
+
+/// What the metered tokens cost, and what is charged: never more than the
+/// hold (the agent is stopped at it; a last response may overshoot).
+pub fn charge_micros(
+    pricing: &Pricing,
+    usage: &TokenUsage,
+    hold_micros: Option<i64>,
+) -> (i64, i64) {
+    let cost = pricing.cost_micros(usage.input_tokens, usage.output_tokens);
+    let charged = match hold_micros {
+        Some(hold) => rules::settle_charge(hold, cost),
+        None => cost,
+    };
+    (cost, charged)
+}
+
+/// What the Worker hands the workspace's Durable Object to start an execute
+/// (after validation and the hold).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecStart {
+    pub run_id: String,
+    pub account_id: String,
+    pub key_id: String,
+    /// `standard` or `internal`.
+    pub key_type: String,
+    pub workspace_id: String,
+    pub task: String,
+    /// A session named by the request (else the workspace's own).
+    pub session_id: Option<String>,
+    pub timeout_ms: u64,
+    /// The hold taken for this execute (standard keys).
+    pub hold_id: Option<String>,
+    pub hold_micros: i64,
+    pub hold_expires_ms: i64,
+    /// Stop the agent once its metered cost reaches this: the hold, or
+    /// `maxCostUsd` for an internal key that gave one.
+    pub cap_micros: Option<i64>,
+    /// `false`: refuse (409 `workspace_busy`) instead of queueing.
+    pub wait: bool,
+    /// The request's `Idempotency-Key` and when it was claimed: the DO
+    /// records the outcome for replay itself, so a client that disconnected
+    /// mid-execute gets it on retry instead of a second run.
+    #[serde(default)]
+    pub idempotency: Option<(String, i64)>,
+}
+
+/// The `Idempotency-Key` scope of `POST /execute`.
+pub const IDEMPOTENCY_SCOPE: &str = "execute";
+
+/// The cost cap the agent is stopped at.
+pub fn cap_micros(hold_micros: Option<i64>, requested: Option<i64>) -> Option<i64> {
+    hold_micros.or(requested)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageBody {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
+    /// USD.
+    pub total_cost: f64,
+}
+
+impl UsageBody {
+    pub fn new(usage: &TokenUsage, cost_micros: i64) -> Self {
+        Self {
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            total_tokens: usage.total(),
+            total_cost: rules::micros_to_usd(cost_micros),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BillingBody {
+    pub balance_after: f64,
+    pub total_spent: f64,
+}
+
+/// The answer of `POST /execute` (200 when `ok`, else 422 with `error` and
+/// `message` set), also the data of the SSE `result` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub ok: bool,
+    pub status: ExecStatus,
+    pub output: String,
+    pub run_id: String,
+    pub session_id: Option<String>,
+    pub workspace_id: String,
+    /// The version the execute committed, else the workspace's version.
+    pub version: u64,
+    pub changed_files: Vec<String>,
+    /// What the agent consumed; `totalCost` is what it cost at the price,
+    /// `billing` what was charged (capped at the hold).
+    pub usage: UsageBody,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing: Option<BillingBody>,
+    pub receipts: Vec<Receipt>,
+    /// The container's lifecycle during this execute (`ready` names the
+    /// container that did the work; a reused one has no `container.start`).
+    #[serde(default)]
+    pub runner_receipts: Vec<RunnerReceipt>,
+}
+
+impl ExecutionBody {
+    pub fn http_status(&self) -> u16 {
+        if self.ok {
+            200
+        } else {
+            422
+        }
+    }
+}
+
+/// The `error`/`message` pair of a body that is not ok.
+pub fn failure(status: ExecStatus, detail: Option<&str>) -> Option<(String, String)> {
+    let why = match status {
+        ExecStatus::Succeeded | ExecStatus::Queued | ExecStatus::Running | ExecStatus::Saving => {
+            return None
+        }
+        ExecStatus::Failed => "the agent failed",
+        ExecStatus::Cancelled => "the execute was cancelled",
+        ExecStatus::Stopped => "stopped: the metered cost reached the hold",
+        ExecStatus::TimedOut => "the agent ran past timeoutMs",
+        ExecStatus::ContainerLost => "the runner was lost mid-task",
+    };
+    // The runner's own words add to a failure; for the other endings they
+    // only repeat the status.
+    let message = match detail {
+        Some(d)
+            if matches!(status, ExecStatus::Failed | ExecStatus::ContainerLost)
+                && !d.is_empty() =>
+        {
+            format!("{why}: {d}")
+        }
+        _ => why.to_string(),
+    };
+    Some((
+        "execution_failed".to_string(),
+        message + "; nothing was committed",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result() -> TaskResult {
+        TaskResult {
+            ok: true,
+            output: String::new(),
+            thread_id: None,
+            usage: TokenUsage::default(),
+            cost_micros: 0,
+            files: vec![],
+            session: vec![],
+            exit_code: Some(0),
+            stopped_at_cap: false,
+            cancelled: false,
+            timed_out: false,
+            error: None,
+            container_ms: 0,
+        }
+    }
+
+    #[test]
+    fn outcomes_name_why_a_task_is_not_ok() {
+        assert_eq!(outcome(&result()), ExecStatus::Succeeded);
+        let not_ok = TaskResult {
+            ok: false,
+            ..result()
+        };
+        assert_eq!(outcome(&not_ok), ExecStatus::Failed);
+        let capped = TaskResult {
+            stopped_at_cap: true,
+            cancelled: true,
+            ..not_ok.clone()
+        };
+        assert_eq!(outcome(&capped), ExecStatus::Stopped);
+        let cancelled = TaskResult {
+            cancelled: true,
+            ..not_ok.clone()
+        };
+        assert_eq!(outcome(&cancelled), ExecStatus::Cancelled);
+        let timed_out = TaskResult {
+            timed_out: true,
+            ..not_ok
+        };
+        assert_eq!(outcome(&timed_out), ExecStatus::TimedOut);
+    }
+
+    #[test]
+    fn the_charge_is_the_metered_cost_capped_at_the_hold() {
+        let usage = TokenUsage {
+            input_tokens: 6548,
+            output_tokens: 108,
+            ..TokenUsage::default()
+        };
+        let p = Pricing::DEFAULT;
+        assert_eq!(charge_micros(&p, &usage, None), (103_080, 103_080));
+        assert_eq!(charge_micros(&p, &usage, Some(200_000)), (103_080, 103_080));
+        assert_eq!(charge_micros(&p, &usage, Some(50_000)), (103_080, 50_000));
+    }
+
+    #[test]
+    fn statuses_round_trip_and_only_three_are_open() {
+        for s in [
+            "queued",
+            "running",
+            "saving",
+            "succeeded",
+            "failed",
+            "cancelled",
+            "stopped",
+            "timed_out",
+            "container_lost",
+        ] {
+            let st = ExecStatus::parse(s).unwrap();
+            assert_eq!(st.as_str(), s);
+            assert_eq!(serde_json::to_value(st).unwrap(), s);
+            assert_eq!(
+                st.is_terminal(),
+                !matches!(
+                    st,
+                    ExecStatus::Queued | ExecStatus::Running | ExecStatus::Saving
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn failures_say_nothing_was_committed() {
+        assert_eq!(failure(ExecStatus::Succeeded, None), None);
+        let (code, msg) = failure(ExecStatus::Failed, Some("exit 2")).unwrap();
+        assert_eq!(code, "execution_failed");
+        assert_eq!(msg, "the agent failed: exit 2; nothing was committed");
+        let (_, msg) = failure(ExecStatus::Stopped, Some("stopped: cap")).unwrap();
+        assert_eq!(
+            msg,
+            "stopped: the metered cost reached the hold; nothing was committed"
+        );
+    }
+
+    #[test]
+    fn bodies_use_the_contract_names() {
+        let body = ExecutionBody {
+            error: None,
+            message: None,
+            ok: true,
+            status: ExecStatus::Succeeded,
+            output: "done".into(),
+            run_id: "exe_1".into(),
+            session_id: Some("th".into()),
+            workspace_id: "w".into(),
+            version: 2,
+            changed_files: vec!["a".into()],
+            usage: UsageBody::new(
+                &TokenUsage {
+                    input_tokens: 6548,
+                    output_tokens: 108,
+                    ..TokenUsage::default()
+                },
+                103_080,
+            ),
+            billing: None,
+            receipts: vec![],
+            runner_receipts: vec![],
+        };
+        let v = serde_json::to_value(&body).unwrap();
+        assert_eq!(v["runId"], "exe_1");
+        assert_eq!(v["changedFiles"][0], "a");
+        assert_eq!(v["usage"]["totalTokens"], 6656);
+        assert_eq!(v["usage"]["totalCost"], 0.10308);
+        assert!(v.get("billing").is_none() && v.get("error").is_none());
+        assert_eq!(body.http_status(), 200);
+    }
+}

@@ -1,0 +1,5 @@
+//! The Worker's glue to the platform, shared by every domain.
+
+pub mod config;
+pub mod http;
+pub mod model;

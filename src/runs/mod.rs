@@ -1,0 +1,12 @@
+//! Repo runs: validation (`spec`), metering (`billing`, its D1 glue), the
+//! routes, and the run's DO side under `durable/`.
+
+pub mod billing;
+pub mod spec;
+
+#[cfg(feature = "worker-runtime")]
+pub(crate) mod billing_d1;
+#[cfg(feature = "worker-runtime")]
+pub(crate) mod durable;
+#[cfg(feature = "worker-runtime")]
+pub(crate) mod routes;

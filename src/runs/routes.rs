@@ -1,0 +1,320 @@
+//! Repo runs: `POST /api/runs`, `GET /api/runs`, `GET /api/runs/:id`,
+//! `GET /api/runs/:id/events`, `GET /api/runs/:id/verify`,
+//! `POST /api/runs/:id/cancel`, `DELETE /api/runs/:id`.
+//!
+//! The Worker authenticates and validates; each run is one CloudboxRunner
+//! DO (named by the run id) that owns its state and checks the account.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use worker::{Method, Request, Response};
+
+use crate::api::auth::{self, Caller};
+use crate::api::dispatch::Ctx;
+use crate::api::error::{ApiError, FieldError};
+use crate::api::idempotency::{self, Slot};
+use crate::api::idempotency_d1;
+use crate::keys::api_key::Permission;
+use crate::runner::events::{parse_limit, ListCursor};
+use crate::wire::RunStart;
+use crate::{common::ids, platform::http, runs::billing_d1, runs::spec};
+
+async fn caller(req: &Request, ctx: &Ctx<'_>, permission: Permission) -> Result<Caller, ApiError> {
+    let caller = auth::authenticate(req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
+    caller.require(permission)?;
+    Ok(caller)
+}
+
+/// Sends one internal request to the run's DO.
+async fn to_run_do(
+    ctx: &Ctx<'_>,
+    caller: &Caller,
+    run_id: &str,
+    method: Method,
+    path_and_query: &str,
+    body: Option<String>,
+) -> Result<Response, ApiError> {
+    let name = format!("run:{run_id}");
+    crate::runner::durable::call(
+        ctx.env,
+        &name,
+        &caller.account_id,
+        ctx.request_id,
+        method,
+        path_and_query,
+        body,
+    )
+    .await
+}
+
+/// Run ids are ours (`run_` + hex); anything else cannot exist.
+fn run_id<'a>(ctx: &'a Ctx<'_>) -> Result<&'a str, ApiError> {
+    let id = ctx.param("id")?;
+    // Checked before any Durable Object is touched, so probing random ids
+    // cannot create empty objects.
+    if ids::has_shape(id, "run_") {
+        Ok(id)
+    } else {
+        Err(ApiError::RunNotFound)
+    }
+}
+
+/// A first `POST /api/runs` with an `Idempotency-Key` is "in flight" for
+/// as long as its run may last, plus this; then a retry may take it over.
+const IDEM_STALE_GRACE_MS: i64 = 60_000;
+
+/// `POST /api/runs`. With `Idempotency-Key` (JSON form only): a retry with
+/// the same body replays the first answer and starts nothing.
+pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    let caller = caller(&req, ctx, Permission::Execute).await?;
+    let idem_key = idempotency_d1::header_key(&req)?;
+    let sse = http::wants_sse(&req);
+    if idem_key.is_some() && sse {
+        return Err(ApiError::ValidationFailed(vec![FieldError::new(
+            "Idempotency-Key",
+            "not supported with accept: text/event-stream; send it with the JSON form, \
+             or follow a started run with GET /api/runs/{id}/events",
+        )]));
+    }
+    let bytes = http::read_body(&mut req, http::MAX_JSON_BYTES).await?;
+    let spec = parse_spec(&bytes);
+    let Some(idem) = idem_key else {
+        return start_run(ctx, &caller, spec?, sse).await;
+    };
+    let db = ctx.env.d1("DB")?;
+    let stale_after = match &spec {
+        Ok(spec) => spec.deadline_ms() as i64 + IDEM_STALE_GRACE_MS,
+        Err(_) => IDEM_STALE_GRACE_MS,
+    };
+    let slot = Slot {
+        account_id: caller.account_id.clone(),
+        scope: "runs.create",
+        key: idem,
+    };
+    let fp = idempotency::fingerprint("POST", "/api/runs", &bytes);
+    idempotency_d1::once(
+        &db,
+        slot,
+        &fp,
+        ctx.now_ms,
+        stale_after,
+        ctx.request_id,
+        |_| {
+            let caller = &caller;
+            async move { start_run(ctx, caller, spec?, false).await }
+        },
+    )
+    .await
+}
+
+fn parse_spec(bytes: &[u8]) -> Result<spec::RunSpec, ApiError> {
+    let body = http::parse_json_value(bytes)?;
+    spec::validate(&body)
+}
+
+/// Billing first (budget checks, the hold: a refusal starts nothing), then
+/// the run's DO. The DO settles the hold when the run ends.
+async fn start_run(
+    ctx: &Ctx<'_>,
+    caller: &Caller,
+    spec: spec::RunSpec,
+    sse: bool,
+) -> Result<Response, ApiError> {
+    let run_id = ids::new_id("run_")?;
+    let db = ctx.env.d1("DB")?;
+    let (billing, deadline_ms) = billing_d1::begin(
+        &db,
+        ctx.env,
+        caller,
+        &run_id,
+        spec.deadline_ms() as i64,
+        ctx.now_ms,
+    )
+    .await?;
+    let start = RunStart {
+        run_id: run_id.clone(),
+        repo: spec.repo,
+        git_ref: spec.git_ref,
+        commands: spec.commands,
+        verify: spec.verify,
+        artifact: spec.artifact,
+        timeout_ms: spec.timeout_ms,
+        env: spec.env,
+    };
+    let body = json!({
+        "accountId": caller.account_id,
+        "keyId": caller.key_id,
+        "spec": start,
+        "deadlineMs": deadline_ms.max(0),
+        "billing": billing,
+    });
+    let respond = if sse { "events" } else { "result" };
+    let sent = to_run_do(
+        ctx,
+        caller,
+        &run_id,
+        Method::Post,
+        &format!("/runs/{run_id}/start?respond={respond}"),
+        Some(body.to_string()),
+    )
+    .await;
+    let failed = match &sent {
+        Ok(resp) => resp.status_code() >= 500,
+        Err(_) => true,
+    };
+    if failed && billing.hold_id.is_some() && !run_exists(&db, &run_id).await.unwrap_or(true) {
+        // The run never came into being: give the hold back now.
+        if let Err(err) = billing_d1::release(&db, &billing, ctx.now_ms).await {
+            worker::console_error!("runs: release of the hold of {run_id}: {err}");
+        }
+    }
+    sent
+}
+
+async fn run_exists(db: &worker::D1Database, run_id: &str) -> Result<bool, ApiError> {
+    let row: Option<Value> = db
+        .prepare("SELECT 1 AS one FROM runs WHERE id = ?1")
+        .bind(&[run_id.into()])?
+        .first(None)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// The run-scoped routes that only forward to the run's DO: check the key
+/// and the id, then `method /runs/{id}{suffix}`.
+async fn forward(
+    req: &Request,
+    ctx: &Ctx<'_>,
+    permission: Permission,
+    method: Method,
+    suffix: &str,
+) -> Result<Response, ApiError> {
+    let caller = caller(req, ctx, permission).await?;
+    let id = run_id(ctx)?;
+    to_run_do(
+        ctx,
+        &caller,
+        id,
+        method,
+        &format!("/runs/{id}{suffix}"),
+        None,
+    )
+    .await
+}
+
+pub async fn get(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    forward(&req, ctx, Permission::Read, Method::Get, "").await
+}
+
+pub async fn events(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    let caller = caller(&req, ctx, Permission::Read).await?;
+    let id = run_id(ctx)?;
+    // `Last-Event-ID` (what EventSource sends on reconnect) wins over `?after=`.
+    let after = match req.headers().get("last-event-id")? {
+        Some(last) => Some(last),
+        None => http::query(&req, "after")?,
+    };
+    let after = crate::runner::events::parse_last_event_id(after.as_deref());
+    to_run_do(
+        ctx,
+        &caller,
+        id,
+        Method::Get,
+        &format!("/runs/{id}/events?after={after}"),
+        None,
+    )
+    .await
+}
+
+pub async fn verify(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    forward(&req, ctx, Permission::Read, Method::Get, "/verify").await
+}
+
+pub async fn cancel(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    forward(&req, ctx, Permission::Execute, Method::Post, "/cancel").await
+}
+
+pub async fn delete(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    forward(&req, ctx, Permission::Execute, Method::Delete, "").await
+}
+
+#[derive(Deserialize)]
+struct ListRow {
+    id: String,
+    repo: String,
+    git_ref: Option<String>,
+    status: String,
+    ok: Option<f64>,
+    container_ms: Option<f64>,
+    created_at: f64,
+    finished_at: Option<f64>,
+}
+
+pub async fn list(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    let caller = caller(&req, ctx, Permission::Read).await?;
+    let limit = parse_limit(http::query(&req, "limit")?.as_deref())
+        .map_err(|m| ApiError::ValidationFailed(vec![FieldError::new("limit", m)]))?;
+    let cursor = match http::query(&req, "cursor")? {
+        None => None,
+        Some(text) => Some(ListCursor::decode(&text).ok_or_else(|| {
+            ApiError::ValidationFailed(vec![FieldError::new(
+                "cursor",
+                "not a cursor from this API",
+            )])
+        })?),
+    };
+    let db = ctx.env.d1("DB")?;
+    let (created, id) = match &cursor {
+        Some(c) => (c.created_ms as f64, c.run_id.clone()),
+        None => (f64::MAX, String::new()),
+    };
+    let rows: Vec<ListRow> = db
+        .prepare(
+            "SELECT id, repo, git_ref, status, ok, container_ms, created_at, finished_at FROM runs \
+             WHERE account_id = ?1 AND (?2 = 0 OR created_at < ?3 OR (created_at = ?3 AND id < ?4)) \
+             ORDER BY created_at DESC, id DESC LIMIT ?5",
+        )
+        .bind(&[
+            caller.account_id.as_str().into(),
+            (cursor.is_some() as i32).into(),
+            created.into(),
+            id.as_str().into(),
+            (limit + 1).into(),
+        ])?
+        .all()
+        .await?
+        .results()?;
+    let more = rows.len() > limit as usize;
+    let page = &rows[..rows.len().min(limit as usize)];
+    let next = if more {
+        page.last().map(|r| {
+            ListCursor {
+                created_ms: r.created_at as i64,
+                run_id: r.id.clone(),
+            }
+            .encode()
+        })
+    } else {
+        None
+    };
+    let runs: Vec<_> = page
+        .iter()
+        .map(|r| {
+            let terminal = crate::wire::RunStatus::parse(&r.status).is_some_and(|s| s.is_terminal());
+            json!({
+                "runId": r.id,
+                "repo": r.repo,
+                "ref": r.git_ref,
+                "status": r.status,
+                "ok": if terminal { json!(r.ok.unwrap_or(0.0) != 0.0) } else { serde_json::Value::Null },
+                "containerMs": r.container_ms.map(|m| m as u64),
+                "createdAt": crate::common::time::rfc3339(r.created_at as i64),
+                "finishedAt": r.finished_at.map(|m| crate::common::time::rfc3339(m as i64)),
+            })
+        })
+        .collect();
+    http::json(
+        200,
+        &json!({"runs": runs, "nextCursor": next, "limit": limit}),
+    )
+}
