@@ -7,8 +7,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use cloudbox::computers::receipts::{next_receipt, Receipt};
 use cloudbox::computers::grade::grade;
+use cloudbox::computers::receipts::{next_receipt, Receipt};
 use cloudbox::computers::spec::{Criterion, MustEvent};
 use serde_json::json;
 

@@ -4,8 +4,9 @@
 
 mod common;
 
-use cloudbox::billing::ledger_sql::{self as sql, Arg, Stmt};
+use cloudbox::billing::ledger_sql::{self as sql};
 use cloudbox::billing::rules::{self, BudgetRefusal, BudgetState};
+use cloudbox::common::sql::{Arg, Stmt};
 use cloudbox::keys::api_key::KeyType;
 use common::*;
 use serde_json::{json, Value};

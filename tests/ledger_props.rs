@@ -16,8 +16,9 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use cloudbox::billing::ledger_sql::{self as sql, Arg, ReleaseKind, Stmt, Usage};
+use cloudbox::billing::ledger_sql::{self as sql, ReleaseKind, Usage};
 use cloudbox::billing::rules::{self, BudgetState};
+use cloudbox::common::sql::{Arg, Stmt};
 use cloudbox::keys::api_key::KeyType;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -92,7 +93,7 @@ fn open_db(daily: Option<i64>, monthly: Option<i64>) -> Connection {
     }
     run(
         &db,
-        &[sql::Stmt {
+        &[Stmt {
             sql: sql::ENSURE_ACCOUNT,
             args: vec![ACCOUNT.into(), 0i64.into()],
         }],

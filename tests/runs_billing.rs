@@ -279,6 +279,47 @@ fn a_retry_while_the_first_run_is_going_is_409_in_flight() {
 }
 
 #[test]
+fn a_client_that_hangs_up_gets_the_outcome_on_retry_without_a_second_run() {
+    let (key, key_id) = key("standard");
+    credit(&key_id, 5.0);
+    let repo = fixture_repo("acme", "hangup", &[("README.md", "hi\n")]);
+    let body =
+        json!({"repo": repo, "commands": ["sleep 3"], "verify": ["true"], "timeoutMs": 10000});
+    // The client gives up after 1 s; the run goes on in its DO.
+    let impatient = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(1))
+        .build();
+    let first = impatient
+        .post(&format!("{}/api/runs", current().base))
+        .set("authorization", &format!("Bearer {key}"))
+        .set("idempotency-key", "hangup-1")
+        .send_json(body.clone());
+    assert!(first.is_err(), "the first call was meant to time out");
+    // The run's outcome is recorded for the key by the DO when it ends.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let replay = loop {
+        let resp = post_run(&key, &body, Some("hangup-1"));
+        if resp.status != 409 || Instant::now() > deadline {
+            break resp;
+        }
+        assert_eq!(resp.json()["error"], "in_flight", "{}", resp.text);
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(replay.status, 200, "{}", replay.text);
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replay.json()["status"], "passed", "{}", replay.text);
+    let listed = runs(&key);
+    assert_eq!(listed.len(), 1, "one run: {listed:?}");
+    assert_eq!(replay.json()["runId"], listed[0]["runId"]);
+    wait_for_usage(&key);
+    let holds = transactions(&key)
+        .iter()
+        .filter(|t| t["type"] == "hold")
+        .count();
+    assert_eq!(holds, 1, "one hold");
+}
+
+#[test]
 fn a_key_at_its_daily_limit_is_refused_with_429_before_any_work() {
     let (key, key_id) = key("standard");
     credit(&key_id, 5.0);

@@ -9,7 +9,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::billing::ledger_sql::{Arg, Stmt};
+use crate::common::sql::{Arg, Stmt};
 
 /// Replays are possible for a day.
 pub const RECORD_TTL_MS: i64 = 24 * 3_600_000;

@@ -1,5 +1,6 @@
-//! `Idempotency-Key` on D1, for any surface (credits now; /execute and
-//! /api/runs later):
+//! `Idempotency-Key` on D1, for any surface (credits, /execute, /api/runs;
+//! the last two hand the claim to their DO, which records the outcome when
+//! the work ends, with `record_outcome`):
 //!
 //! ```text
 //! let claim = match idempotency_d1::begin(&req_parts…).await? {
@@ -128,16 +129,29 @@ pub async fn finish(
         Ok((status, body)) => (*status, body.clone()),
         Err(err) => (err.status(), err.body(request_id)),
     };
-    let stmt = if idempotency::should_store(status) {
-        claim
-            .slot
-            .finish(status, &body.to_string(), claim.claimed_at)
-    } else {
-        claim.slot.abandon(claim.claimed_at)
-    };
-    crate::billing::ledger_d1::bind(db, &stmt)?.run().await?;
+    record_outcome(db, &claim.slot, claim.claimed_at, status, &body.to_string()).await?;
     let (status, body) = outcome?;
     http::json(status, &body)
+}
+
+/// Records the outcome of a key claimed by a request from the Durable
+/// Object that did the work, once the work is over: the DO outlives the
+/// request, so a client that hung up finds the outcome on its retry. The
+/// request's own `finish` may write the same outcome too.
+pub async fn record_outcome(
+    db: &D1Database,
+    slot: &Slot,
+    claimed_at: i64,
+    status: u16,
+    body: &str,
+) -> Result<(), ApiError> {
+    let stmt = if idempotency::should_store(status) {
+        slot.finish(status, body, claimed_at)
+    } else {
+        slot.abandon(claimed_at)
+    };
+    crate::billing::ledger_d1::bind(db, &stmt)?.run().await?;
+    Ok(())
 }
 
 /// The whole `Idempotency-Key` cycle around one piece of work: a replay

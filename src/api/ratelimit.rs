@@ -8,7 +8,7 @@
 //! requests (`POST /execute`, `POST /api/runs`) also per IP in their own
 //! bucket (`RATE_LIMIT_RUNS`); and per key when the key has a `rateLimit`.
 
-use crate::billing::ledger_sql::{Arg, Stmt};
+use crate::common::sql::{Arg, Stmt};
 
 /// Which buckets a request counts against; a function of the route only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

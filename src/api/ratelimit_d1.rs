@@ -9,7 +9,7 @@ use crate::api::auth;
 use crate::api::error::ApiError;
 use crate::api::ratelimit::{self, Count, Limits, RouteClass, Verdict};
 use crate::billing::ledger_d1::bind;
-use crate::billing::ledger_sql::{Arg, Stmt};
+use crate::common::sql::{Arg, Stmt};
 use crate::keys::api_key;
 use crate::platform::config::{env_string, Config};
 

@@ -17,9 +17,10 @@ use worker::{wasm_bindgen::JsValue, D1Database, D1PreparedStatement, Env};
 
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
-use crate::billing::ledger_sql::{self as sql, Arg, ReleaseKind, Stmt, Usage};
+use crate::billing::ledger_sql::{self as sql, ReleaseKind, Usage};
 use crate::billing::rules::{self, BudgetState, Pricing};
 use crate::common::ids;
+use crate::common::sql::{Arg, Stmt};
 use crate::keys::api_key::KeyType;
 use crate::platform::config::env_string;
 
@@ -243,7 +244,7 @@ pub async fn finish_run(
                 hold_id: &hold.hold_id,
                 usage_entry_id: &ids::new_id("txn_")?,
                 release_entry_id: &ids::new_id("txn_")?,
-                usage_event_id: &ids::new_id("use_")?,
+                usage_event_id: &sql::usage_event_id(run_id),
                 usage,
                 description: "run usage",
                 now_ms,
@@ -257,7 +258,7 @@ pub async fn finish_run(
     run_plan_unguarded(
         db,
         &sql::record_usage_plan(&sql::UsageRecord {
-            event_id: &ids::new_id("use_")?,
+            event_id: &sql::usage_event_id(run_id),
             account_id: &caller.account_id,
             key_id: &caller.key_id,
             run_id: Some(run_id),

@@ -10,44 +10,7 @@
 //! reports whether it does. A failed guard thus changes nothing, and a
 //! hold can be resolved only while its status is still `held`.
 
-/// One bound argument (D1 numbers are doubles: micro-dollars stay < 2^53).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Arg {
-    Int(i64),
-    Text(String),
-    Null,
-}
-
-impl From<i64> for Arg {
-    fn from(n: i64) -> Self {
-        Arg::Int(n)
-    }
-}
-impl From<&str> for Arg {
-    fn from(s: &str) -> Self {
-        Arg::Text(s.to_string())
-    }
-}
-impl From<&String> for Arg {
-    fn from(s: &String) -> Self {
-        Arg::Text(s.clone())
-    }
-}
-impl From<Option<&str>> for Arg {
-    fn from(s: Option<&str>) -> Self {
-        s.map(Arg::from).unwrap_or(Arg::Null)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stmt {
-    pub sql: &'static str,
-    pub args: Vec<Arg>,
-}
-
-fn stmt(sql: &'static str, args: Vec<Arg>) -> Stmt {
-    Stmt { sql, args }
-}
+use crate::common::sql::{stmt, Stmt};
 
 /// The last statement of every plan answers one row `{applied: 0|1}`.
 pub const APPLIED_ENTRY: &str =
@@ -377,9 +340,16 @@ pub fn release_plan(
 
 // --- usage without a hold (internal keys) -------------------------------------------
 
-pub const RECORD_USAGE: &str = "INSERT INTO usage_events \
+pub const RECORD_USAGE: &str = "INSERT OR IGNORE INTO usage_events \
      (id, account_id, key_id, run_id, input_tokens, output_tokens, cost_micros, charged_micros, day, created_at) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9)";
+
+/// The usage event of a job (a repo run, an execute): one per job, named
+/// after it, so that a settle or record repeated after an eviction finds it
+/// there and adds nothing.
+pub fn usage_event_id(job_id: &str) -> String {
+    format!("use_{job_id}")
+}
 
 pub struct UsageRecord<'a> {
     pub event_id: &'a str,

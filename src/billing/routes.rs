@@ -10,8 +10,9 @@ use crate::api::error::{ApiError, FieldError};
 use crate::api::idempotency::{self, Slot};
 use crate::api::idempotency_d1::{self, Begin};
 use crate::billing::ledger_d1::{self, run_plan, BillingVars, BudgetRow};
-use crate::billing::ledger_sql::{self as sql, Arg, Stmt};
+use crate::billing::ledger_sql::{self as sql};
 use crate::billing::rules::{self, micros_to_usd};
+use crate::common::sql::{Arg, Stmt};
 use crate::keys::routes::{apply_patch, load_key};
 use crate::{api::auth, common::ids, common::paging, common::time, keys::records, platform::http};
 

@@ -4,4 +4,5 @@ pub mod canonical;
 pub mod ids;
 pub mod paging;
 pub mod paths;
+pub mod sql;
 pub mod time;

@@ -25,7 +25,6 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures_util::future::{select, Either};
-use futures_util::StreamExt;
 use serde::Deserialize;
 use worker::wasm_bindgen::JsValue;
 use worker::{Delay, Env, Method, Request, Response, SqlStorage, SqlStorageValue, State};
@@ -33,19 +32,20 @@ use worker::{Delay, Env, Method, Request, Response, SqlStorage, SqlStorageValue,
 use crate::api::auth::Caller;
 use crate::api::error::{ApiError, FieldError};
 use crate::api::idempotency::Slot;
+use crate::api::idempotency_d1;
 use crate::billing::ledger_d1::{self, BillingVars, HoldTicket};
 use crate::billing::ledger_sql::Usage;
-use crate::billing::rules;
+use crate::billing::rules::{self, Pricing};
 use crate::executes::agent_events::TokenUsage;
 use crate::executes::execution::{
     self, BillingBody, ExecStart, ExecStatus, ExecutionBody, UsageBody, MAX_QUEUED,
-    MAX_QUEUE_WAIT_MS,
+    MAX_QUEUE_WAIT_MS, STUCK_AFTER_MS, SYNC_LIMIT_MS, WATCHDOG_MS,
 };
 use crate::keys::api_key::KeyType;
 use crate::platform::config::AgentVars;
-use crate::runner::durable::{ensure_ready, record, send, send_body, Link};
-use crate::runner::events::LineSplitter;
+use crate::runner::follow::{self, Followed, Stop};
 use crate::runner::lifecycle::{idle_release_due, RunnerEvent, RunnerReceipt};
+use crate::runner::link::{ensure_ready, record, send, send_body, Link};
 use crate::runner::live::{wait_until, Live};
 use crate::runner::sse::{self, EventLog, EventRow};
 use crate::wire::receipts::Receipt;
@@ -53,19 +53,6 @@ use crate::wire::{BlobList, RunEvent, TaskResult, TaskStart, WireEvent};
 use crate::workspaces::manifest::{self, FileEntry, Manifest};
 use crate::{common::time, platform::http, workspaces::store};
 
-/// The watchdog alarm's period while an execute is open.
-const WATCHDOG_MS: i64 = 5_000;
-/// No event and no heartbeat for this long: the runner stopped answering.
-const STALL_MS: u64 = 10_000;
-/// Connection failures in a row before the execute is `container_lost`.
-const MAX_LINK_FAILURES: u32 = 4;
-/// Sync in, and sync out with the commit, each get at most this long; a
-/// slower one fails the execute (nothing is committed by a sync in that
-/// gave up, and a commit is one guarded step).
-const SYNC_LIMIT_MS: u64 = 6 * 60_000;
-/// Past its timeout, a task gets this long (both syncs at their limit)
-/// before the DO ends it as `timed_out`.
-const DEADLINE_GRACE_MS: i64 = 2 * SYNC_LIMIT_MS as i64 + 60_000;
 /// Finished executes kept per workspace (with their events).
 const KEEP_FINISHED: i64 = 50;
 
@@ -268,7 +255,7 @@ impl ExecCtx {
     }
 
     fn runner_receipts(&self, id: &str) -> Result<Vec<RunnerReceipt>, ApiError> {
-        crate::runner::durable::runner_receipts(&self.sql, id)
+        crate::runner::link::runner_receipts(&self.sql, id)
     }
 
     fn receipts(&self, id: &str) -> Result<Vec<Receipt>, ApiError> {
@@ -308,7 +295,7 @@ impl ExecCtx {
     }
 
     async fn cancel_on_runner(&self, id: &str) -> Result<u16, String> {
-        crate::runner::durable::cancel_on_runner(&self.link, &format!("/tasks/{id}/cancel")).await
+        crate::runner::link::cancel_on_runner(&self.link, &format!("/tasks/{id}/cancel")).await
     }
 
     /// Ends the execute (once). The status is set first, synchronously, so
@@ -468,11 +455,9 @@ impl ExecCtx {
                 scope: execution::IDEMPOTENCY_SCOPE,
                 key: key.clone(),
             };
-            let stmt = slot.finish(body.http_status(), &text, *claimed_at);
-            let recorded = match ledger_d1::bind(&db, &stmt) {
-                Ok(prepared) => prepared.run().await.map(|_| ()).map_err(ApiError::from),
-                Err(err) => Err(err),
-            };
+            let recorded =
+                idempotency_d1::record_outcome(&db, &slot, *claimed_at, body.http_status(), &text)
+                    .await;
             if let Err(err) = recorded {
                 worker::console_error!("execute {id}: idempotency record: {err}");
             }
@@ -591,14 +576,6 @@ enum Prepared {
     Fail(ExecStatus, String),
 }
 
-enum Followed {
-    Result(Box<TaskResult>),
-    /// Ended by the DO meanwhile (a cancel).
-    Ended,
-    Lost(String),
-    TimedOut,
-}
-
 async fn run_one(ctx: &ExecCtx, row: ExecRow) -> Result<(), ApiError> {
     let id = row.id.clone();
     let start = row.start()?;
@@ -642,9 +619,15 @@ async fn run_one(ctx: &ExecCtx, row: ExecRow) -> Result<(), ApiError> {
     } else {
         None
     };
-    match follow(ctx, &id, &start, first).await? {
-        Followed::Result(result) => complete(ctx, &id, &start, *result).await,
-        Followed::Ended => {
+    let job = ExecJob {
+        ctx,
+        id: &id,
+        start: &start,
+        pricing: BillingVars::from_env(&ctx.env).pricing,
+    };
+    match follow::follow(&ctx.link, &job, first).await? {
+        Followed::Result(result) => complete(ctx, &id, &start, result).await,
+        Followed::Stopped(Stop::Ended) => {
             // Ended by the DO (a cancel): make sure the agent stops too.
             let _ = ctx.cancel_on_runner(&id).await;
             Ok(())
@@ -658,7 +641,7 @@ async fn run_one(ctx: &ExecCtx, row: ExecRow) -> Result<(), ApiError> {
             )
             .await
         }
-        Followed::TimedOut => {
+        Followed::Stopped(Stop::Deadline) => {
             let _ = ctx.cancel_on_runner(&id).await;
             let usage = ctx.get(&id)?.usage();
             ctx.end(
@@ -865,150 +848,79 @@ async fn sync_in(
     Ok(())
 }
 
-/// Follows the task's events until its result, reconnecting after breaks.
-async fn follow(
-    ctx: &ExecCtx,
-    id: &str,
-    start: &ExecStart,
-    first: Option<Response>,
-) -> Result<Followed, ApiError> {
-    let mut next = first;
-    let mut failures = 0u32;
-    loop {
-        let row = ctx.get(id)?;
-        if row.status().is_terminal() {
-            return Ok(Followed::Ended);
-        }
-        if time::now_ms() > deadline_of(&row, start) {
-            return Ok(Followed::TimedOut);
-        }
-        let resp = match next.take() {
-            Some(resp) => Ok(resp),
-            None => {
-                let path = format!("/tasks/{id}/events?after={}", row.runner_seq as u64);
-                send(&ctx.link, Method::Get, &path, None, 5_000).await
-            }
-        };
-        let seen = row.runner_seq;
-        let reason = match resp {
-            Ok(resp) if resp.status_code() == 200 => match read_stream(ctx, id, resp).await? {
-                Streamed::Result(result) => return Ok(Followed::Result(result)),
-                Streamed::Ended => return Ok(Followed::Ended),
-                Streamed::Broken(reason) => reason,
-            },
-            Ok(resp) if resp.status_code() == 404 => {
-                return Ok(Followed::Lost(
-                    "the runner no longer has this task (it restarted)".into(),
-                ))
-            }
-            Ok(resp) => format!("runner answered {}", resp.status_code()),
-            Err(err) => err,
-        };
-        // Only breaks in a row count: a stream that delivered events was alive.
-        if ctx.get(id)?.runner_seq > seen {
-            failures = 0;
-        }
-        failures += 1;
-        if failures >= MAX_LINK_FAILURES {
-            return Ok(Followed::Lost(format!(
-                "the runner stopped answering ({reason})"
-            )));
-        }
-        Delay::from(Duration::from_millis(200 << failures)).await;
+/// One execute as the follower sees it.
+struct ExecJob<'a> {
+    ctx: &'a ExecCtx,
+    id: &'a str,
+    start: &'a ExecStart,
+    pricing: Pricing,
+}
+
+impl follow::Job for ExecJob<'_> {
+    type Result = TaskResult;
+    const NOUN: &'static str = "task";
+
+    fn events_path(&self, after: u64) -> String {
+        format!("/tasks/{}/events?after={after}", self.id)
     }
-}
 
-enum Streamed {
-    Result(Box<TaskResult>),
-    Ended,
-    Broken(String),
-}
+    fn stored_seq(&self) -> Result<u64, ApiError> {
+        Ok(self.ctx.get(self.id)?.runner_seq as u64)
+    }
 
-/// Reads NDJSON events, storing each once, until the task's result.
-async fn read_stream(ctx: &ExecCtx, id: &str, mut resp: Response) -> Result<Streamed, ApiError> {
-    let mut stream = resp.stream()?;
-    let mut lines = LineSplitter::default();
-    let pricing = BillingVars::from_env(&ctx.env).pricing;
-    loop {
-        let stall = Delay::from(Duration::from_millis(STALL_MS));
-        let chunk = match select(stream.next(), stall).await {
-            Either::Left((Some(Ok(bytes)), _)) => bytes,
-            Either::Left((Some(Err(err)), _)) => return Ok(Streamed::Broken(err.to_string())),
-            Either::Left((None, _)) => {
-                return Ok(Streamed::Broken(
-                    "the stream ended before the result".into(),
-                ))
+    fn stop(&self) -> Result<Option<Stop>, ApiError> {
+        let row = self.ctx.get(self.id)?;
+        Ok(if row.status().is_terminal() {
+            Some(Stop::Ended)
+        } else if time::now_ms() > deadline_of(&row, self.start) {
+            Some(Stop::Deadline)
+        } else {
+            None
+        })
+    }
+
+    async fn store(&self, event: WireEvent) -> Result<Option<TaskResult>, ApiError> {
+        let (ctx, id) = (self.ctx, self.id);
+        ctx.sql.exec(
+            "UPDATE executions SET runner_seq = ? WHERE id = ?",
+            vec![int(event.seq as i64), id.into()],
+        )?;
+        match event.event {
+            RunEvent::Usage(report) => {
+                ctx.sql.exec(
+                    "UPDATE executions SET usage = ? WHERE id = ?",
+                    vec![serde_json::to_string(&report.total)?.into(), id.into()],
+                )?;
+                let cost = self
+                    .pricing
+                    .cost_micros(report.total.input_tokens, report.total.output_tokens);
+                let body = UsageBody::new(&report.total, cost);
+                ctx.append_event(id, "usage", &serde_json::to_string(&body)?)?;
             }
-            Either::Right(_) => {
-                return Ok(Streamed::Broken(format!(
-                    "no event or heartbeat for {STALL_MS} ms"
-                )))
+            RunEvent::Receipt(receipt) => {
+                ctx.append_event(id, "receipt", &serde_json::to_string(&receipt)?)?
             }
-        };
-        for line in lines.push(&chunk) {
-            let event: WireEvent = match serde_json::from_str(&line) {
-                Ok(event) => event,
-                Err(err) => {
-                    worker::console_error!("execute {id}: bad runner line: {err}");
-                    continue;
-                }
-            };
-            if event.seq == 0 {
-                continue; // heartbeat
+            RunEvent::Output(chunk) => {
+                ctx.append_event(id, "output", &serde_json::to_string(&chunk)?)?
             }
-            let row = ctx.get(id)?;
-            if row.status().is_terminal() {
-                return Ok(Streamed::Ended);
+            RunEvent::Task(result) => {
+                // Kept before it is acted on: a restarted driver resumes
+                // from here, and a cancel now waits for the outcome.
+                ctx.sql.exec(
+                    "UPDATE executions SET task_result = ?, status = 'saving' WHERE id = ?",
+                    vec![serde_json::to_string(&result)?.into(), id.into()],
+                )?;
+                return Ok(Some(result));
             }
-            if event.seq <= row.runner_seq as u64 {
-                continue;
-            }
-            ctx.sql.exec(
-                "UPDATE executions SET runner_seq = ? WHERE id = ?",
-                vec![int(event.seq as i64), id.into()],
-            )?;
-            match event.event {
-                RunEvent::Usage(report) => {
-                    ctx.sql.exec(
-                        "UPDATE executions SET usage = ? WHERE id = ?",
-                        vec![serde_json::to_string(&report.total)?.into(), id.into()],
-                    )?;
-                    let cost =
-                        pricing.cost_micros(report.total.input_tokens, report.total.output_tokens);
-                    let body = UsageBody::new(&report.total, cost);
-                    ctx.append_event(id, "usage", &serde_json::to_string(&body)?)?;
-                }
-                RunEvent::Receipt(receipt) => {
-                    ctx.append_event(id, "receipt", &serde_json::to_string(&receipt)?)?
-                }
-                RunEvent::Output(chunk) => {
-                    ctx.append_event(id, "output", &serde_json::to_string(&chunk)?)?
-                }
-                RunEvent::Task(result) => {
-                    // Kept before it is acted on: a restarted driver resumes
-                    // from here, and a cancel now waits for the outcome.
-                    ctx.sql.exec(
-                        "UPDATE executions SET task_result = ?, status = 'saving' WHERE id = ?",
-                        vec![serde_json::to_string(&result)?.into(), id.into()],
-                    )?;
-                    return Ok(Streamed::Result(Box::new(result)));
-                }
-                RunEvent::Result(_) | RunEvent::Heartbeat => {}
-            }
+            RunEvent::Result(_) | RunEvent::Heartbeat => {}
         }
-        let row = ctx.get(id)?;
-        if row.status().is_terminal() {
-            return Ok(Streamed::Ended);
-        }
-        if time::now_ms() > deadline_of(&row, &row.start()?) {
-            return Ok(Streamed::Broken("past the deadline".into()));
-        }
+        Ok(None)
     }
 }
 
 /// `fut`'s output, or `None` if it takes longer than `ms` (it is dropped).
-async fn within<T>(ms: u64, fut: impl std::future::Future<Output = T>) -> Option<T> {
-    let timer = Delay::from(Duration::from_millis(ms));
+async fn within<T>(ms: i64, fut: impl std::future::Future<Output = T>) -> Option<T> {
+    let timer = Delay::from(Duration::from_millis(ms.max(0) as u64));
     match select(Box::pin(fut), timer).await {
         Either::Left((out, _)) => Some(out),
         Either::Right(_) => None,
@@ -1018,7 +930,7 @@ async fn within<T>(ms: u64, fut: impl std::future::Future<Output = T>) -> Option
 /// When the DO gives up on a running task: its timeout plus the grace.
 fn deadline_of(row: &ExecRow, start: &ExecStart) -> i64 {
     let started = row.started_ms.unwrap_or(row.created_ms) as i64;
-    started + start.timeout_ms as i64 + DEADLINE_GRACE_MS
+    execution::deadline_ms(started, start.timeout_ms)
 }
 
 /// The task ended on the runner: save what a good one left, then end.
@@ -1271,7 +1183,7 @@ async fn release_when_idle(ctx: &ExecCtx, state: &State) {
         }
         let mut receipts = Vec::new();
         let reason = format!("the workspace was idle for {} s", idle_ms / 1000);
-        crate::runner::durable::release(&ctx.sql, &ctx.link, &op, &reason, &mut receipts).await;
+        crate::runner::link::release(&ctx.sql, &ctx.link, &op, &reason, &mut receipts).await;
         if ctx.link.container_running() {
             // The destroy failed: try again at the next alarm.
             let _ = state.storage().set_alarm(WATCHDOG_MS).await;
@@ -1308,7 +1220,7 @@ async fn check(ctx: &ExecCtx, row: ExecRow, now: i64) -> Result<(), ApiError> {
     if status == ExecStatus::Queued && waited_too_long(&row, now) {
         return ctx.end(&id, Ending::queue_expired()).await;
     }
-    if status != ExecStatus::Queued && now > deadline_of(&row, &start) + WATCHDOG_MS * 12 {
+    if status != ExecStatus::Queued && now > deadline_of(&row, &start) + STUCK_AFTER_MS {
         // The driver should have ended it by now: it is stuck. End the
         // execute and hand the queue to a new driver.
         let _ = ctx.cancel_on_runner(&id).await;
@@ -1414,7 +1326,7 @@ async fn begin(
         // (the Worker gives the hold back).
         let mut ready = Vec::new();
         if let Err(why) = ensure_ready(&ctx.sql, &ctx.link, &start.run_id, &mut ready).await {
-            crate::runner::durable::abandon(
+            crate::runner::link::abandon(
                 &ctx.sql,
                 &ctx.link,
                 &start.run_id,

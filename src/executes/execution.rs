@@ -15,9 +15,39 @@ pub const MAX_QUEUED: usize = 8;
 /// failed instead of started: its hold was sized for its own run, not for
 /// an unbounded wait.
 pub const MAX_QUEUE_WAIT_MS: i64 = 30 * 60_000;
-/// Time a hold must cover beyond the task's timeout: the queue wait, the
-/// sync both ways and the commit.
-pub const HOLD_GRACE_MS: i64 = MAX_QUEUE_WAIT_MS + 10 * 60_000;
+/// The watchdog alarm's period while an execute is open.
+pub const WATCHDOG_MS: i64 = 5_000;
+/// Sync in, and sync out with the commit, each get at most this long; a
+/// slower one fails the execute.
+pub const SYNC_LIMIT_MS: i64 = 6 * 60_000;
+/// Past its timeout, a task gets this long (both syncs at their limit)
+/// before the DO ends it as `timed_out`.
+pub const DEADLINE_GRACE_MS: i64 = 2 * SYNC_LIMIT_MS + 60_000;
+/// Past that deadline, the watchdog waits this long for the driver before
+/// it ends the execute itself (a driver that hangs).
+pub const STUCK_AFTER_MS: i64 = 12 * WATCHDOG_MS;
+
+/// When the DO gives up on a running task started at `started_ms`.
+pub fn deadline_ms(started_ms: i64, timeout_ms: u64) -> i64 {
+    started_ms + timeout_ms as i64 + DEADLINE_GRACE_MS
+}
+
+/// The longest an execute can stay open after it is queued: waiting to the
+/// queue limit (seen at the next alarm), then running to its deadline, then
+/// the watchdog's patience with a hung driver (seen at the next alarm).
+pub fn max_life_ms(timeout_ms: u64) -> i64 {
+    MAX_QUEUE_WAIT_MS + WATCHDOG_MS + deadline_ms(0, timeout_ms) + STUCK_AFTER_MS + WATCHDOG_MS
+}
+
+/// How long a hold outlives the longest life of its execute: the watchdog
+/// keeps retrying a settle that failed, and the sweep releases the hold
+/// only after this.
+pub const HOLD_MARGIN_MS: i64 = 10 * 60_000;
+
+/// The life of an execute's hold (and of its `Idempotency-Key` claim).
+pub fn hold_life_ms(timeout_ms: u64) -> i64 {
+    max_life_ms(timeout_ms) + HOLD_MARGIN_MS
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -247,6 +277,18 @@ pub fn failure(status: ExecStatus, detail: Option<&str>) -> Option<(String, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hold_outlives_the_longest_life_of_its_execute() {
+        for timeout_ms in [1_000, 60_000, 10 * 60_000, 3_600_000, 6 * 3_600_000] {
+            let hold_life = hold_life_ms(timeout_ms);
+            assert!(
+                hold_life > max_life_ms(timeout_ms),
+                "timeout {timeout_ms}: the hold lives {hold_life} ms, the execute up to {} ms",
+                max_life_ms(timeout_ms)
+            );
+        }
+    }
 
     fn result() -> TaskResult {
         TaskResult {

@@ -15,7 +15,7 @@ use crate::api::error::{ApiError, FieldError};
 use crate::api::idempotency::{self, Slot};
 use crate::api::idempotency_d1;
 use crate::billing::ledger_d1::{self, BillingVars, HoldTicket};
-use crate::executes::execution::{self, ExecStart, HOLD_GRACE_MS};
+use crate::executes::execution::{self, ExecStart};
 use crate::executes::spec::{self, ExecuteSpec};
 use crate::keys::api_key::{KeyType, Permission};
 use crate::{common::ids, platform::http, workspaces::manifest};
@@ -84,8 +84,8 @@ pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiErro
     };
     let db = ctx.env.d1("DB")?;
     let stale_after = match &spec {
-        Ok(spec) => spec.timeout_ms as i64 + HOLD_GRACE_MS,
-        Err(_) => HOLD_GRACE_MS,
+        Ok(spec) => execution::hold_life_ms(spec.timeout_ms),
+        Err(_) => execution::hold_life_ms(0),
     };
     let slot = Slot {
         account_id: caller.account_id.clone(),
@@ -153,7 +153,7 @@ async fn start(
     let run_id = ids::new_id("exe_")?;
     let db = ctx.env.d1("DB")?;
     let vars = BillingVars::from_env(ctx.env);
-    let max_life = spec.timeout_ms as i64 + HOLD_GRACE_MS;
+    let max_life = execution::hold_life_ms(spec.timeout_ms);
     let hold = ledger_d1::begin_run(
         &db,
         &vars,

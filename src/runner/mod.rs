@@ -9,6 +9,10 @@ pub mod lifecycle;
 #[cfg(feature = "worker-runtime")]
 pub(crate) mod durable;
 #[cfg(feature = "worker-runtime")]
+pub(crate) mod follow;
+#[cfg(feature = "worker-runtime")]
+pub(crate) mod link;
+#[cfg(feature = "worker-runtime")]
 pub(crate) mod live;
 #[cfg(feature = "worker-runtime")]
 pub(crate) mod routes;

@@ -6,7 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::billing::ledger_sql::{self as sql, Arg, Stmt, Usage};
+use crate::billing::ledger_sql::{self as sql, Usage};
+use crate::common::sql::{Arg, Stmt};
 
 /// Billing of one run, decided by the Worker before the run starts and
 /// kept by the run's DO until the run is settled.
@@ -18,11 +19,6 @@ pub struct RunBilling {
     /// The hold taken for a standard key when the price is above 0.
     pub hold_id: Option<String>,
     pub hold_micros: i64,
-}
-
-/// The usage event of a run: one per run, whatever happens.
-pub fn usage_event_id(run_id: &str) -> String {
-    format!("use_{run_id}")
 }
 
 /// The event's container time (settle and record plans insert it without).
@@ -54,7 +50,7 @@ pub fn settle_run_plan(
     cost_micros: i64,
     now_ms: i64,
 ) -> Vec<Stmt> {
-    let event_id = usage_event_id(run_id);
+    let event_id = sql::usage_event_id(run_id);
     let mut plan = sql::settle_plan(&sql::Settle {
         hold_id,
         usage_entry_id: ids.usage_entry_id,
@@ -84,7 +80,7 @@ pub fn record_run_plan(
     cost_micros: i64,
     now_ms: i64,
 ) -> Vec<Stmt> {
-    let event_id = usage_event_id(run_id);
+    let event_id = sql::usage_event_id(run_id);
     vec![
         Stmt {
             sql: RECORD_RUN_USAGE,
@@ -138,7 +134,7 @@ mod tests {
 
     #[test]
     fn the_usage_event_is_named_after_the_run_and_plans_end_with_applied() {
-        assert_eq!(usage_event_id("run_ab"), "use_run_ab");
+        assert_eq!(sql::usage_event_id("run_ab"), "use_run_ab");
         let ids = EntryIds {
             usage_entry_id: "u",
             release_entry_id: "r",

@@ -15,31 +15,28 @@
 //! `POST /runs/:id/cancel`, `DELETE /runs/:id`.
 
 use std::rc::Rc;
-use std::time::Duration;
 
-use futures_util::future::{select, Either};
-use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use worker::{Delay, Env, Method, Request, Response, SqlStorage, State};
+use worker::{Env, Method, Request, Response, SqlStorage, State};
 
 use crate::api::error::ApiError;
-use crate::runner::durable::{ensure_ready, record, send, Link};
-use crate::runner::events::{parse_last_event_id, LineSplitter};
+use crate::api::idempotency::Slot;
+use crate::api::idempotency_d1;
+use crate::runner::events::parse_last_event_id;
+use crate::runner::follow::{self, Followed, Stop};
 use crate::runner::lifecycle::{RunnerEvent, RunnerReceipt};
+use crate::runner::link::{ensure_ready, record, send, Link};
 use crate::runner::live::{wait_until, Live};
 use crate::runner::sse::{self, EventLog, EventRow};
 use crate::runs::billing::RunBilling;
+use crate::runs::spec;
 use crate::wire::receipts::{verify_chain, Chain, Receipt, ReceiptKind, Step};
 use crate::wire::{RunEvent, RunResult, RunStart, RunStatus, WireEvent};
 use crate::{common::time, platform::http};
 
 /// The watchdog alarm's period while a run is not finished.
 const WATCHDOG_MS: u64 = 5_000;
-/// No event and no heartbeat for this long: the runner stopped answering.
-const STALL_MS: u64 = 10_000;
-/// Connection failures in a row before the run is `container_lost`.
-const MAX_LINK_FAILURES: u32 = 4;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS run (
@@ -76,6 +73,12 @@ const SCHEMA: &[&str] = &[
         ok INTEGER NOT NULL,
         result TEXT,
         ended_ms INTEGER NOT NULL
+    )",
+    // The `Idempotency-Key` claim of the request that started the run: its
+    // outcome is recorded when the run ends (the client may be gone).
+    "CREATE TABLE IF NOT EXISTS run_idempotency (
+        key TEXT NOT NULL,
+        claimed_at INTEGER NOT NULL
     )",
     // The run's billing (`RunBilling` as JSON) until it is settled in D1.
     "CREATE TABLE IF NOT EXISTS run_billing (
@@ -149,6 +152,9 @@ struct StartBody {
     /// Metering: the price and the hold the Worker took (absent: not billed).
     #[serde(default)]
     billing: Option<RunBilling>,
+    /// The claimed `Idempotency-Key` and its claim time.
+    #[serde(default)]
+    idempotency: Option<(String, i64)>,
 }
 
 fn int(v: i64) -> worker::SqlStorageValue {
@@ -197,7 +203,7 @@ impl RunCtx {
     }
 
     fn runner_receipts(&self, run_id: &str) -> Result<Vec<RunnerReceipt>, ApiError> {
-        crate::runner::durable::runner_receipts(&self.sql, run_id)
+        crate::runner::link::runner_receipts(&self.sql, run_id)
     }
 
     fn store_receipt(&self, receipt: &Receipt) -> Result<(), ApiError> {
@@ -331,7 +337,7 @@ impl RunCtx {
         )?;
         // A finished run's container is not left idle.
         let mut released = Vec::new();
-        crate::runner::durable::release(
+        crate::runner::link::release(
             &self.sql,
             &self.link,
             &row.id,
@@ -387,10 +393,42 @@ impl RunCtx {
             ],
         )?;
         if let Some(row) = self.load()? {
-            let body = self.body(&row)?;
-            self.append_event("result", &body.to_string())?;
+            let body = self.body(&row)?.to_string();
+            self.append_event("result", &body)?;
+            let status = if ok { 200 } else { 422 };
+            if let Err(err) = self.record_idempotency(&row, status, &body).await {
+                worker::console_error!("runs: idempotency record of {}: {err}", row.id);
+            }
         }
         Ok(())
+    }
+
+    /// Records the run's answer for the `Idempotency-Key` that started it.
+    async fn record_idempotency(
+        &self,
+        row: &RunRow,
+        status: u16,
+        body: &str,
+    ) -> Result<(), ApiError> {
+        #[derive(Deserialize)]
+        struct Claim {
+            key: String,
+            claimed_at: f64,
+        }
+        let claims: Vec<Claim> = self
+            .sql
+            .exec("SELECT key, claimed_at FROM run_idempotency", None)?
+            .to_array()?;
+        let Some(claim) = claims.into_iter().next() else {
+            return Ok(());
+        };
+        let slot = Slot {
+            account_id: row.account_id.clone(),
+            scope: spec::IDEMPOTENCY_SCOPE,
+            key: claim.key,
+        };
+        let db = self.env.d1("DB")?;
+        idempotency_d1::record_outcome(&db, &slot, claim.claimed_at as i64, status, body).await
     }
 
     /// Settles the run's billing once (container time × price, the rest of
@@ -463,38 +501,6 @@ impl RunCtx {
         self.finalize(status, false, None).await
     }
 
-    /// Stores one event from the runner (once: events at or below the last
-    /// stored runner seq are skipped). Returns true at the run's result.
-    async fn store_runner_event(&self, event: WireEvent) -> Result<bool, ApiError> {
-        if event.seq == 0 {
-            return Ok(false); // heartbeat
-        }
-        let Some(row) = self.load()? else {
-            return Ok(true);
-        };
-        if row.status().is_terminal() {
-            return Ok(true);
-        }
-        if event.seq <= row.runner_seq as u64 {
-            return Ok(false);
-        }
-        self.sql
-            .exec("UPDATE run SET runner_seq = ?", vec![int(event.seq as i64)])?;
-        match event.event {
-            RunEvent::Receipt(receipt) => self.store_receipt(&receipt)?,
-            RunEvent::Output(chunk) => {
-                self.append_event("output", &serde_json::to_string(&chunk)?)?
-            }
-            RunEvent::Result(result) => {
-                self.finalize(result.status, result.ok, Some(&result))
-                    .await?;
-                return Ok(true);
-            }
-            RunEvent::Heartbeat | RunEvent::Usage(_) | RunEvent::Task(_) => {}
-        }
-        Ok(false)
-    }
-
     async fn wait_terminal(&self, limit_ms: Option<i64>) -> Result<RunRow, ApiError> {
         wait_until(
             &self.live,
@@ -506,18 +512,12 @@ impl RunCtx {
     }
 
     async fn cancel_on_runner(&self, run_id: &str) -> Result<u16, String> {
-        crate::runner::durable::cancel_on_runner(&self.link, &format!("/runs/{run_id}/cancel"))
-            .await
+        crate::runner::link::cancel_on_runner(&self.link, &format!("/runs/{run_id}/cancel")).await
     }
 }
 
 // ---------------------------------------------------------------------------
 // The pump: runner stream → storage.
-
-enum Ended {
-    Result,
-    Broken(String),
-}
 
 struct PumpGuard(Rc<Live>);
 impl Drop for PumpGuard {
@@ -540,138 +540,129 @@ async fn pump(ctx: RunCtx) {
 }
 
 async fn pump_inner(ctx: &RunCtx) -> Result<(), ApiError> {
-    let mut failures = 0u32;
-    loop {
-        let Some(row) = ctx.load()? else {
-            return Ok(());
-        };
-        if row.status().is_terminal() {
-            return Ok(());
-        }
-        if ctx.ending()?.is_some() {
-            return ctx.finish_ending().await;
-        }
-        if time::now_ms() > row.deadline_ms as i64 {
-            let _ = ctx.cancel_on_runner(&row.id).await;
-            return ctx
-                .end_by_do(
-                    RunStatus::TimedOut,
-                    "timed_out: the run passed its time limit".into(),
-                )
-                .await;
-        }
-        let resp = if row.dispatched == 0.0 {
-            // `start` made the runner ready; a pump restarted after an
-            // eviction checks again.
-            if !ctx.live.runner_ready.get() {
-                let mut list = Vec::new();
-                let ready = ensure_ready(&ctx.sql, &ctx.link, &row.id, &mut list).await;
-                for receipt in &list {
-                    ctx.append_event("runner", &serde_json::to_string(receipt)?)?;
-                }
-                if let Err(why) = ready {
-                    return ctx
-                        .end_by_do(RunStatus::ContainerLost, format!("container_lost: {why}"))
-                        .await;
-                }
+    let Some(row) = ctx.load()? else {
+        return Ok(());
+    };
+    if row.status().is_terminal() {
+        return Ok(());
+    }
+    if ctx.ending()?.is_some() {
+        return ctx.finish_ending().await;
+    }
+    let mut first = None;
+    if row.dispatched == 0.0 && time::now_ms() <= row.deadline_ms as i64 {
+        // `start` made the runner ready; a pump restarted after an
+        // eviction checks again.
+        if !ctx.live.runner_ready.get() {
+            let mut list = Vec::new();
+            let ready = ensure_ready(&ctx.sql, &ctx.link, &row.id, &mut list).await;
+            for receipt in &list {
+                ctx.append_event("runner", &serde_json::to_string(receipt)?)?;
             }
-            // Re-check: a cancel may have ended the run while we waited.
-            if ctx.load()?.is_none_or(|r| r.status().is_terminal()) {
-                return Ok(());
-            }
-            ctx.sql
-                .exec("UPDATE run SET dispatched = 1, status = 'running'", None)?;
-            let spec = row.spec()?;
-            let sent = send(
-                &ctx.link,
-                Method::Post,
-                "/runs",
-                Some(serde_json::to_string(&spec)?),
-                10_000,
-            )
-            .await;
-            if let Ok(r) = &sent {
-                ctx.runner_step(
-                    &row.id,
-                    RunnerEvent::Response {
-                        status: r.status_code(),
-                    },
-                )?;
-            }
-            sent
-        } else {
-            let path = format!("/runs/{}/events?after={}", row.id, row.runner_seq as u64);
-            send(&ctx.link, Method::Get, &path, None, 5_000).await
-        };
-        let outcome = match resp {
-            Ok(resp) if resp.status_code() == 200 => read_stream(ctx, resp).await?,
-            Ok(resp) if resp.status_code() == 404 => {
+            if let Err(why) = ready {
                 return ctx
-                    .end_by_do(
-                        RunStatus::ContainerLost,
-                        "container_lost: the runner no longer has this run (it restarted)".into(),
-                    )
+                    .end_by_do(RunStatus::ContainerLost, format!("container_lost: {why}"))
                     .await;
             }
-            Ok(resp) => Ended::Broken(format!("runner answered {}", resp.status_code())),
-            Err(err) => Ended::Broken(err),
-        };
-        let reason = match outcome {
-            Ended::Result => return Ok(()),
-            Ended::Broken(reason) => reason,
-        };
-        failures += 1;
-        if failures >= MAX_LINK_FAILURES {
-            return ctx
-                .end_by_do(
-                    RunStatus::ContainerLost,
-                    format!("container_lost: the runner stopped answering ({reason})"),
-                )
-                .await;
         }
-        Delay::from(Duration::from_millis(200 << failures)).await;
+        // Re-check: a cancel may have ended the run while we waited.
+        if ctx.load()?.is_none_or(|r| r.status().is_terminal()) {
+            return Ok(());
+        }
+        ctx.sql
+            .exec("UPDATE run SET dispatched = 1, status = 'running'", None)?;
+        let spec = row.spec()?;
+        let sent = send(
+            &ctx.link,
+            Method::Post,
+            "/runs",
+            Some(serde_json::to_string(&spec)?),
+            10_000,
+        )
+        .await;
+        if let Ok(resp) = sent {
+            ctx.runner_step(
+                &row.id,
+                RunnerEvent::Response {
+                    status: resp.status_code(),
+                },
+            )?;
+            first = Some(resp);
+        }
+    }
+    let job = RunJob { ctx, id: &row.id };
+    match follow::follow(&ctx.link, &job, first).await? {
+        Followed::Result(()) | Followed::Stopped(Stop::Ended) => {
+            if ctx.ending()?.is_some() {
+                ctx.finish_ending().await?;
+            }
+            Ok(())
+        }
+        Followed::Stopped(Stop::Deadline) => {
+            let _ = ctx.cancel_on_runner(&row.id).await;
+            ctx.end_by_do(
+                RunStatus::TimedOut,
+                "timed_out: the run passed its time limit".into(),
+            )
+            .await
+        }
+        Followed::Lost(why) => {
+            ctx.end_by_do(RunStatus::ContainerLost, format!("container_lost: {why}"))
+                .await
+        }
     }
 }
 
-/// Reads NDJSON events until the result, a broken stream, or a stall.
-async fn read_stream(ctx: &RunCtx, mut resp: Response) -> Result<Ended, ApiError> {
-    let mut stream = resp.stream()?;
-    let mut lines = LineSplitter::default();
-    loop {
-        let next = stream.next();
-        let stall = Delay::from(Duration::from_millis(STALL_MS));
-        let chunk = match select(next, stall).await {
-            Either::Left((Some(Ok(bytes)), _)) => bytes,
-            Either::Left((Some(Err(err)), _)) => return Ok(Ended::Broken(err.to_string())),
-            Either::Left((None, _)) => {
-                return Ok(Ended::Broken("the stream ended before the result".into()))
-            }
-            Either::Right(_) => {
-                return Ok(Ended::Broken(format!(
-                    "no event or heartbeat for {STALL_MS} ms"
-                )))
-            }
+/// The run as the follower sees it.
+struct RunJob<'a> {
+    ctx: &'a RunCtx,
+    id: &'a str,
+}
+
+impl follow::Job for RunJob<'_> {
+    type Result = ();
+    const NOUN: &'static str = "run";
+
+    fn events_path(&self, after: u64) -> String {
+        format!("/runs/{}/events?after={after}", self.id)
+    }
+
+    fn stored_seq(&self) -> Result<u64, ApiError> {
+        Ok(self.ctx.load()?.map(|r| r.runner_seq as u64).unwrap_or(0))
+    }
+
+    fn stop(&self) -> Result<Option<Stop>, ApiError> {
+        let Some(row) = self.ctx.load()? else {
+            return Ok(Some(Stop::Ended));
         };
-        for line in lines.push(&chunk) {
-            let event: WireEvent = match serde_json::from_str(&line) {
-                Ok(event) => event,
-                Err(err) => {
-                    worker::console_error!("runs: bad runner line: {err}");
-                    continue;
-                }
-            };
-            if ctx.store_runner_event(event).await? {
-                return Ok(Ended::Result);
+        Ok(
+            if row.status().is_terminal() || self.ctx.ending()?.is_some() {
+                Some(Stop::Ended)
+            } else if time::now_ms() > row.deadline_ms as i64 {
+                Some(Stop::Deadline)
+            } else {
+                None
+            },
+        )
+    }
+
+    async fn store(&self, event: WireEvent) -> Result<Option<()>, ApiError> {
+        let ctx = self.ctx;
+        ctx.sql
+            .exec("UPDATE run SET runner_seq = ?", vec![int(event.seq as i64)])?;
+        match event.event {
+            RunEvent::Receipt(receipt) => ctx.store_receipt(&receipt)?,
+            RunEvent::Output(chunk) => {
+                ctx.append_event("output", &serde_json::to_string(&chunk)?)?
             }
+            RunEvent::Result(result) => {
+                ctx.finalize(result.status, result.ok, Some(&result))
+                    .await?;
+                return Ok(Some(()));
+            }
+            RunEvent::Heartbeat | RunEvent::Usage(_) | RunEvent::Task(_) => {}
         }
-        if let Some(row) = ctx.load()? {
-            if row.status().is_terminal() {
-                return Ok(Ended::Result);
-            }
-            if time::now_ms() > row.deadline_ms as i64 {
-                return Ok(Ended::Broken("deadline".into()));
-            }
-        }
+        Ok(None)
     }
 }
 
@@ -686,7 +677,7 @@ pub async fn watchdog(ctx: RunCtx, state: &State) {
         // The run is over: its container must be gone (a destroy that
         // failed is tried again), and its billing may still need settling.
         if ctx.link.container_running() {
-            crate::runner::durable::release(
+            crate::runner::link::release(
                 &ctx.sql,
                 &ctx.link,
                 &row.id,
@@ -787,6 +778,7 @@ pub async fn handle(ctx: RunCtx, state: &State, mut req: Request) -> Result<Resp
             for stmt in [
                 "DELETE FROM run_ending",
                 "DELETE FROM run_billing",
+                "DELETE FROM run_idempotency",
                 "DELETE FROM run_events",
                 "DELETE FROM run_receipts",
                 "DELETE FROM run",
@@ -824,7 +816,7 @@ async fn start(
     // `runner_unavailable` and nothing exists (the Worker gives the hold back).
     let mut ready = Vec::new();
     if let Err(why) = ensure_ready(&ctx.sql, &ctx.link, &spec.run_id, &mut ready).await {
-        crate::runner::durable::abandon(&ctx.sql, &ctx.link, &spec.run_id, "it never became ready")
+        crate::runner::link::abandon(&ctx.sql, &ctx.link, &spec.run_id, "it never became ready")
             .await;
         return Err(ApiError::RunnerUnavailable(why));
     }
@@ -853,13 +845,8 @@ async fn start(
     }
     .await;
     if let Err(err) = indexed {
-        crate::runner::durable::abandon(
-            &ctx.sql,
-            &ctx.link,
-            &spec.run_id,
-            "the run was not created",
-        )
-        .await;
+        crate::runner::link::abandon(&ctx.sql, &ctx.link, &spec.run_id, "the run was not created")
+            .await;
         return Err(err);
     }
     ctx.sql.exec(
@@ -872,6 +859,12 @@ async fn start(
             int(now + body.deadline_ms as i64),
         ],
     )?;
+    if let Some((key, claimed_at)) = &body.idempotency {
+        ctx.sql.exec(
+            "INSERT INTO run_idempotency (key, claimed_at) VALUES (?, ?)",
+            vec![key.as_str().into(), int(*claimed_at)],
+        )?;
+    }
     if let Some(billing) = &body.billing {
         ctx.sql.exec(
             "INSERT INTO run_billing (key_id, billing) VALUES (?, ?)",

@@ -79,7 +79,7 @@ pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiErro
     let bytes = http::read_body(&mut req, http::MAX_JSON_BYTES).await?;
     let spec = parse_spec(&bytes);
     let Some(idem) = idem_key else {
-        return start_run(ctx, &caller, spec?, sse).await;
+        return start_run(ctx, &caller, spec?, sse, None).await;
     };
     let db = ctx.env.d1("DB")?;
     let stale_after = match &spec {
@@ -88,7 +88,7 @@ pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiErro
     };
     let slot = Slot {
         account_id: caller.account_id.clone(),
-        scope: "runs.create",
+        scope: spec::IDEMPOTENCY_SCOPE,
         key: idem,
     };
     let fp = idempotency::fingerprint("POST", "/api/runs", &bytes);
@@ -99,9 +99,9 @@ pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiErro
         ctx.now_ms,
         stale_after,
         ctx.request_id,
-        |_| {
+        |claim| {
             let caller = &caller;
-            async move { start_run(ctx, caller, spec?, false).await }
+            async move { start_run(ctx, caller, spec?, false, Some(claim)).await }
         },
     )
     .await
@@ -113,12 +113,14 @@ fn parse_spec(bytes: &[u8]) -> Result<spec::RunSpec, ApiError> {
 }
 
 /// Billing first (budget checks, the hold: a refusal starts nothing), then
-/// the run's DO. The DO settles the hold when the run ends.
+/// the run's DO. The DO settles the hold when the run ends, and records the
+/// outcome of a claimed `Idempotency-Key` (the client may have hung up).
 async fn start_run(
     ctx: &Ctx<'_>,
     caller: &Caller,
     spec: spec::RunSpec,
     sse: bool,
+    idempotency: Option<(String, i64)>,
 ) -> Result<Response, ApiError> {
     let run_id = ids::new_id("run_")?;
     let db = ctx.env.d1("DB")?;
@@ -147,6 +149,7 @@ async fn start_run(
         "spec": start,
         "deadlineMs": deadline_ms.max(0),
         "billing": billing,
+        "idempotency": idempotency,
     });
     let respond = if sse { "events" } else { "result" };
     let sent = to_run_do(

@@ -5,6 +5,9 @@
 
 use std::collections::BTreeMap;
 
+/// The `Idempotency-Key` scope of `POST /api/runs`.
+pub const IDEMPOTENCY_SCOPE: &str = "runs.create";
+
 use serde_json::Value;
 
 use crate::api::error::ApiError;
