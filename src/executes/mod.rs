@@ -5,6 +5,7 @@
 pub mod agent_events;
 pub mod execution;
 pub mod model_usage;
+pub mod queue;
 pub mod spec;
 
 #[cfg(feature = "worker-runtime")]

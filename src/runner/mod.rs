@@ -4,6 +4,7 @@
 //! live signal, SSE, and the admin health route.
 
 pub mod events;
+pub mod job;
 pub mod lifecycle;
 
 #[cfg(feature = "worker-runtime")]
@@ -18,3 +19,5 @@ pub(crate) mod live;
 pub(crate) mod routes;
 #[cfg(feature = "worker-runtime")]
 pub(crate) mod sse;
+#[cfg(feature = "worker-runtime")]
+pub(crate) mod storage;

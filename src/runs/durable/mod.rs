@@ -1,0 +1,343 @@
+//! Repo runs inside the CloudboxRunner DO (one DO per run), one file per
+//! stage:
+//!
+//! - `store`: the run, its events and receipts in the DO's SQLite;
+//! - `pump`: dispatches the run and stores the runner's NDJSON events as
+//!   they arrive (`runner::follow`), spawned so that it outlives any client;
+//! - `ending`: end once, settle once, then the terminal status
+//!   (`runner::job`);
+//! - `watchdog`: the alarm — an ending cut short, a run past its deadline,
+//!   a pump lost with an evicted instance.
+//!
+//! A runner that dies or stops answering ends the run as `container_lost`
+//! with a receipt: a run never stays `running`.
+//!
+//! Internal routes (the Worker is the only caller; it passes the caller's
+//! account in `x-cloudbox-account`):
+//! `POST /runs/:id/start?respond=result|events`, `GET /runs/:id`,
+//! `GET /runs/:id/events?after=N`, `GET /runs/:id/verify`,
+//! `POST /runs/:id/cancel`, `DELETE /runs/:id`.
+
+mod ending;
+mod pump;
+mod store;
+mod watchdog;
+
+use std::rc::Rc;
+
+use serde::Deserialize;
+use serde_json::json;
+use worker::{Env, Method, Request, Response, SqlStorage, State};
+
+use crate::api::error::ApiError;
+use crate::common::time;
+use crate::platform::http;
+use crate::runner::events::parse_last_event_id;
+use crate::runner::job;
+use crate::runner::link::{abandon, ensure_ready, Link};
+use crate::runner::live::Live;
+use crate::runner::sse::{self, EventLog, EventRow};
+use crate::runner::storage;
+use crate::runs::billing::RunBilling;
+use crate::wire::receipts::verify_chain;
+use crate::wire::{RunStart, RunStatus};
+use store::RunRow;
+pub use watchdog::watchdog;
+use watchdog::WATCHDOG_MS;
+
+fn int(v: i64) -> worker::SqlStorageValue {
+    worker::SqlStorageValue::Integer(v)
+}
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS run (
+        id TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        status TEXT NOT NULL,
+        ok INTEGER,
+        created_ms INTEGER NOT NULL,
+        finished_ms INTEGER,
+        deadline_ms INTEGER NOT NULL,
+        runner_seq INTEGER NOT NULL DEFAULT 0,
+        dispatched INTEGER NOT NULL DEFAULT 0,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        container_ms INTEGER,
+        artifact TEXT,
+        diff TEXT
+    )",
+    "CREATE TABLE IF NOT EXISTS run_events (
+        seq INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS run_receipts (
+        seq INTEGER PRIMARY KEY,
+        body TEXT NOT NULL
+    )",
+    // The `Idempotency-Key` claim of the request that started the run: its
+    // outcome is recorded when the run ends (the client may be gone).
+    "CREATE TABLE IF NOT EXISTS run_idempotency (
+        key TEXT NOT NULL,
+        claimed_at INTEGER NOT NULL
+    )",
+    // The run's billing (`RunBilling` as JSON), settled when it ends.
+    "CREATE TABLE IF NOT EXISTS run_billing (
+        key_id TEXT NOT NULL,
+        billing TEXT NOT NULL
+    )",
+];
+
+pub fn init_schema(sql: &SqlStorage) {
+    for stmt in SCHEMA.iter().chain(job::SCHEMA) {
+        if let Err(err) = sql.exec(stmt, None) {
+            worker::console_error!("runs schema: {err}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+/// Everything a run's handlers, pump and streams need; cheap to clone.
+#[derive(Clone)]
+pub struct RunCtx {
+    pub sql: SqlStorage,
+    pub env: Env,
+    pub link: Rc<Link>,
+    pub live: Rc<Live>,
+}
+
+/// What the Worker sends to start a run.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StartBody {
+    account_id: String,
+    key_id: String,
+    spec: RunStart,
+    deadline_ms: u64,
+    /// Metering: the price and the hold the Worker took (absent: not billed).
+    #[serde(default)]
+    billing: Option<RunBilling>,
+    /// The claimed `Idempotency-Key` and its claim time.
+    #[serde(default)]
+    idempotency: Option<(String, i64)>,
+}
+
+pub async fn handle(ctx: RunCtx, state: &State, mut req: Request) -> Result<Response, ApiError> {
+    let path = req.path();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let account = req
+        .headers()
+        .get("x-cloudbox-account")?
+        .ok_or_else(|| ApiError::Internal("no account header".into()))?;
+    let url = req.url()?;
+    let query = |name: &str| {
+        url.query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    };
+    match (req.method(), parts.as_slice()) {
+        (Method::Post, ["runs", id, "start"]) => {
+            let body: StartBody = serde_json::from_slice(&req.bytes().await?)?;
+            if body.account_id != account || body.spec.run_id != *id {
+                return Err(ApiError::Internal("start: account or id mismatch".into()));
+            }
+            start(ctx, state, body, query("respond").as_deref()).await
+        }
+        (Method::Get, ["runs", _]) => {
+            let row = ctx.owned(&account)?;
+            http::json(200, &ctx.body(&row)?)
+        }
+        (Method::Get, ["runs", _, "events"]) => {
+            ctx.owned(&account)?;
+            let after = parse_last_event_id(query("after").as_deref());
+            sse_response(ctx, after)
+        }
+        (Method::Get, ["runs", _, "verify"]) => {
+            ctx.owned(&account)?;
+            let check = verify_chain(&ctx.receipts()?);
+            http::json(200, &check)
+        }
+        (Method::Post, ["runs", _, "cancel"]) => {
+            let row = ctx.owned(&account)?;
+            if row.status().is_terminal() {
+                return Err(ApiError::RunNotRunning);
+            }
+            let row = cancel(&ctx, &row).await?;
+            http::json(200, &ctx.body(&row)?)
+        }
+        (Method::Delete, ["runs", id]) => {
+            let row = ctx.owned(&account)?;
+            if !row.status().is_terminal() {
+                cancel(&ctx, &row).await?;
+            }
+            for stmt in [
+                "DELETE FROM run_billing",
+                "DELETE FROM run_idempotency",
+                "DELETE FROM run_events",
+                "DELETE FROM run_receipts",
+                "DELETE FROM run",
+            ] {
+                ctx.sql.exec(stmt, None)?;
+            }
+            ctx.sql.exec(
+                "DELETE FROM runner_receipts WHERE op = ?",
+                vec![(*id).into()],
+            )?;
+            storage::exec(&ctx.sql, &job::forget_ending(id))?;
+            let _ = state.storage().delete_alarm().await;
+            ctx.env
+                .d1("DB")?
+                .prepare("DELETE FROM runs WHERE id = ?1 AND account_id = ?2")
+                .bind(&[(*id).into(), account.as_str().into()])?
+                .run()
+                .await?;
+            http::json(200, &json!({"runId": id, "deleted": true}))
+        }
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+async fn start(
+    ctx: RunCtx,
+    state: &State,
+    body: StartBody,
+    respond: Option<&str>,
+) -> Result<Response, ApiError> {
+    if ctx.load()?.is_some() {
+        return Err(ApiError::Internal("run id reused".into()));
+    }
+    let spec = &body.spec;
+    // A container first: when none can be had, the caller gets 503
+    // `runner_unavailable` and nothing exists (the Worker gives the hold back).
+    let mut ready = Vec::new();
+    if let Err(why) = ensure_ready(&ctx.sql, &ctx.link, &spec.run_id, &mut ready).await {
+        abandon(&ctx.sql, &ctx.link, &spec.run_id, "it never became ready").await;
+        return Err(ApiError::RunnerUnavailable(why));
+    }
+    ctx.live.runner_ready.set(true);
+    let now = time::now_ms();
+    // The index row first: if D1 fails, nothing exists yet (and the
+    // container goes).
+    let indexed = async {
+        ctx.env
+            .d1("DB")?
+            .prepare(
+                "INSERT INTO runs (id, account_id, key_id, repo, git_ref, status, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?6)",
+            )
+            .bind(&[
+                spec.run_id.as_str().into(),
+                body.account_id.as_str().into(),
+                body.key_id.as_str().into(),
+                spec.repo.as_str().into(),
+                spec.git_ref.as_deref().map(Into::into).unwrap_or(worker::wasm_bindgen::JsValue::NULL),
+                (now as f64).into(),
+            ])?
+            .run()
+            .await?;
+        Ok::<(), ApiError>(())
+    }
+    .await;
+    if let Err(err) = indexed {
+        abandon(&ctx.sql, &ctx.link, &spec.run_id, "the run was not created").await;
+        return Err(err);
+    }
+    ctx.sql.exec(
+        "INSERT INTO run (id, account_id, spec, status, created_ms, deadline_ms) VALUES (?, ?, ?, 'queued', ?, ?)",
+        vec![
+            spec.run_id.as_str().into(),
+            body.account_id.as_str().into(),
+            serde_json::to_string(spec)?.into(),
+            int(now),
+            int(now + body.deadline_ms as i64),
+        ],
+    )?;
+    if let Some((key, claimed_at)) = &body.idempotency {
+        ctx.sql.exec(
+            "INSERT INTO run_idempotency (key, claimed_at) VALUES (?, ?)",
+            vec![key.as_str().into(), int(*claimed_at)],
+        )?;
+    }
+    if let Some(billing) = &body.billing {
+        ctx.sql.exec(
+            "INSERT INTO run_billing (key_id, billing) VALUES (?, ?)",
+            vec![
+                body.key_id.as_str().into(),
+                serde_json::to_string(billing)?.into(),
+            ],
+        )?;
+    }
+    for receipt in &ready {
+        ctx.append_event("runner", &serde_json::to_string(receipt)?)?;
+    }
+    state.storage().set_alarm(WATCHDOG_MS).await?;
+    worker::wasm_bindgen_futures::spawn_local(pump::pump(ctx.clone()));
+    let mut resp = match respond {
+        Some("events") => sse_response(ctx, 0)?,
+        _ => {
+            let row = ctx.wait_terminal(None).await?;
+            let status = if row.ok.unwrap_or(0.0) != 0.0 {
+                200
+            } else {
+                422
+            };
+            http::json(status, &ctx.body(&row)?)?
+        }
+    };
+    resp.headers_mut().set("x-run-id", &spec.run_id)?;
+    Ok(resp)
+}
+
+/// Asks the runner to cancel; if it cannot confirm within 10 s (or is
+/// gone), the DO ends the run as `cancelled` itself.
+async fn cancel(ctx: &RunCtx, row: &RunRow) -> Result<RunRow, ApiError> {
+    ctx.sql.exec("UPDATE run SET cancel_requested = 1", None)?;
+    let confirmed = row.dispatched != 0.0 && matches!(ctx.cancel_on_runner(&row.id).await, Ok(200));
+    if confirmed {
+        let row = ctx.wait_terminal(Some(10_000)).await?;
+        if row.status().is_terminal() {
+            return Ok(row);
+        }
+    }
+    ctx.end_by_do(RunStatus::Cancelled, "cancelled by request".into())
+        .await?;
+    // An end already under way (a result that just arrived) is waited for.
+    ctx.wait_terminal(Some(10_000)).await
+}
+
+// ---------------------------------------------------------------------------
+// SSE.
+
+/// The run's events.
+struct RunLog(RunCtx);
+
+impl EventLog for RunLog {
+    fn events_after(&self, after: u64) -> Vec<EventRow> {
+        self.0
+            .sql
+            .exec(
+                "SELECT seq, kind, data FROM run_events WHERE seq > ? ORDER BY seq LIMIT 200",
+                vec![int(after as i64)],
+            )
+            .and_then(|c| c.to_array())
+            .unwrap_or_default()
+    }
+
+    fn finished(&self) -> bool {
+        match self.0.load() {
+            Ok(Some(row)) => row.status().is_terminal(),
+            _ => true,
+        }
+    }
+
+    fn live(&self) -> &Rc<Live> {
+        &self.0.live
+    }
+}
+
+/// The run's events after `after` as SSE, live until the `result` event.
+fn sse_response(ctx: RunCtx, after: u64) -> Result<Response, ApiError> {
+    let env = ctx.env.clone();
+    sse::response(RunLog(ctx), &env, after)
+}
