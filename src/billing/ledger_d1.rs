@@ -237,36 +237,23 @@ pub async fn finish_run(
     usage: Usage,
     now_ms: i64,
 ) -> Result<i64, ApiError> {
-    if let Some(hold) = hold {
-        let applied = run_plan(
-            db,
-            &sql::settle_plan(&sql::Settle {
-                hold_id: &hold.hold_id,
-                usage_entry_id: &ids::new_id("txn_")?,
-                release_entry_id: &ids::new_id("txn_")?,
-                usage_event_id: &sql::usage_event_id(run_id),
-                usage,
-                description: "run usage",
-                now_ms,
-            }),
-        )
-        .await?;
-        if applied {
+    let plans = sql::finish_job_plans(&sql::FinishJob {
+        hold_id: hold.map(|h| h.hold_id.as_str()),
+        job_id: run_id,
+        account_id: &caller.account_id,
+        key_id: &caller.key_id,
+        usage_entry_id: &ids::new_id("txn_")?,
+        release_entry_id: &ids::new_id("txn_")?,
+        usage,
+        description: "run usage",
+        now_ms,
+    });
+    if let (Some(settle), Some(hold)) = (&plans.settle, hold) {
+        if run_plan(db, settle).await? {
             return Ok(rules::settle_charge(hold.amount_micros, usage.cost_micros));
         }
     }
-    run_plan_unguarded(
-        db,
-        &sql::record_usage_plan(&sql::UsageRecord {
-            event_id: &sql::usage_event_id(run_id),
-            account_id: &caller.account_id,
-            key_id: &caller.key_id,
-            run_id: Some(run_id),
-            usage,
-            now_ms,
-        }),
-    )
-    .await?;
+    run_plan_unguarded(db, &plans.record).await?;
     Ok(0)
 }
 

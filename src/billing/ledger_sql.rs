@@ -262,6 +262,53 @@ pub fn settle_plan(s: &Settle) -> Vec<Stmt> {
     ]
 }
 
+/// A finished job (a repo run, an execute) to settle.
+pub struct FinishJob<'a> {
+    /// Its hold, if one was taken (none for internal keys).
+    pub hold_id: Option<&'a str>,
+    pub job_id: &'a str,
+    pub account_id: &'a str,
+    pub key_id: &'a str,
+    pub usage_entry_id: &'a str,
+    pub release_entry_id: &'a str,
+    pub usage: Usage,
+    pub description: &'a str,
+    pub now_ms: i64,
+}
+
+/// How a finished job is settled: `settle` first (with a hold), and if it
+/// does not apply (no hold, or the hold was resolved already: settled
+/// before, or swept) `record`, the usage uncharged. Both name the usage
+/// event after the job, so a settle repeated after an eviction adds nothing.
+pub struct FinishPlans {
+    pub settle: Option<Vec<Stmt>>,
+    pub record: Vec<Stmt>,
+}
+
+pub fn finish_job_plans(f: &FinishJob) -> FinishPlans {
+    let event_id = usage_event_id(f.job_id);
+    let settle = f.hold_id.map(|hold_id| {
+        settle_plan(&Settle {
+            hold_id,
+            usage_entry_id: f.usage_entry_id,
+            release_entry_id: f.release_entry_id,
+            usage_event_id: &event_id,
+            usage: f.usage,
+            description: f.description,
+            now_ms: f.now_ms,
+        })
+    });
+    let record = record_usage_plan(&UsageRecord {
+        event_id: &event_id,
+        account_id: f.account_id,
+        key_id: f.key_id,
+        run_id: Some(f.job_id),
+        usage: f.usage,
+        now_ms: f.now_ms,
+    });
+    FinishPlans { settle, record }
+}
+
 // --- release / expire -----------------------------------------------------------------
 
 /// Guard: the hold is open and (for the sweep) past its expiry.

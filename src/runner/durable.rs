@@ -14,8 +14,9 @@ use worker::{
 use crate::api::error::ApiError;
 use crate::executes::durable as executions;
 use crate::platform::http;
+use crate::runner::lifecycle;
 use crate::runner::lifecycle::RunnerEvent;
-use crate::runner::link::{ensure_ready, record, release, Link, LinkState, LINK_SCHEMA};
+use crate::runner::link::{ensure_ready, record, release, Link, LinkState};
 use crate::runner::live;
 use crate::runs::durable as runs;
 
@@ -74,7 +75,7 @@ pub struct CloudboxRunner {
 impl DurableObject for CloudboxRunner {
     fn new(state: State, env: Env) -> Self {
         let sql = state.storage().sql();
-        for stmt in LINK_SCHEMA {
+        for stmt in lifecycle::SCHEMA {
             if let Err(err) = sql.exec(stmt, None) {
                 worker::console_error!("runner_do schema: {err}");
             }

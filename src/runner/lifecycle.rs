@@ -114,6 +114,23 @@ impl RunnerReceipt {
     }
 }
 
+/// The DO tables of the container link: every lifecycle step under its
+/// op (`runnerReceipts`), and the running container's secret.
+pub const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS runner_receipts (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        op TEXT NOT NULL,
+        body TEXT NOT NULL
+    )",
+    // The secret of the container this DO started last (one row). It
+    // outlives an eviction of the DO, while the container keeps running.
+    "CREATE TABLE IF NOT EXISTS container_link (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        secret TEXT NOT NULL,
+        started_ms INTEGER NOT NULL
+    )",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;

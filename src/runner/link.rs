@@ -23,21 +23,6 @@ use crate::platform::config::Config;
 use crate::runner::lifecycle::{start_env, RunnerEvent, RunnerReceipt, READINESS};
 use crate::wire::{RunnerHealth, RUNNER_PORT, RUNNER_SECRET_HEADER};
 
-pub(crate) const LINK_SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS runner_receipts (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        op TEXT NOT NULL,
-        body TEXT NOT NULL
-    )",
-    // The secret of the container this DO started last (one row). It
-    // outlives an eviction of the DO, while the container keeps running.
-    "CREATE TABLE IF NOT EXISTS container_link (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        secret TEXT NOT NULL,
-        started_ms INTEGER NOT NULL
-    )",
-];
-
 /// What the links of one DO instance share about its container.
 #[derive(Default)]
 pub(crate) struct LinkState {
