@@ -4,6 +4,7 @@ use serde_json::json;
 use worker::{event, Context, Date, Env, Request, Response, ScheduleContext, ScheduledEvent};
 
 use crate::api::error::ApiError;
+use crate::platform::bindings;
 use crate::{api::dispatch, common::ids, platform::http};
 
 #[event(fetch)]
@@ -48,8 +49,10 @@ async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     // Releases the holds of runs that outlived their maximum life (crashed
     // runs), and purges expired idempotency records and old rate windows.
     let now_ms = Date::now().as_millis() as i64;
-    let window = crate::api::ratelimit_d1::limits(&env).window_secs;
-    let outcome = match env.d1("DB") {
+    let window = crate::platform::config::Config::from_env(&env)
+        .rate_limits
+        .window_secs;
+    let outcome = match bindings::db(&env) {
         Ok(db) => crate::billing::ledger_d1::sweep(&db, now_ms, window).await,
         Err(err) => Err(ApiError::from(err)),
     };

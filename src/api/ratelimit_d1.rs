@@ -7,19 +7,12 @@ use worker::{Env, Request};
 
 use crate::api::auth;
 use crate::api::error::ApiError;
-use crate::api::ratelimit::{self, Count, Limits, RouteClass, Verdict};
+use crate::api::ratelimit::{self, Count, RouteClass, Verdict};
 use crate::billing::ledger_d1::bind;
 use crate::common::sql::{Arg, Stmt};
 use crate::keys::api_key;
-use crate::platform::config::{env_string, Config};
-
-pub fn limits(env: &Env) -> Limits {
-    Limits::from_vars(
-        env_string(env, "RATE_LIMIT_WINDOW_SECONDS").as_deref(),
-        env_string(env, "RATE_LIMIT_REQUESTS").as_deref(),
-        env_string(env, "RATE_LIMIT_RUNS").as_deref(),
-    )
-}
+use crate::platform::bindings;
+use crate::platform::config::Config;
 
 const KEY_LIMIT: &str =
     "SELECT id, rate_limit_requests FROM api_keys WHERE key_hash = ?1 AND rate_limit_requests IS NOT NULL";
@@ -46,14 +39,14 @@ pub async fn check(
     if class == RouteClass::Exempt {
         return Ok(None);
     }
-    let limits = limits(env);
+    let limits = Config::from_env(env).rate_limits;
     let (window_start, reset_secs) = ratelimit::window(now_ms, limits.window_secs);
     let headers = req.headers();
     let ip = ratelimit::client_ip(
         headers.get("cf-connecting-ip")?.as_deref(),
         headers.get("x-forwarded-for")?.as_deref(),
     );
-    let db = env.d1("DB")?;
+    let db = bindings::db(&env)?;
 
     let mut plan = vec![ratelimit::hit(
         &ratelimit::ip_bucket(&ip, RouteClass::Request),

@@ -13,45 +13,16 @@
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use worker::{wasm_bindgen::JsValue, D1Database, D1PreparedStatement, Env};
+use worker::{wasm_bindgen::JsValue, D1Database, D1PreparedStatement};
 
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
 use crate::billing::ledger_sql::{self as sql, ReleaseKind, Usage};
-use crate::billing::rules::{self, BudgetState, Pricing};
+use crate::billing::rules::{self, BudgetState};
 use crate::common::ids;
 use crate::common::sql::{Arg, Stmt};
 use crate::keys::api_key::KeyType;
-use crate::platform::config::env_string;
-
-/// Billing settings from `[vars]`.
-#[derive(Debug, Clone, Copy)]
-pub struct BillingVars {
-    pub pricing: Pricing,
-    pub default_run_hold: i64,
-    pub low_balance: i64,
-}
-
-impl BillingVars {
-    pub fn from_env(env: &Env) -> Self {
-        let usd = |name: &str, default: i64| {
-            env_string(env, name)
-                .and_then(|v| rules::parse_usd_var(&v))
-                .unwrap_or(default)
-        };
-        BillingVars {
-            pricing: Pricing {
-                input_micros_per_1k: usd("INPUT_USD_PER_1K", Pricing::DEFAULT.input_micros_per_1k),
-                output_micros_per_1k: usd(
-                    "OUTPUT_USD_PER_1K",
-                    Pricing::DEFAULT.output_micros_per_1k,
-                ),
-            },
-            default_run_hold: usd("DEFAULT_RUN_HOLD_USD", 1_000_000),
-            low_balance: usd("LOW_BALANCE_USD", 1_000_000),
-        }
-    }
-}
+use crate::platform::config::BillingVars;
 
 // --- running statements -----------------------------------------------------------
 

@@ -20,7 +20,9 @@ use crate::api::error::ApiError;
 use crate::computers::generate::{self, FileToWrite};
 use crate::computers::receipts::{self, Receipt};
 use crate::computers::spec::{self, ComputerSpec, Criterion};
-use crate::platform::model::{self, ModelConfig};
+use crate::platform::config::Config;
+use crate::platform::config::ModelConfig;
+use crate::platform::model;
 use crate::{common::canonical, common::time, computers::grade, platform::http};
 
 /// Header with the caller's account on internal requests from the Worker.
@@ -222,7 +224,7 @@ impl Computer {
             };
         }
         let parsed = spec::parse(&body.spec)?;
-        let mut model_cfg = ModelConfig::from_env(&self.env);
+        let mut model_cfg = Config::from_env(&self.env).model;
         let mut materialized: Vec<(String, String, &'static str)> = Vec::new();
         for index in spec::materialization_order(&parsed.filesystem)? {
             let file = &parsed.filesystem[index];
@@ -474,7 +476,7 @@ impl Computer {
             .iter()
             .map(|f| (f.path.as_str(), f.content.as_str()))
             .collect();
-        let cfg = ModelConfig::from_env(&self.env);
+        let cfg = Config::from_env(&self.env).model;
         let prompt = generate::reply_prompt(collaborator, &body.message, &shared);
         let (reply, source) = match model::try_chat(cfg.as_ref(), &prompt, "reply").await {
             Some(text) => (text, "model"),
@@ -588,7 +590,7 @@ impl Computer {
     async fn grade(&self, spec: &ComputerSpec) -> Result<Response, ApiError> {
         let receipts = self.receipts()?;
         let mut result = grade::grade(&spec.rubric, &receipts);
-        if let Some(cfg) = ModelConfig::from_env(&self.env) {
+        if let Some(cfg) = Config::from_env(&self.env).model {
             let unjudged: Vec<&Criterion> = spec
                 .rubric
                 .iter()

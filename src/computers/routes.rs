@@ -17,7 +17,8 @@ use crate::api::error::{ApiError, FieldError};
 use crate::api::route::ComputerRoute;
 use crate::computers::durable::ACCOUNT_HEADER;
 use crate::keys::api_key::Permission;
-use crate::platform::model::{self, ModelConfig};
+use crate::platform::config::Config;
+use crate::platform::model;
 use crate::{common::paths, computers::generate, computers::spec, platform::http};
 
 /// Largest `content` of one write.
@@ -95,7 +96,7 @@ async fn brief(req: &mut Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
             &format!("must be at most {MAX_BRIEF_CHARS} characters"),
         ));
     }
-    let cfg = ModelConfig::from_env(ctx.env);
+    let cfg = Config::from_env(ctx.env).model;
     let drafted = model::try_chat(cfg.as_ref(), &generate::brief_prompt(&brief), "brief")
         .await
         .and_then(|text| generate::extract_json_object(&text))

@@ -14,10 +14,12 @@ use crate::api::dispatch::Ctx;
 use crate::api::error::{ApiError, FieldError};
 use crate::api::idempotency::{self, Slot};
 use crate::api::idempotency_d1;
-use crate::billing::ledger_d1::{self, BillingVars, HoldTicket};
+use crate::billing::ledger_d1::{self, HoldTicket};
 use crate::executes::execution::{self, ExecStart};
 use crate::executes::spec::{self, ExecuteSpec};
 use crate::keys::api_key::{KeyType, Permission};
+use crate::platform::bindings;
+use crate::platform::config::Config;
 use crate::{common::ids, platform::http, workspaces::manifest};
 
 async fn caller(req: &Request, ctx: &Ctx<'_>) -> Result<Caller, ApiError> {
@@ -82,7 +84,7 @@ pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiErro
     let Some(idem) = idem_key else {
         return start(ctx, &caller, spec?, wait, sse, None).await;
     };
-    let db = ctx.env.d1("DB")?;
+    let db = bindings::db(&ctx.env)?;
     let stale_after = match &spec {
         Ok(spec) => execution::hold_life_ms(spec.timeout_ms),
         Err(_) => execution::hold_life_ms(0),
@@ -120,8 +122,8 @@ async fn with_budget_warning(
     caller: &Caller,
     mut resp: Response,
 ) -> Result<Response, ApiError> {
-    let db = ctx.env.d1("DB")?;
-    let vars = BillingVars::from_env(ctx.env);
+    let db = bindings::db(&ctx.env)?;
+    let vars = Config::from_env(ctx.env).billing;
     match ledger_d1::budget_warning(&db, &vars, caller, crate::common::time::now_ms()).await {
         Ok(Some(warning)) => resp.headers_mut().set("x-budget-warning", &warning)?,
         Ok(None) => {}
@@ -151,8 +153,8 @@ async fn start(
         }
     }
     let run_id = ids::new_id("exe_")?;
-    let db = ctx.env.d1("DB")?;
-    let vars = BillingVars::from_env(ctx.env);
+    let db = bindings::db(&ctx.env)?;
+    let vars = Config::from_env(ctx.env).billing;
     let max_life = execution::hold_life_ms(spec.timeout_ms);
     let hold = ledger_d1::begin_run(
         &db,
@@ -262,9 +264,9 @@ async fn start(
 /// Releases a hold of an execute that never ran.
 async fn give_back(ctx: &Ctx<'_>, hold: Option<&HoldTicket>) {
     let Some(hold) = hold else { return };
-    let released = match ctx.env.d1("DB") {
+    let released = match bindings::db(ctx.env) {
         Ok(db) => ledger_d1::release(&db, hold, crate::common::time::now_ms()).await,
-        Err(err) => Err(err.into()),
+        Err(err) => Err(err),
     };
     if let Err(err) = released {
         worker::console_error!("execute: release of {}: {err}", hold.hold_id);
@@ -278,8 +280,7 @@ async fn index_execution(
     workspace_id: &str,
 ) -> Result<(), ApiError> {
     let now = ctx.now_ms as f64;
-    ctx.env
-        .d1("DB")?
+    bindings::db(&ctx.env)?
         .prepare(
             "INSERT INTO executions (id, account_id, key_id, workspace_id, status, created_at, \
              updated_at) VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?5)",
@@ -297,16 +298,15 @@ async fn index_execution(
 }
 
 async fn forget_execution(ctx: &Ctx<'_>, run_id: &str) {
-    let deleted = match ctx.env.d1("DB") {
-        Ok(db) => match db
+    let deleted = async {
+        bindings::db(ctx.env)?
             .prepare("DELETE FROM executions WHERE id = ?1")
-            .bind(&[run_id.into()])
-        {
-            Ok(stmt) => stmt.run().await.map(|_| ()),
-            Err(err) => Err(err),
-        },
-        Err(err) => Err(err),
-    };
+            .bind(&[run_id.into()])?
+            .run()
+            .await?;
+        Ok::<(), ApiError>(())
+    }
+    .await;
     if let Err(err) = deleted {
         worker::console_error!("execute: forgetting {run_id}: {err}");
     }
@@ -323,9 +323,7 @@ async fn locate(ctx: &Ctx<'_>, caller: &Caller, run_id: &str) -> Result<String, 
     if !ids::has_shape(run_id, "exe_") {
         return Err(ApiError::RunNotFound);
     }
-    let located: Option<Located> = ctx
-        .env
-        .d1("DB")?
+    let located: Option<Located> = bindings::db(&ctx.env)?
         .prepare("SELECT workspace_id FROM executions WHERE id = ?1 AND account_id = ?2")
         .bind(&[run_id.into(), caller.account_id.as_str().into()])?
         .first(None)

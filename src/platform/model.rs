@@ -7,51 +7,12 @@
 use std::time::Duration;
 
 use futures_util::future::{select, Either};
-use worker::{AbortController, Delay, Env, Fetch, Headers, Method, Request, RequestInit};
+use worker::{AbortController, Delay, Fetch, Headers, Method, Request, RequestInit};
 
 use crate::computers::generate::{self, Prompt};
-use crate::platform::config::env_string;
+use crate::platform::config::ModelConfig;
 
 /// Default bound on one model call.
-const DEFAULT_TIMEOUT_MS: u64 = 20_000;
-const DEFAULT_MODEL: &str = "gpt-4.1-mini";
-
-#[derive(Clone)]
-pub struct ModelConfig {
-    pub base_url: String,
-    pub api_key: Option<String>,
-    pub model: String,
-    pub timeout_ms: u64,
-}
-
-/// Never prints the secret: a `{:?}` in a log line must not leak it.
-impl std::fmt::Debug for ModelConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelConfig")
-            .field("base_url", &self.base_url)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .field("model", &self.model)
-            .field("timeout_ms", &self.timeout_ms)
-            .finish()
-    }
-}
-
-impl ModelConfig {
-    /// `None` when `OPENAI_BASE_URL` is unset or empty.
-    pub fn from_env(env: &Env) -> Option<Self> {
-        let base_url = env_string(env, "OPENAI_BASE_URL")?;
-        Some(Self {
-            base_url: base_url.trim_end_matches('/').to_string(),
-            api_key: env_string(env, "OPENAI_API_KEY"),
-            model: env_string(env, "OPENAI_MODEL").unwrap_or_else(|| DEFAULT_MODEL.to_string()),
-            timeout_ms: env_string(env, "MODEL_TIMEOUT_MS")
-                .and_then(|v| v.parse().ok())
-                .filter(|&ms| ms > 0)
-                .unwrap_or(DEFAULT_TIMEOUT_MS),
-        })
-    }
-}
-
 /// One chat completion; `Err` says why (logged by callers, never shown).
 pub async fn chat(cfg: &ModelConfig, prompt: &Prompt) -> Result<String, String> {
     let body = generate::chat_request(&cfg.model, prompt).to_string();

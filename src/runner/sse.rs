@@ -8,7 +8,8 @@ use serde::Deserialize;
 use worker::{Env, Headers, Response};
 
 use crate::api::error::ApiError;
-use crate::runner::events::{sse_frame, SSE_HEARTBEAT, SSE_HEARTBEAT_MS, SSE_PREAMBLE};
+use crate::platform::config::Config;
+use crate::runner::events::{sse_frame, SSE_HEARTBEAT, SSE_PREAMBLE};
 use crate::runner::live::{changed_or_timeout, Live};
 
 /// One stored event.
@@ -28,14 +29,6 @@ pub trait EventLog: 'static {
     fn live(&self) -> &Rc<Live>;
 }
 
-/// `SSE_HEARTBEAT_MS` (tests shorten it), else 15 s.
-pub fn heartbeat_ms(env: &Env) -> u64 {
-    crate::platform::config::env_string(env, "SSE_HEARTBEAT_MS")
-        .and_then(|v| v.parse().ok())
-        .filter(|&ms| ms >= 100)
-        .unwrap_or(SSE_HEARTBEAT_MS)
-}
-
 struct State<L> {
     log: L,
     after: u64,
@@ -51,7 +44,7 @@ pub fn response<L: EventLog>(log: L, env: &Env, after: u64) -> Result<Response, 
         after,
         started: false,
         done: false,
-        heartbeat_ms: heartbeat_ms(env),
+        heartbeat_ms: Config::from_env(env).sse_heartbeat_ms,
     };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
         if !st.started {

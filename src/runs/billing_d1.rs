@@ -6,18 +6,11 @@ use worker::{D1Database, Env};
 
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
-use crate::billing::ledger_d1::{self, run_plan, BillingVars, HoldTicket};
+use crate::billing::ledger_d1::{self, run_plan, HoldTicket};
 use crate::billing::rules::{self, RUN_HOLD_GRACE_MS};
 use crate::common::ids;
-use crate::platform::config::env_string;
+use crate::platform::config::Config;
 use crate::runs::billing::{self, EntryIds, RunBilling};
-
-/// `RUN_USD_PER_MINUTE` in micro-dollars per minute (0 when unset or bad).
-pub fn usd_per_minute(env: &Env) -> i64 {
-    env_string(env, "RUN_USD_PER_MINUTE")
-        .and_then(|v| rules::parse_usd_var(&v))
-        .unwrap_or(0)
-}
 
 /// Before a run: with a price above 0 and a standard key, the budget checks
 /// (429 / 402: the run is refused before any work) and a hold for the run's
@@ -32,7 +25,8 @@ pub async fn begin(
     deadline_ms: i64,
     now_ms: i64,
 ) -> Result<(RunBilling, i64), ApiError> {
-    let price = usd_per_minute(env);
+    let config = Config::from_env(env);
+    let price = config.run_usd_per_minute;
     let free = RunBilling {
         usd_per_minute_micros: price,
         hold_id: None,
@@ -42,7 +36,7 @@ pub async fn begin(
         return Ok((free, deadline_ms));
     }
     let max_cost = rules::run_cost_micros(deadline_ms, price);
-    let vars = BillingVars::from_env(env);
+    let vars = config.billing;
     let max_life = deadline_ms + RUN_HOLD_GRACE_MS;
     let hold =
         ledger_d1::begin_run(db, &vars, caller, Some(max_cost), run_id, max_life, now_ms).await?;

@@ -15,6 +15,7 @@ use crate::api::error::{ApiError, FieldError};
 use crate::api::idempotency::{self, Slot};
 use crate::api::idempotency_d1;
 use crate::keys::api_key::Permission;
+use crate::platform::bindings;
 use crate::runner::events::{parse_limit, ListCursor};
 use crate::wire::RunStart;
 use crate::{common::ids, platform::http, runs::billing_d1, runs::spec};
@@ -81,7 +82,7 @@ pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiErro
     let Some(idem) = idem_key else {
         return start_run(ctx, &caller, spec?, sse, None).await;
     };
-    let db = ctx.env.d1("DB")?;
+    let db = bindings::db(&ctx.env)?;
     let stale_after = match &spec {
         Ok(spec) => spec.deadline_ms() as i64 + IDEM_STALE_GRACE_MS,
         Err(_) => IDEM_STALE_GRACE_MS,
@@ -123,7 +124,7 @@ async fn start_run(
     idempotency: Option<(String, i64)>,
 ) -> Result<Response, ApiError> {
     let run_id = ids::new_id("run_")?;
-    let db = ctx.env.d1("DB")?;
+    let db = bindings::db(&ctx.env)?;
     let (billing, deadline_ms) = billing_d1::begin(
         &db,
         ctx.env,
@@ -266,7 +267,7 @@ pub async fn list(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
             )])
         })?),
     };
-    let db = ctx.env.d1("DB")?;
+    let db = bindings::db(&ctx.env)?;
     let (created, id) = match &cursor {
         Some(c) => (c.created_ms as f64, c.run_id.clone()),
         None => (f64::MAX, String::new()),

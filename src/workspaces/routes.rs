@@ -10,6 +10,8 @@ use crate::api::auth::{self, Caller};
 use crate::api::dispatch::Ctx;
 use crate::api::error::{ApiError, FieldError};
 use crate::keys::api_key::Permission;
+use crate::platform::bindings;
+use crate::platform::config::Config;
 use crate::workspaces::blob_parts::PART_BYTES;
 use crate::workspaces::manifest::{self, CommitRequest, FileEntry};
 use crate::workspaces::store::{self as store, WorkspaceRow};
@@ -71,7 +73,7 @@ pub async fn list(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
         )]));
     }
     let cursor = http::query(&req, "cursor")?.unwrap_or_default();
-    let db = store::db(ctx.env)?;
+    let db = bindings::db(ctx.env)?;
     // One row more than the page says whether another page follows, so the
     // last page's `nextCursor` is null even when it is exactly full.
     let mut rows = store::list_rows(&db, &caller.account_id, &cursor, limit as u32 + 1).await?;
@@ -85,7 +87,7 @@ pub async fn list(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
 /// `GET /workspaces/:id`.
 pub async fn get(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     let (caller, id) = open(&req, ctx, Permission::Read).await?;
-    let row = store::get_row(&store::db(ctx.env)?, &caller.account_id, id)
+    let row = store::get_row(&bindings::db(ctx.env)?, &caller.account_id, id)
         .await?
         .ok_or(ApiError::WorkspaceNotFound)?;
     http::json(200, &view(&row))
@@ -94,7 +96,7 @@ pub async fn get(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
 /// `DELETE /workspaces/:id`.
 pub async fn delete(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     let (caller, id) = open(&req, ctx, Permission::Write).await?;
-    if !store::delete_workspace(&store::db(ctx.env)?, &caller.account_id, id).await? {
+    if !store::delete_workspace(&bindings::db(ctx.env)?, &caller.account_id, id).await? {
         return Err(ApiError::WorkspaceNotFound);
     }
     http::json(200, &json!({ "id": id, "deleted": true }))
@@ -122,7 +124,7 @@ pub async fn blobs_missing(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, 
     let bytes = http::read_body(&mut req, manifest::MAX_COMMIT_BODY_BYTES).await?;
     let body: MissingRequest = http::parse_json(&bytes)?;
     let hashes = manifest::normalize_blob_query(body.sha256)?;
-    let db = store::db(ctx.env)?;
+    let db = bindings::db(ctx.env)?;
     let missing = store::missing_blobs(&db, &caller.account_id, &hashes).await?;
     http::json(200, &json!({ "missing": missing }))
 }
@@ -132,7 +134,7 @@ pub async fn blob_put(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiEr
     let (caller, _) = open(&req, ctx, Permission::Write).await?;
     let sha = ctx.param("sha256")?;
     manifest::validate_sha256("sha256", sha)?;
-    let limit = store::max_blob_bytes(ctx.env);
+    let limit = Config::from_env(ctx.env).max_blob_bytes;
     let declared = req
         .headers()
         .get("content-length")?
@@ -236,7 +238,9 @@ pub async fn file_put(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiEr
         .map(|m| manifest::parse_mode(&m))
         .transpose()?;
     let base = query_u64(&req, "baseVersion")?;
-    let limit = store::max_blob_bytes(ctx.env).min(PART_BYTES as u64);
+    let limit = Config::from_env(ctx.env)
+        .max_blob_bytes
+        .min(PART_BYTES as u64);
     let bytes = http::read_body(&mut req, limit).await?;
     let size = bytes.len() as u64;
     let account = caller.account_id.as_str();
@@ -332,7 +336,7 @@ async fn edit_files(
 /// `POST /workspaces/:id/session/reset`: forgets the stored agent session.
 pub async fn session_reset(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     let (caller, id) = open(&req, ctx, Permission::Write).await?;
-    let db = store::db(ctx.env)?;
+    let db = bindings::db(ctx.env)?;
     if !store::reset_session(&db, &caller.account_id, id, ctx.now_ms).await? {
         return Err(ApiError::WorkspaceNotFound);
     }

@@ -16,29 +16,13 @@ use serde::Deserialize;
 use worker::{wasm_bindgen::JsValue, Bucket, ByteStream, D1Database, Env};
 
 use crate::api::error::{ApiError, FieldError};
+use crate::platform::bindings;
+use crate::platform::config::Config;
 use crate::workspaces::blob_parts::{PartSplitter, PART_BYTES};
 use crate::workspaces::manifest::{self, FileEntry, Manifest};
 
 /// D1 allows at most 100 bound parameters per statement.
 const HASHES_PER_QUERY: usize = 90;
-/// Default per-blob limit when `MAX_BLOB_BYTES` is unset (100 MiB).
-pub const DEFAULT_MAX_BLOB_BYTES: u64 = 100 * 1024 * 1024;
-
-pub fn db(env: &Env) -> Result<D1Database, ApiError> {
-    Ok(env.d1("DB")?)
-}
-
-pub fn bucket(env: &Env) -> Result<Bucket, ApiError> {
-    Ok(env.bucket("BUCKET")?)
-}
-
-/// The `MAX_BLOB_BYTES` var (per-blob upload limit).
-pub fn max_blob_bytes(env: &Env) -> u64 {
-    crate::platform::config::env_string(env, "MAX_BLOB_BYTES")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_MAX_BLOB_BYTES)
-}
-
 fn num(n: u64) -> JsValue {
     JsValue::from_f64(n as f64)
 }
@@ -99,7 +83,7 @@ pub async fn read_manifest(
     id: &str,
     version: Option<u64>,
 ) -> Result<Manifest, ApiError> {
-    let db = db(env)?;
+    let db = bindings::db(env)?;
     let key = match version {
         None => match get_row(&db, account, id).await? {
             Some(row) => row.manifest_key,
@@ -118,7 +102,7 @@ pub async fn read_manifest(
             key.ok_or(ApiError::VersionNotFound)?
         }
     };
-    let object = bucket(env)?
+    let object = bindings::bucket(env)?
         .get(&key)
         .execute()
         .await?
@@ -207,13 +191,13 @@ pub async fn put_blob_bytes(
     now_ms: i64,
 ) -> Result<(String, bool), ApiError> {
     let sha = manifest::sha256_hex(&bytes);
-    let db = db(env)?;
+    let db = bindings::db(env)?;
     if !missing_blobs(&db, account, std::slice::from_ref(&sha))
         .await?
         .is_empty()
     {
         let size = bytes.len() as u64;
-        bucket(env)?
+        bindings::bucket(env)?
             .put(manifest::blob_key(account, &sha), bytes)
             .execute()
             .await?;
@@ -237,11 +221,11 @@ pub async fn put_blob_stream(
     limit: u64,
     now_ms: i64,
 ) -> Result<(bool, u64), ApiError> {
-    let db = db(env)?;
+    let db = bindings::db(env)?;
     let already = missing_blobs(&db, account, &[expected_sha.to_string()])
         .await?
         .is_empty();
-    let bucket = bucket(env)?;
+    let bucket = bindings::bucket(env)?;
     let key = manifest::blob_key(account, expected_sha);
     let mut upload = MultipartState::new(&bucket, &key, already);
     let outcome = async {
@@ -357,7 +341,7 @@ pub async fn get_blob(
     account: &str,
     sha: &str,
 ) -> Result<Option<worker::Object>, ApiError> {
-    Ok(bucket(env)?
+    Ok(bindings::bucket(env)?
         .get(manifest::blob_key(account, sha))
         .execute()
         .await?)
@@ -378,8 +362,8 @@ pub async fn commit(
     session_id: Option<&str>,
     now_ms: i64,
 ) -> Result<Manifest, ApiError> {
-    let files = manifest::normalize_files(files, max_blob_bytes(env))?;
-    let db = db(env)?;
+    let files = manifest::normalize_files(files, Config::from_env(env).max_blob_bytes)?;
+    let db = bindings::db(env)?;
 
     let needed = manifest::unique_blobs(&files);
     let sizes = blob_sizes(&db, account, &needed).await?;
@@ -418,7 +402,7 @@ pub async fn commit(
     let bytes = manifest::manifest_bytes(&manifest)?;
     let digest = manifest::sha256_hex(&bytes);
     let key = manifest::manifest_key(account, id, manifest.version, &digest);
-    bucket(env)?.put(&key, bytes).execute().await?;
+    bindings::bucket(env)?.put(&key, bytes).execute().await?;
 
     let count = manifest.files.len() as u64;
     let total = manifest.bytes();
@@ -562,7 +546,7 @@ pub async fn load_session(
     session_id: &str,
 ) -> Result<Option<Vec<FileEntry>>, ApiError> {
     let key = manifest::session_key(account, session_id);
-    let Some(object) = bucket(env)?.get(&key).execute().await? else {
+    let Some(object) = bindings::bucket(env)?.get(&key).execute().await? else {
         return Ok(None);
     };
     let bytes = object
@@ -576,5 +560,5 @@ pub async fn load_session(
 /// Whether the account has the agent session `session_id`.
 pub async fn session_exists(env: &Env, account: &str, session_id: &str) -> Result<bool, ApiError> {
     let key = manifest::session_key(account, session_id);
-    Ok(bucket(env)?.head(&key).await?.is_some())
+    Ok(bindings::bucket(env)?.head(&key).await?.is_some())
 }

@@ -16,12 +16,13 @@ use super::store::ExecRow;
 use super::sync_in::{read_manifest_at, sync_in};
 use super::ExecCtx;
 use crate::api::error::ApiError;
-use crate::billing::ledger_d1::BillingVars;
+use crate::platform::bindings;
+use crate::platform::config::Config;
+
 use crate::common::time;
 use crate::executes::agent_events::TokenUsage;
 use crate::executes::execution::{self, ExecStart, ExecStatus, MAX_QUEUE_WAIT_MS, SYNC_LIMIT_MS};
 use crate::executes::queue;
-use crate::platform::config::AgentVars;
 use crate::runner::follow::{self, Followed, Stop};
 use crate::runner::lifecycle::RunnerEvent;
 use crate::runner::link::{ensure_ready, send};
@@ -113,9 +114,7 @@ async fn run_one(ctx: &ExecCtx, row: ExecRow) -> Result<(), ApiError> {
             return ctx.end(&id, Ending::queue_expired()).await;
         }
         storage::exec(&ctx.sql, &queue::start(&id, now))?;
-        let _ = ctx
-            .env
-            .d1("DB")?
+        let _ = bindings::db(&ctx.env)?
             .prepare("UPDATE executions SET status = 'running', updated_at = ?1 WHERE id = ?2")
             .bind(&[(now as f64).into(), id.as_str().into()])?
             .run()
@@ -141,7 +140,7 @@ async fn run_one(ctx: &ExecCtx, row: ExecRow) -> Result<(), ApiError> {
         ctx,
         id: &id,
         start: &start,
-        pricing: BillingVars::from_env(&ctx.env).pricing,
+        pricing: Config::from_env(&ctx.env).billing.pricing,
     };
     match follow::follow(&ctx.link, &job, first).await? {
         Followed::Result(result) => complete(ctx, &id, &start, result).await,
@@ -195,7 +194,7 @@ async fn prepare(ctx: &ExecCtx, id: &str, start: &ExecStart) -> Result<Prepared,
         return Ok(Prepared::Fail(ExecStatus::ContainerLost, why));
     }
     let account = start.account_id.as_str();
-    let db = store::db(&ctx.env)?;
+    let db = bindings::db(&ctx.env)?;
     let ws = store::get_row(&db, account, &start.workspace_id).await?;
     let manifest = match &ws {
         Some(row) => {
@@ -227,8 +226,8 @@ async fn prepare(ctx: &ExecCtx, id: &str, start: &ExecStart) -> Result<Prepared,
             format!("sending the workspace to the runner: {why}"),
         ));
     }
-    let agent = AgentVars::from_env(&ctx.env);
-    let pricing = BillingVars::from_env(&ctx.env).pricing;
+    let agent = Config::from_env(&ctx.env).agent;
+    let pricing = Config::from_env(&ctx.env).billing.pricing;
     let task = TaskStart {
         task_id: id.to_string(),
         task: start.task.clone(),

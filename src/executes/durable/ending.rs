@@ -13,7 +13,7 @@ use crate::api::auth::Caller;
 use crate::api::error::ApiError;
 use crate::api::idempotency::Slot;
 use crate::api::idempotency_d1;
-use crate::billing::ledger_d1::{self, BillingVars, HoldTicket};
+use crate::billing::ledger_d1::{self, HoldTicket};
 use crate::billing::ledger_sql::Usage;
 use crate::billing::rules;
 use crate::common::time;
@@ -23,6 +23,8 @@ use crate::executes::execution::{
 };
 use crate::executes::queue::{self, KEEP_FINISHED};
 use crate::keys::api_key::KeyType;
+use crate::platform::bindings;
+use crate::platform::config::Config;
 use crate::runner::job::{self, EndingRow};
 use crate::runner::lifecycle::RunnerEvent;
 use crate::runner::storage;
@@ -124,7 +126,7 @@ impl ExecCtx {
         id: &str,
         usage: &TokenUsage,
     ) -> Result<(), ApiError> {
-        let pricing = BillingVars::from_env(&self.env).pricing;
+        let pricing = Config::from_env(&self.env).billing.pricing;
         let (cost, _) = execution::charge_micros(&pricing, usage, None);
         let caller = Caller {
             key_id: start.key_id.clone(),
@@ -142,7 +144,7 @@ impl ExecCtx {
             output_tokens: usage.output_tokens as i64,
             cost_micros: cost,
         };
-        let db = self.env.d1("DB")?;
+        let db = bindings::db(&self.env)?;
         ledger_d1::finish_run(&db, &caller, hold.as_ref(), id, usage, time::now_ms()).await?;
         Ok(())
     }
@@ -157,7 +159,7 @@ impl ExecCtx {
         settled: bool,
     ) -> Result<(), ApiError> {
         let id = row.id.as_str();
-        let db = self.env.d1("DB")?;
+        let db = bindings::db(&self.env)?;
         let text = match &row.body {
             Some(text) => text.clone(),
             None => {
@@ -177,7 +179,7 @@ impl ExecCtx {
             }
         };
         let body: ExecutionBody = serde_json::from_str(&text)?;
-        let pricing = BillingVars::from_env(&self.env).pricing;
+        let pricing = Config::from_env(&self.env).billing.pricing;
         let (cost, _) = execution::charge_micros(&pricing, &ending.usage, None);
         if let Some((key, claimed_at)) = &start.idempotency {
             let slot = Slot {
@@ -224,9 +226,9 @@ impl ExecCtx {
     ) -> Result<ExecutionBody, ApiError> {
         let id = row.id.as_str();
         let now = time::now_ms();
-        let vars = BillingVars::from_env(&self.env);
+        let vars = Config::from_env(&self.env).billing;
         let (cost, _) = execution::charge_micros(&vars.pricing, &ending.usage, None);
-        let db = self.env.d1("DB")?;
+        let db = bindings::db(&self.env)?;
         let key_type = KeyType::parse(&start.key_type).unwrap_or(KeyType::Standard);
         let mut billing_body = None;
         if settled && key_type == KeyType::Standard {

@@ -10,6 +10,8 @@ use super::ExecCtx;
 use crate::api::error::{ApiError, FieldError};
 use crate::common::time;
 use crate::executes::execution::ExecStart;
+use crate::platform::bindings;
+use crate::platform::config::Config;
 use crate::runner::link::send;
 use crate::wire::TaskResult;
 use crate::workspaces::manifest::{self, FileEntry};
@@ -26,7 +28,7 @@ pub(super) async fn save(
 ) -> Result<Saved, ApiError> {
     let account = start.account_id.as_str();
     let ws = start.workspace_id.as_str();
-    let db = store::db(&ctx.env)?;
+    let db = bindings::db(&ctx.env)?;
     let now = time::now_ms();
     let all: Vec<FileEntry> = result
         .files
@@ -35,7 +37,7 @@ pub(super) async fn save(
         .cloned()
         .collect();
     let wanted = manifest::unique_blobs(&all);
-    let limit = store::max_blob_bytes(&ctx.env);
+    let limit = Config::from_env(&ctx.env).max_blob_bytes;
     for sha in store::missing_blobs(&db, account, &wanted).await? {
         let mut resp = send(
             &ctx.link,
@@ -58,7 +60,7 @@ pub(super) async fn save(
     let session_id = result.thread_id.clone();
     if let Some(sid) = &session_id {
         let key = manifest::session_key(account, sid);
-        store::bucket(&ctx.env)?
+        bindings::bucket(&ctx.env)?
             .put(&key, serde_json::to_vec(&result.session)?)
             .execute()
             .await?;

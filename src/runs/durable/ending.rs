@@ -14,6 +14,7 @@ use crate::api::error::ApiError;
 use crate::api::idempotency::Slot;
 use crate::api::idempotency_d1;
 use crate::common::time;
+use crate::platform::bindings;
 use crate::runner::job::{self, EndingRow};
 use crate::runner::lifecycle::RunnerEvent;
 use crate::runner::storage;
@@ -138,7 +139,7 @@ impl RunCtx {
         for receipt in released {
             self.append_event("runner", &serde_json::to_string(&receipt)?)?;
         }
-        let db = self.env.d1("DB")?;
+        let db = bindings::db(&self.env)?;
         let updated = db
             .prepare(
                 "UPDATE runs SET status = ?1, ok = ?2, container_ms = ?3, finished_at = ?4, updated_at = ?4 WHERE id = ?5",
@@ -223,7 +224,7 @@ impl RunCtx {
             scope: spec::IDEMPOTENCY_SCOPE,
             key: claim.key,
         };
-        let db = self.env.d1("DB")?;
+        let db = bindings::db(&self.env)?;
         idempotency_d1::record_outcome(&db, &slot, claim.claimed_at as i64, status, body).await
     }
 
@@ -249,7 +250,7 @@ impl RunCtx {
             return Ok(());
         };
         let billing: RunBilling = serde_json::from_str(&row.billing)?;
-        let db = self.env.d1("DB")?;
+        let db = bindings::db(&self.env)?;
         crate::runs::billing_d1::settle(
             &db,
             account_id,

@@ -31,6 +31,7 @@ use worker::{Env, Method, Request, Response, SqlStorage, State};
 
 use crate::api::error::ApiError;
 use crate::common::time;
+use crate::platform::bindings;
 use crate::platform::http;
 use crate::runner::events::parse_last_event_id;
 use crate::runner::job;
@@ -186,8 +187,7 @@ pub async fn handle(ctx: RunCtx, state: &State, mut req: Request) -> Result<Resp
             )?;
             storage::exec(&ctx.sql, &job::forget_ending(id))?;
             let _ = state.storage().delete_alarm().await;
-            ctx.env
-                .d1("DB")?
+            bindings::db(&ctx.env)?
                 .prepare("DELETE FROM runs WHERE id = ?1 AND account_id = ?2")
                 .bind(&[(*id).into(), account.as_str().into()])?
                 .run()
@@ -220,8 +220,7 @@ async fn start(
     // The index row first: if D1 fails, nothing exists yet (and the
     // container goes).
     let indexed = async {
-        ctx.env
-            .d1("DB")?
+        bindings::db(&ctx.env)?
             .prepare(
                 "INSERT INTO runs (id, account_id, key_id, repo, git_ref, status, created_at, updated_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?6)",
