@@ -13,7 +13,9 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use cloudbox::wire::{BlobList, RunStart, RunnerHealth, TaskStart, RUNNER_SECRET_HEADER};
+use cloudbox::wire::{
+    BlobList, RunStart, RunnerError, RunnerErrorCode, RunnerHealth, TaskStart, RUNNER_SECRET_HEADER,
+};
 use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
@@ -80,11 +82,10 @@ async fn require_secret(
     if bool::from(given.ct_eq(state.secret.as_bytes())) {
         next.run(req).await
     } else {
-        error(
-            StatusCode::UNAUTHORIZED,
-            "runner_secret",
+        error(RunnerError::new(
+            RunnerErrorCode::RunnerSecret,
             "this runner answers only its Durable Object",
-        )
+        ))
     }
 }
 
@@ -110,34 +111,30 @@ async fn blob_put(State(state): State<AppState>, Path(sha): Path<String>, body: 
     match state.blobs.put_stream(&sha, body.into_data_stream()).await {
         Ok(true) => (StatusCode::CREATED, Json(json!({"stored": true}))).into_response(),
         Ok(false) => Json(json!({"stored": false})).into_response(),
-        Err(PutError::BadName) => error(StatusCode::BAD_REQUEST, "bad_blob", "not a sha256"),
-        Err(PutError::HashMismatch { actual }) => error(
-            StatusCode::BAD_REQUEST,
-            "hash_mismatch",
-            &format!("body hashes to {actual}"),
-        ),
-        Err(PutError::Io(err)) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            &err.to_string(),
-        ),
+        Err(PutError::BadName) => error(RunnerError::new(RunnerErrorCode::BadBlob, "not a sha256")),
+        Err(PutError::HashMismatch { actual }) => error(RunnerError::new(
+            RunnerErrorCode::HashMismatch,
+            format!("body hashes to {actual}"),
+        )),
+        Err(PutError::Io(err)) => {
+            error(RunnerError::new(RunnerErrorCode::Internal, err.to_string()))
+        }
     }
 }
 
 async fn blob_get(State(state): State<AppState>, Path(sha): Path<String>) -> Response {
     let Some(path) = state.blobs.path(&sha) else {
-        return error(StatusCode::BAD_REQUEST, "bad_blob", "not a sha256");
+        return error(RunnerError::new(RunnerErrorCode::BadBlob, "not a sha256"));
     };
     match tokio::fs::File::open(&path).await {
         Ok(file) => {
             let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
             ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response()
         }
-        Err(_) => error(
-            StatusCode::NOT_FOUND,
-            "blob_not_found",
+        Err(_) => error(RunnerError::new(
+            RunnerErrorCode::BlobNotFound,
             "this runner has no such blob",
-        ),
+        )),
     }
 }
 
@@ -152,7 +149,10 @@ async fn start_task(State(state): State<AppState>, Json(start): Json<TaskStart>)
     if !missing.is_empty() {
         return (
             StatusCode::CONFLICT,
-            Json(json!({"error": "missing_blobs", "message": "push these blobs first", "missing": missing})),
+            Json(RunnerError {
+                missing,
+                ..RunnerError::new(RunnerErrorCode::MissingBlobs, "push these blobs first")
+            }),
         )
             .into_response();
     }
@@ -163,12 +163,11 @@ async fn start_task(State(state): State<AppState>, Json(start): Json<TaskStart>)
     });
     match started {
         Ok(handle) => ndjson(handle, 0),
-        Err(StartError::BadId) => error(StatusCode::BAD_REQUEST, "bad_task", "bad task id"),
-        Err(StartError::Exists) => error(
-            StatusCode::CONFLICT,
-            "task_exists",
+        Err(StartError::BadId) => error(RunnerError::new(RunnerErrorCode::BadTask, "bad task id")),
+        Err(StartError::Exists) => error(RunnerError::new(
+            RunnerErrorCode::TaskExists,
             "this task was already started; resume with GET /tasks/{id}/events?after=N",
-        ),
+        )),
     }
 }
 
@@ -187,8 +186,9 @@ struct After {
     after: u64,
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(json!({"error": code, "message": message}))).into_response()
+fn error(err: RunnerError) -> Response {
+    let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(err)).into_response()
 }
 
 fn ndjson(handle: Arc<RunHandle>, after: u64) -> Response {
@@ -199,12 +199,11 @@ fn ndjson(handle: Arc<RunHandle>, after: u64) -> Response {
 async fn start_run(State(runs): State<Arc<Registry>>, Json(spec): Json<RunStart>) -> Response {
     match runs.start(spec) {
         Ok(handle) => ndjson(handle, 0),
-        Err(StartError::BadId) => error(StatusCode::BAD_REQUEST, "bad_run", "bad run id"),
-        Err(StartError::Exists) => error(
-            StatusCode::CONFLICT,
-            "run_exists",
+        Err(StartError::BadId) => error(RunnerError::new(RunnerErrorCode::BadRun, "bad run id")),
+        Err(StartError::Exists) => error(RunnerError::new(
+            RunnerErrorCode::RunExists,
             "this run was already started; resume with GET /runs/{id}/events?after=N",
-        ),
+        )),
     }
 }
 
@@ -215,11 +214,10 @@ async fn run_events(
 ) -> Response {
     match runs.get(&id) {
         Some(handle) => ndjson(handle, q.after),
-        None => error(
-            StatusCode::NOT_FOUND,
-            "run_not_found",
+        None => error(RunnerError::new(
+            RunnerErrorCode::RunNotFound,
             "this runner has no such run",
-        ),
+        )),
     }
 }
 
@@ -229,11 +227,10 @@ async fn cancel_run(State(runs): State<Arc<Registry>>, Path(id): Path<String>) -
             handle.cancel();
             Json(json!({"cancelled": true})).into_response()
         }
-        None => error(
-            StatusCode::NOT_FOUND,
-            "run_not_found",
+        None => error(RunnerError::new(
+            RunnerErrorCode::RunNotFound,
             "this runner has no such run",
-        ),
+        )),
     }
 }
 

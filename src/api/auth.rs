@@ -117,7 +117,7 @@ async fn lookup_key(
     // The checksum rejects look-alikes before any database work.
     api_key::parse(presented).map_err(|_| ApiError::InvalidKey)?;
     let hash = api_key::hash_key(presented, cfg.key_pepper.as_deref().map(str::as_bytes));
-    let row: Option<KeyRow> = bindings::db(&env)?
+    let row: Option<KeyRow> = bindings::db(env)?
         .prepare(
             "SELECT id, account_id, key_type, permissions, expires_at, revoked_at \
              FROM api_keys WHERE key_hash = ?1",

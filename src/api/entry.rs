@@ -54,7 +54,7 @@ async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
         .window_secs;
     let outcome = match bindings::db(&env) {
         Ok(db) => crate::billing::ledger_d1::sweep(&db, now_ms, window).await,
-        Err(err) => Err(ApiError::from(err)),
+        Err(err) => Err(err),
     };
     match outcome {
         Ok(released) => {

@@ -46,7 +46,7 @@ pub async fn check(
         headers.get("cf-connecting-ip")?.as_deref(),
         headers.get("x-forwarded-for")?.as_deref(),
     );
-    let db = bindings::db(&env)?;
+    let db = bindings::db(env)?;
 
     let mut plan = vec![ratelimit::hit(
         &ratelimit::ip_bucket(&ip, RouteClass::Request),

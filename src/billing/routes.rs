@@ -54,7 +54,7 @@ async fn account_of(db: &D1Database, key_id: &str, now_ms: i64) -> Result<Budget
 
 pub async fn account(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     let caller = auth::authenticate(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
-    let db = bindings::db(&ctx.env)?;
+    let db = bindings::db(ctx.env)?;
     let row = account_of(&db, &caller.key_id, ctx.now_ms).await?;
     let vars = Config::from_env(ctx.env).billing;
     let mut resp = http::json(200, &account_view(&row, &vars))?;
@@ -106,7 +106,7 @@ pub async fn transactions(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiEr
     let caller = auth::authenticate(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
     let limit = paging::limit(http::query(&req, "limit")?.as_deref())
         .map_err(|e| ApiError::ValidationFailed(vec![e]))?;
-    let db = bindings::db(&ctx.env)?;
+    let db = bindings::db(ctx.env)?;
     let before = match http::query(&req, "cursor")? {
         None => i64::MAX,
         Some(cursor) => {
@@ -168,7 +168,7 @@ async fn load_entry(db: &D1Database, id: &str, account_id: &str) -> Result<Entry
 /// One transaction of the caller's account; another account's id is 404.
 pub async fn transaction(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     let caller = auth::authenticate(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
-    let db = bindings::db(&ctx.env)?;
+    let db = bindings::db(ctx.env)?;
     let entry = load_entry(&db, ctx.param("id")?, &caller.account_id).await?;
     http::json(200, &entry_view(&entry))
 }
@@ -207,7 +207,7 @@ pub async fn usage(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
         ctx.now_ms,
     )
     .map_err(ApiError::ValidationFailed)?;
-    let db = bindings::db(&ctx.env)?;
+    let db = bindings::db(ctx.env)?;
     let rows: Vec<DayUsage> = db
         .prepare(
             "SELECT day, COUNT(*) AS executions, SUM(input_tokens) AS input_tokens, \
@@ -320,7 +320,7 @@ pub async fn admin_credits(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, 
     let idem_key = idempotency_d1::header_key(&req)?;
     let bytes = http::read_body(&mut req, http::MAX_JSON_BYTES).await?;
     let body: Value = http::parse_json(&bytes)?;
-    let db = bindings::db(&ctx.env)?;
+    let db = bindings::db(ctx.env)?;
     let key = load_key(&db, ctx.param("apiKeyId")?).await?;
 
     let claim = match idem_key {
@@ -392,7 +392,7 @@ pub async fn admin_limits(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, A
     auth::require_admin(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
     let body: Value = http::read_json(&mut req).await?;
     let patch = records::validate_limits(&body).map_err(ApiError::ValidationFailed)?;
-    let db = bindings::db(&ctx.env)?;
+    let db = bindings::db(ctx.env)?;
     let key = load_key(&db, ctx.param("apiKeyId")?).await?;
     apply_patch(&db, &key.id, &patch, ctx.now_ms).await?;
     let row = account_of(&db, &key.id, ctx.now_ms).await?;

@@ -13,20 +13,22 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 use worker::{
-    durable_object, DurableObject, Env, Request, Response, SqlStorage, SqlStorageValue, State,
+    durable_object, DurableObject, Env, Method, Request, Response, SqlStorage, SqlStorageValue,
+    State,
 };
 
 use crate::api::error::ApiError;
+use crate::common::{canonical, time};
+use crate::computers::call::{self, ComputerCall};
 use crate::computers::generate::{self, FileToWrite};
+use crate::computers::grade;
 use crate::computers::receipts::{self, Receipt};
 use crate::computers::spec::{self, ComputerSpec, Criterion};
-use crate::platform::config::Config;
-use crate::platform::config::ModelConfig;
+use crate::platform::config::{Config, ModelConfig};
 use crate::platform::model;
-use crate::{common::canonical, common::time, computers::grade, platform::http};
+use crate::platform::{bindings, http};
 
 /// Header with the caller's account on internal requests from the Worker.
-pub const ACCOUNT_HEADER: &str = "x-cloudbox-account";
 /// Criteria without a `mustEvent` judged by the model per grade, at most.
 const MAX_JUDGED: usize = 8;
 /// Receipts summarized for the judge (the most recent ones).
@@ -62,10 +64,7 @@ impl DurableObject for Computer {
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        let request_id = req
-            .headers()
-            .get("x-request-id")?
-            .unwrap_or_else(|| "computer-do".to_string());
+        let request_id = bindings::request_id_of(&req, "computer-do");
         let result = self.handle(&mut req).await;
         Ok(result.unwrap_or_else(|err| {
             if let ApiError::Internal(detail) = &err {
@@ -115,37 +114,6 @@ struct CountRow {
     n: f64,
 }
 
-#[derive(Deserialize)]
-struct CreateBody {
-    id: String,
-    spec: Value,
-}
-
-#[derive(Deserialize)]
-struct PathBody {
-    path: String,
-}
-
-#[derive(Deserialize)]
-struct WriteBody {
-    path: String,
-    content: String,
-}
-
-#[derive(Deserialize)]
-struct AskBody {
-    who: String,
-    message: String,
-}
-
-#[derive(Deserialize)]
-struct SubmitBody {
-    objective: String,
-    decision: Option<String>,
-    paths: Option<Vec<String>>,
-    notes: Option<String>,
-}
-
 fn opt(value: &Option<String>) -> SqlStorageValue {
     match value {
         Some(s) => s.as_str().into(),
@@ -155,28 +123,27 @@ fn opt(value: &Option<String>) -> SqlStorageValue {
 
 impl Computer {
     async fn handle(&self, req: &mut Request) -> Result<Response, ApiError> {
-        let account = req
-            .headers()
-            .get(ACCOUNT_HEADER)?
-            .filter(|a| !a.is_empty())
-            .ok_or_else(|| ApiError::Internal("internal call without an account".into()))?;
-        let op = req.path().trim_start_matches('/').to_string();
-        let body: Value = req.json().await.unwrap_or(Value::Null);
-        if op == "create" {
-            return self.create(&account, serde_json::from_value(body)?).await;
+        if req.method() != Method::Post || req.path() != "/call" {
+            return Err(ApiError::NotFound);
+        }
+        let account = bindings::account_of(req)?;
+        let call: ComputerCall = serde_json::from_slice(&req.bytes().await?)
+            .map_err(|e| ApiError::Internal(format!("bad computer call: {e}")))?;
+        if let ComputerCall::Create(body) = call {
+            return self.create(&account, body).await;
         }
         let (id, spec) = self.owned_spec(&account)?;
-        match op.as_str() {
-            "files" => self.files(),
-            "read" => self.read(serde_json::from_value(body)?),
-            "write" => self.write(serde_json::from_value(body)?),
-            "ask" => self.ask(&spec, serde_json::from_value(body)?).await,
-            "submit" => self.submit(&spec, serde_json::from_value(body)?),
-            "receipts" => http::json(200, &json!({ "receipts": self.receipts()? })),
-            "grade" => self.grade(&spec).await,
-            "spec" => self.spec_view(&id),
-            "reset" => self.reset(&id),
-            _ => Err(ApiError::NotFound),
+        match call {
+            ComputerCall::Create(_) => Err(ApiError::Internal("create handled above".into())),
+            ComputerCall::Files => self.files(),
+            ComputerCall::Read(body) => self.read(body),
+            ComputerCall::Write(body) => self.write(body),
+            ComputerCall::Ask(body) => self.ask(&spec, body).await,
+            ComputerCall::Submit(body) => self.submit(&spec, body),
+            ComputerCall::Receipts => http::json(200, &json!({ "receipts": self.receipts()? })),
+            ComputerCall::Grade => self.grade(&spec).await,
+            ComputerCall::Spec => self.spec_view(&id),
+            ComputerCall::Reset => self.reset(&id),
         }
     }
 
@@ -213,7 +180,7 @@ impl Computer {
     }
 
     /// Materializes the spec once: 201 the first time, 200 after.
-    async fn create(&self, account: &str, body: CreateBody) -> Result<Response, ApiError> {
+    async fn create(&self, account: &str, body: call::Create) -> Result<Response, ApiError> {
         if let Some(owner) = self.meta("account")? {
             return if owner == account {
                 Self::created_response(&body.id, 200)
@@ -391,7 +358,7 @@ impl Computer {
         http::json(200, &json!({ "files": listed }))
     }
 
-    fn read(&self, body: PathBody) -> Result<Response, ApiError> {
+    fn read(&self, body: call::Read) -> Result<Response, ApiError> {
         let found = match self.writes()?.into_iter().find(|w| w.path == body.path) {
             Some(write) => Some(("agent-write".to_string(), write.content)),
             None => self
@@ -408,7 +375,7 @@ impl Computer {
         )
     }
 
-    fn write(&self, body: WriteBody) -> Result<Response, ApiError> {
+    fn write(&self, body: call::Write) -> Result<Response, ApiError> {
         let bytes = body.content.len();
         #[derive(Deserialize)]
         struct Held {
@@ -451,7 +418,7 @@ impl Computer {
         http::json(200, &json!({"path": body.path, "written": bytes}))
     }
 
-    async fn ask(&self, spec: &ComputerSpec, body: AskBody) -> Result<Response, ApiError> {
+    async fn ask(&self, spec: &ComputerSpec, body: call::Ask) -> Result<Response, ApiError> {
         let collaborator = spec
             .collaborators
             .iter()
@@ -517,7 +484,7 @@ impl Computer {
         http::json(200, &out)
     }
 
-    fn submit(&self, spec: &ComputerSpec, body: SubmitBody) -> Result<Response, ApiError> {
+    fn submit(&self, spec: &ComputerSpec, body: call::Submit) -> Result<Response, ApiError> {
         if !spec.objectives.iter().any(|o| o.id == body.objective) {
             return Err(ApiError::ObjectiveNotFound);
         }

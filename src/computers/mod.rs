@@ -1,6 +1,7 @@
 //! Computers: the spec, text generation, the receipt log, grading, the
 //! routes and the Computer DO (`durable`).
 
+pub mod call;
 pub mod generate;
 pub mod grade;
 pub mod receipts;

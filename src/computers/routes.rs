@@ -9,14 +9,15 @@
 
 use serde::Deserialize;
 use serde_json::{json, Value};
-use worker::{Headers, Method, Request, RequestInit, Response};
+use worker::{Request, Response};
 
 use crate::api::auth::{self, Caller};
 use crate::api::dispatch::Ctx;
 use crate::api::error::{ApiError, FieldError};
 use crate::api::route::ComputerRoute;
-use crate::computers::durable::ACCOUNT_HEADER;
+use crate::computers::call::{self, ComputerCall};
 use crate::keys::api_key::Permission;
+use crate::platform::bindings;
 use crate::platform::config::Config;
 use crate::platform::model;
 use crate::{common::paths, computers::generate, computers::spec, platform::http};
@@ -51,8 +52,8 @@ pub async fn handle(
             if !spec::is_computer_id(&id) {
                 return Err(ApiError::ComputerNotFound);
             }
-            let (name, body) = action_body(action, &mut req).await?;
-            call(ctx, &id, name, &caller.account_id, &body).await
+            let call = action_call(action, &mut req).await?;
+            to_computer(ctx, &id, &caller.account_id, &call).await
         }
     }
 }
@@ -67,14 +68,11 @@ async fn create(req: &mut Request, ctx: &Ctx<'_>, caller: &Caller) -> Result<Res
     let value: Value = http::parse_json(&bytes)?;
     spec::parse(&value)?;
     let id = spec::computer_id(&caller.account_id, &value);
-    call(
-        ctx,
-        &id,
-        "create",
-        &caller.account_id,
-        &json!({"id": id, "spec": value}),
-    )
-    .await
+    let call = ComputerCall::Create(call::Create {
+        id: id.clone(),
+        spec: value,
+    });
+    to_computer(ctx, &id, &caller.account_id, &call).await
 }
 
 #[derive(Deserialize)]
@@ -149,22 +147,19 @@ fn within(value: &str, field: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Validates an action's input; returns the op name and the body for the DO.
-async fn action_body(
-    op: ComputerRoute,
-    req: &mut Request,
-) -> Result<(&'static str, Value), ApiError> {
+/// Validates an action's input; returns the call for the DO.
+async fn action_call(op: ComputerRoute, req: &mut Request) -> Result<ComputerCall, ApiError> {
     Ok(match op {
-        ComputerRoute::Files => ("files", json!({})),
-        ComputerRoute::Receipts => ("receipts", json!({})),
-        ComputerRoute::Grade => ("grade", json!({})),
-        ComputerRoute::Spec => ("spec", json!({})),
-        ComputerRoute::Reset => ("reset", json!({})),
+        ComputerRoute::Files => ComputerCall::Files,
+        ComputerRoute::Receipts => ComputerCall::Receipts,
+        ComputerRoute::Grade => ComputerCall::Grade,
+        ComputerRoute::Spec => ComputerCall::Spec,
+        ComputerRoute::Reset => ComputerCall::Reset,
         ComputerRoute::Read => {
             let path = http::query(req, "path")?
                 .ok_or_else(|| invalid("path", "the path query parameter is required"))?;
             paths::check_path("path", &path)?;
-            ("read", json!({ "path": path }))
+            ComputerCall::Read(call::Read { path })
         }
         ComputerRoute::Write => {
             // A body over 1 MiB necessarily holds content over the limit.
@@ -178,7 +173,7 @@ async fn action_body(
             if content.len() > MAX_WRITE_BYTES {
                 return Err(ApiError::ContentTooLarge);
             }
-            ("write", json!({"path": path, "content": content}))
+            ComputerCall::Write(call::Write { path, content })
         }
         ComputerRoute::Ask => {
             let body: AskBody = http::read_json(req).await?;
@@ -188,7 +183,7 @@ async fn action_body(
                 return Err(invalid("message", "must not be empty"));
             }
             within(&message, "message")?;
-            ("ask", json!({"who": who, "message": message}))
+            ComputerCall::Ask(call::Ask { who, message })
         }
         ComputerRoute::Submit => {
             let body: SubmitBody = http::read_json(req).await?;
@@ -201,10 +196,12 @@ async fn action_body(
             if let Some(notes) = &body.notes {
                 within(notes, "notes")?;
             }
-            (
-                "submit",
-                json!({"objective": objective, "decision": body.decision, "paths": body.paths, "notes": body.notes}),
-            )
+            ComputerCall::Submit(call::Submit {
+                objective,
+                decision: body.decision,
+                paths: body.paths,
+                notes: body.notes,
+            })
         }
         ComputerRoute::Create | ComputerRoute::Brief => {
             return Err(ApiError::Internal("not an action".into()))
@@ -212,27 +209,22 @@ async fn action_body(
     })
 }
 
-/// One internal request to the computer's Durable Object; its answer is the response.
-async fn call(
+/// One internal call to the computer's Durable Object; its answer is the response.
+async fn to_computer(
     ctx: &Ctx<'_>,
     id: &str,
-    op: &str,
     account: &str,
-    body: &Value,
+    call: &ComputerCall,
 ) -> Result<Response, ApiError> {
-    let stub = ctx
-        .env
-        .durable_object("COMPUTER")?
-        .id_from_name(id)?
-        .get_stub()?;
-    let headers = Headers::new();
-    headers.set("content-type", "application/json")?;
-    headers.set(ACCOUNT_HEADER, account)?;
-    headers.set("x-request-id", ctx.request_id)?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_headers(headers)
-        .with_body(Some(body.to_string().into()));
-    let req = Request::new_with_init(&format!("https://computer.do/{op}"), &init)?;
-    Ok(stub.fetch_with_request(req).await?)
+    let json = serde_json::to_string(call)?;
+    bindings::call_do(
+        ctx.env,
+        bindings::COMPUTER,
+        id,
+        call::CALL_URL,
+        account,
+        ctx.request_id,
+        json,
+    )
+    .await
 }

@@ -7,7 +7,7 @@
 
 use serde::Deserialize;
 use serde_json::Value;
-use worker::{Headers, Method, Request, Response};
+use worker::{Headers, Request, Response};
 
 use crate::api::auth::{self, Caller};
 use crate::api::dispatch::Ctx;
@@ -20,6 +20,7 @@ use crate::executes::spec::{self, ExecuteSpec};
 use crate::keys::api_key::{KeyType, Permission};
 use crate::platform::bindings;
 use crate::platform::config::Config;
+use crate::runner::call::{Respond, RunnerCall};
 use crate::{common::ids, platform::http, workspaces::manifest};
 
 async fn caller(req: &Request, ctx: &Ctx<'_>) -> Result<Caller, ApiError> {
@@ -37,21 +38,10 @@ async fn to_workspace_do(
     ctx: &Ctx<'_>,
     account: &str,
     workspace_id: &str,
-    method: Method,
-    path_and_query: &str,
-    body: Option<String>,
+    call: &RunnerCall,
 ) -> Result<Response, ApiError> {
     let name = workspace_do_name(account, workspace_id);
-    crate::runner::durable::call(
-        ctx.env,
-        &name,
-        account,
-        ctx.request_id,
-        method,
-        path_and_query,
-        body,
-    )
-    .await
+    crate::runner::durable::call(ctx.env, &name, account, ctx.request_id, call).await
 }
 
 /// `?wait=false` refuses instead of queueing behind another execute.
@@ -84,7 +74,7 @@ pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiErro
     let Some(idem) = idem_key else {
         return start(ctx, &caller, spec?, wait, sse, None).await;
     };
-    let db = bindings::db(&ctx.env)?;
+    let db = bindings::db(ctx.env)?;
     let stale_after = match &spec {
         Ok(spec) => execution::hold_life_ms(spec.timeout_ms),
         Err(_) => execution::hold_life_ms(0),
@@ -122,7 +112,7 @@ async fn with_budget_warning(
     caller: &Caller,
     mut resp: Response,
 ) -> Result<Response, ApiError> {
-    let db = bindings::db(&ctx.env)?;
+    let db = bindings::db(ctx.env)?;
     let vars = Config::from_env(ctx.env).billing;
     match ledger_d1::budget_warning(&db, &vars, caller, crate::common::time::now_ms()).await {
         Ok(Some(warning)) => resp.headers_mut().set("x-budget-warning", &warning)?,
@@ -153,7 +143,7 @@ async fn start(
         }
     }
     let run_id = ids::new_id("exe_")?;
-    let db = bindings::db(&ctx.env)?;
+    let db = bindings::db(ctx.env)?;
     let vars = Config::from_env(ctx.env).billing;
     let max_life = execution::hold_life_ms(spec.timeout_ms);
     let hold = ledger_d1::begin_run(
@@ -193,14 +183,16 @@ async fn start(
         wait,
         idempotency,
     };
-    let respond = if sse { "events" } else { "result" };
+    let respond = if sse {
+        Respond::Events
+    } else {
+        Respond::Result
+    };
     let sent = to_workspace_do(
         ctx,
         &caller.account_id,
         &spec.workspace_id,
-        Method::Post,
-        &format!("/executions/{run_id}/start?respond={respond}"),
-        Some(serde_json::to_string(&start)?),
+        &RunnerCall::StartExecute { start, respond },
     )
     .await;
     // 409: the DO refused before queueing, so nothing ran.
@@ -216,14 +208,14 @@ async fn start(
         Err(_) => true,
     };
     let sent = if failed {
-        let wait = if sse { "false" } else { "true" };
         let asked = to_workspace_do(
             ctx,
             &caller.account_id,
             &spec.workspace_id,
-            Method::Get,
-            &format!("/executions/{run_id}?wait={wait}"),
-            None,
+            &RunnerCall::GetExecute {
+                run_id: run_id.clone(),
+                wait: !sse,
+            },
         )
         .await;
         match asked {
@@ -280,7 +272,7 @@ async fn index_execution(
     workspace_id: &str,
 ) -> Result<(), ApiError> {
     let now = ctx.now_ms as f64;
-    bindings::db(&ctx.env)?
+    bindings::db(ctx.env)?
         .prepare(
             "INSERT INTO executions (id, account_id, key_id, workspace_id, status, created_at, \
              updated_at) VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?5)",
@@ -323,7 +315,7 @@ async fn locate(ctx: &Ctx<'_>, caller: &Caller, run_id: &str) -> Result<String, 
     if !ids::has_shape(run_id, "exe_") {
         return Err(ApiError::RunNotFound);
     }
-    let located: Option<Located> = bindings::db(&ctx.env)?
+    let located: Option<Located> = bindings::db(ctx.env)?
         .prepare("SELECT workspace_id FROM executions WHERE id = ?1 AND account_id = ?2")
         .bind(&[run_id.into(), caller.account_id.as_str().into()])?
         .first(None)
@@ -338,15 +330,10 @@ pub async fn cancel(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     let caller = caller(&req, ctx).await?;
     let run_id = ctx.param("runId")?;
     let workspace_id = locate(ctx, &caller, run_id).await?;
-    to_workspace_do(
-        ctx,
-        &caller.account_id,
-        &workspace_id,
-        Method::Post,
-        &format!("/executions/{run_id}/cancel"),
-        None,
-    )
-    .await
+    let call = RunnerCall::CancelExecute {
+        run_id: run_id.to_string(),
+    };
+    to_workspace_do(ctx, &caller.account_id, &workspace_id, &call).await
 }
 
 /// `GET /execute/:runId`: the execute's answer once it has ended (the same
@@ -358,13 +345,9 @@ pub async fn get(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     let run_id = ctx.param("runId")?;
     let workspace_id = locate(ctx, &caller, run_id).await?;
     let wait = http::query(&req, "wait")?.as_deref() == Some("true");
-    to_workspace_do(
-        ctx,
-        &caller.account_id,
-        &workspace_id,
-        Method::Get,
-        &format!("/executions/{run_id}?wait={wait}"),
-        None,
-    )
-    .await
+    let call = RunnerCall::GetExecute {
+        run_id: run_id.to_string(),
+        wait,
+    };
+    to_workspace_do(ctx, &caller.account_id, &workspace_id, &call).await
 }

@@ -47,7 +47,7 @@ pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiErro
     auth::require_admin(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
     let body: NewKeyRequest = http::read_json(&mut req).await?;
     let new = api_key::validate_new_key(body, ctx.now_ms).map_err(ApiError::ValidationFailed)?;
-    let db = bindings::db(&ctx.env)?;
+    let db = bindings::db(ctx.env)?;
 
     let mut statements = Vec::new();
     let account_id = match &new.account_id {
@@ -150,7 +150,7 @@ pub async fn list(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
             return Err(ApiError::ValidationFailed(errors));
         }
     };
-    let db = bindings::db(&ctx.env)?;
+    let db = bindings::db(ctx.env)?;
     let sql = format!(
         "SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at DESC, id LIMIT ?1 OFFSET ?2"
     );
@@ -179,7 +179,7 @@ pub async fn list(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
 
 pub async fn get(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     auth::require_admin(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
-    let db = bindings::db(&ctx.env)?;
+    let db = bindings::db(ctx.env)?;
     let row = load_key(&db, ctx.param("id")?).await?;
     http::json(200, &row.view(ctx.now_ms))
 }
@@ -217,7 +217,7 @@ pub async fn update(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiErro
     auth::require_admin(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
     let body: Value = http::read_json(&mut req).await?;
     let patch = records::validate_patch(&body).map_err(ApiError::ValidationFailed)?;
-    let db = bindings::db(&ctx.env)?;
+    let db = bindings::db(ctx.env)?;
     let id = ctx.param("id")?;
     load_key(&db, id).await?;
     apply_patch(&db, id, &patch, ctx.now_ms).await?;
@@ -228,7 +228,7 @@ pub async fn update(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiErro
 /// revoked key keeps its first revocation time.
 pub async fn revoke(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     auth::require_admin(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
-    let db = bindings::db(&ctx.env)?;
+    let db = bindings::db(ctx.env)?;
     let id = ctx.param("id")?;
     load_key(&db, id).await?;
     db.prepare(
@@ -247,7 +247,7 @@ pub async fn revoke(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
 /// old one revoked in the same batch. 409 `key_revoked` for a revoked key.
 pub async fn rotate(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     auth::require_admin(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
-    let db = bindings::db(&ctx.env)?;
+    let db = bindings::db(ctx.env)?;
     let old_id = ctx.param("id")?;
     let old = load_key(&db, old_id).await?;
     if old.revoked_at.is_some() {
@@ -324,7 +324,7 @@ pub const RECENT_USAGE: i64 = 20;
 /// recent executions.
 pub async fn usage(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     auth::require_admin(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
-    let db = bindings::db(&ctx.env)?;
+    let db = bindings::db(ctx.env)?;
     let row = load_key(&db, ctx.param("id")?).await?;
     let totals = db
         .prepare(

@@ -7,53 +7,43 @@
 use std::rc::Rc;
 
 use serde_json::json;
-use worker::{
-    durable_object, DurableObject, Env, Method, Request, RequestInit, Response, SqlStorage, State,
-};
+use worker::{durable_object, DurableObject, Env, Method, Request, Response, SqlStorage, State};
 
 use crate::api::error::ApiError;
 use crate::executes::durable as executions;
-use crate::platform::http;
+use crate::platform::{bindings, http};
+use crate::runner::call::{RunnerCall, CALL_URL};
 use crate::runner::lifecycle;
 use crate::runner::lifecycle::RunnerEvent;
 use crate::runner::link::{ensure_ready, record, release, Link, LinkState};
 use crate::runner::live;
 use crate::runs::durable as runs;
 
-/// One internal request from the Worker to the CloudboxRunner named
-/// `name`, on behalf of `account` (the DO checks ownership with it).
+/// One internal call from the Worker to the CloudboxRunner named `name`,
+/// on behalf of `account` (the DO checks ownership with it).
 pub async fn call(
     env: &Env,
     name: &str,
     account: &str,
     request_id: &str,
-    method: Method,
-    path_and_query: &str,
-    body: Option<String>,
+    call: &RunnerCall,
 ) -> Result<Response, ApiError> {
-    let stub = env
-        .durable_object("RUNNER")?
-        .id_from_name(name)?
-        .get_stub()?;
-    let headers = worker::Headers::new();
-    headers.set("x-cloudbox-account", account)?;
-    headers.set("x-request-id", request_id)?;
-    let mut init = RequestInit::new();
-    init.with_method(method).with_headers(headers);
-    if let Some(body) = body {
-        init.with_body(Some(body.into()));
-    }
-    let req = Request::new_with_init(&format!("https://runner.do{path_and_query}"), &init)?;
-    Ok(stub.fetch_with_request(req).await?)
+    let json = serde_json::to_string(call)?;
+    bindings::call_do(
+        env,
+        bindings::RUNNER,
+        name,
+        CALL_URL,
+        account,
+        request_id,
+        json,
+    )
+    .await
 }
 
 /// Asks the CloudboxRunner named `name` to check its runner end to end.
-pub async fn probe(env: &Env, name: &str) -> Result<serde_json::Value, ApiError> {
-    let stub = env
-        .durable_object("RUNNER")?
-        .id_from_name(name)?
-        .get_stub()?;
-    let mut resp = stub.fetch_with_str("https://runner.do/probe").await?;
+pub async fn probe(env: &Env, name: &str, request_id: &str) -> Result<serde_json::Value, ApiError> {
+    let mut resp = call(env, name, "operator", request_id, &RunnerCall::Probe).await?;
     let body: serde_json::Value = resp.json().await?;
     if resp.status_code() == 200 {
         Ok(body)
@@ -91,26 +81,9 @@ impl DurableObject for CloudboxRunner {
         }
     }
 
-    async fn fetch(&self, req: Request) -> worker::Result<Response> {
-        let request_id = req
-            .headers()
-            .get("x-request-id")
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| "runner-do".to_string());
-        let path = req.path();
-        let result = match (req.method(), path.as_str()) {
-            (Method::Get, "/probe") => self.probe().await,
-            (_, p) if p.starts_with("/runs/") => match self.run_ctx() {
-                Ok(ctx) => runs::handle(ctx, &self.state, req).await,
-                Err(err) => Err(err),
-            },
-            (_, p) if p.starts_with("/executions/") => match self.exec_ctx() {
-                Ok(ctx) => executions::handle(ctx, &self.state, req).await,
-                Err(err) => Err(err),
-            },
-            _ => Err(ApiError::NotFound),
-        };
+    async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
+        let request_id = bindings::request_id_of(&req, "runner-do");
+        let result = self.handle(&mut req).await;
         Ok(result.unwrap_or_else(|err| {
             if let ApiError::Internal(detail) = &err {
                 worker::console_error!("runner_do: {detail}");
@@ -133,6 +106,33 @@ impl DurableObject for CloudboxRunner {
 }
 
 impl CloudboxRunner {
+    /// One call from the Worker: to the run this DO holds, to the
+    /// workspace's executes, or a probe.
+    async fn handle(&self, req: &mut Request) -> Result<Response, ApiError> {
+        if req.method() != Method::Post || req.path() != "/call" {
+            return Err(ApiError::NotFound);
+        }
+        let account = bindings::account_of(req)?;
+        let call: RunnerCall = serde_json::from_slice(&req.bytes().await?)
+            .map_err(|e| ApiError::Internal(format!("bad runner call: {e}")))?;
+        match call {
+            RunnerCall::Probe => self.probe().await,
+            RunnerCall::StartRun { .. }
+            | RunnerCall::GetRun { .. }
+            | RunnerCall::RunEvents { .. }
+            | RunnerCall::VerifyRun { .. }
+            | RunnerCall::CancelRun { .. }
+            | RunnerCall::DeleteRun { .. } => {
+                runs::handle(self.run_ctx()?, &self.state, &account, call).await
+            }
+            RunnerCall::StartExecute { .. }
+            | RunnerCall::GetExecute { .. }
+            | RunnerCall::CancelExecute { .. } => {
+                executions::handle(self.exec_ctx()?, &self.state, &account, call).await
+            }
+        }
+    }
+
     fn run_ctx(&self) -> Result<runs::RunCtx, ApiError> {
         Ok(runs::RunCtx {
             sql: self.sql.clone(),

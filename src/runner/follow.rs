@@ -14,7 +14,7 @@ use worker::{Delay, Method, Response};
 use crate::api::error::ApiError;
 use crate::runner::events::LineSplitter;
 use crate::runner::link::{send, Link};
-use crate::wire::WireEvent;
+use crate::wire::{RunnerError, RunnerErrorCode, WireEvent};
 
 /// No event and no heartbeat for this long: the runner stopped answering.
 pub const STALL_MS: u64 = 10_000;
@@ -78,13 +78,20 @@ pub(crate) async fn follow<J: Job>(
                 Read::Stopped(stop) => return Ok(Followed::Stopped(stop)),
                 Read::Broken(reason) => reason,
             },
-            Ok(resp) if resp.status_code() == 404 => {
-                return Ok(Followed::Lost(format!(
-                    "the runner no longer has this {} (it restarted)",
-                    J::NOUN
-                )))
+            Ok(mut resp) => {
+                let status = resp.status_code();
+                let refused = RunnerError::parse(&resp.text().await.unwrap_or_default());
+                match refused {
+                    Some(err) if err.error == RunnerErrorCode::RunNotFound => {
+                        return Ok(Followed::Lost(format!(
+                            "the runner no longer has this {} (it restarted)",
+                            J::NOUN
+                        )))
+                    }
+                    Some(err) => format!("runner answered {status}: {}", err.message),
+                    None => format!("runner answered {status}"),
+                }
             }
-            Ok(resp) => format!("runner answered {}", resp.status_code()),
             Err(err) => err,
         };
         // Only breaks in a row count: a stream that delivered events was alive.

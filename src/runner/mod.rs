@@ -3,6 +3,7 @@
 //! (`events`), the DO shell (`durable`), the container link (`link`), the
 //! live signal, SSE, and the admin health route.
 
+pub mod call;
 pub mod events;
 pub mod job;
 pub mod lifecycle;

@@ -7,7 +7,7 @@
 
 use serde::Deserialize;
 use serde_json::{json, Value};
-use worker::{Method, Request, Response};
+use worker::{Request, Response};
 
 use crate::api::auth::{self, Caller};
 use crate::api::dispatch::Ctx;
@@ -16,6 +16,7 @@ use crate::api::idempotency::{self, Slot};
 use crate::api::idempotency_d1;
 use crate::keys::api_key::Permission;
 use crate::platform::bindings;
+use crate::runner::call::{Respond, RunnerCall, StartRun};
 use crate::runner::events::{parse_limit, ListCursor};
 use crate::wire::RunStart;
 use crate::{common::ids, platform::http, runs::billing_d1, runs::spec};
@@ -26,26 +27,15 @@ async fn caller(req: &Request, ctx: &Ctx<'_>, permission: Permission) -> Result<
     Ok(caller)
 }
 
-/// Sends one internal request to the run's DO.
+/// Sends one internal call to the run's DO.
 async fn to_run_do(
     ctx: &Ctx<'_>,
     caller: &Caller,
     run_id: &str,
-    method: Method,
-    path_and_query: &str,
-    body: Option<String>,
+    call: &RunnerCall,
 ) -> Result<Response, ApiError> {
     let name = format!("run:{run_id}");
-    crate::runner::durable::call(
-        ctx.env,
-        &name,
-        &caller.account_id,
-        ctx.request_id,
-        method,
-        path_and_query,
-        body,
-    )
-    .await
+    crate::runner::durable::call(ctx.env, &name, &caller.account_id, ctx.request_id, call).await
 }
 
 /// Run ids are ours (`run_` + hex); anything else cannot exist.
@@ -82,7 +72,7 @@ pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiErro
     let Some(idem) = idem_key else {
         return start_run(ctx, &caller, spec?, sse, None).await;
     };
-    let db = bindings::db(&ctx.env)?;
+    let db = bindings::db(ctx.env)?;
     let stale_after = match &spec {
         Ok(spec) => spec.deadline_ms() as i64 + IDEM_STALE_GRACE_MS,
         Err(_) => IDEM_STALE_GRACE_MS,
@@ -124,7 +114,7 @@ async fn start_run(
     idempotency: Option<(String, i64)>,
 ) -> Result<Response, ApiError> {
     let run_id = ids::new_id("run_")?;
-    let db = bindings::db(&ctx.env)?;
+    let db = bindings::db(ctx.env)?;
     let (billing, deadline_ms) = billing_d1::begin(
         &db,
         ctx.env,
@@ -144,24 +134,22 @@ async fn start_run(
         timeout_ms: spec.timeout_ms,
         env: spec.env,
     };
-    let body = json!({
-        "accountId": caller.account_id,
-        "keyId": caller.key_id,
-        "spec": start,
-        "deadlineMs": deadline_ms.max(0),
-        "billing": billing,
-        "idempotency": idempotency,
-    });
-    let respond = if sse { "events" } else { "result" };
-    let sent = to_run_do(
-        ctx,
-        caller,
-        &run_id,
-        Method::Post,
-        &format!("/runs/{run_id}/start?respond={respond}"),
-        Some(body.to_string()),
-    )
-    .await;
+    let call = RunnerCall::StartRun {
+        start: StartRun {
+            account_id: caller.account_id.clone(),
+            key_id: caller.key_id.clone(),
+            spec: start,
+            deadline_ms: deadline_ms.max(0) as u64,
+            billing: Some(billing.clone()),
+            idempotency,
+        },
+        respond: if sse {
+            Respond::Events
+        } else {
+            Respond::Result
+        },
+    };
+    let sent = to_run_do(ctx, caller, &run_id, &call).await;
     let failed = match &sent {
         Ok(resp) => resp.status_code() >= 500,
         Err(_) => true,
@@ -185,29 +173,23 @@ async fn run_exists(db: &worker::D1Database, run_id: &str) -> Result<bool, ApiEr
 }
 
 /// The run-scoped routes that only forward to the run's DO: check the key
-/// and the id, then `method /runs/{id}{suffix}`.
+/// and the id, then send the call `call` makes of the run id.
 async fn forward(
     req: &Request,
     ctx: &Ctx<'_>,
     permission: Permission,
-    method: Method,
-    suffix: &str,
+    call: fn(String) -> RunnerCall,
 ) -> Result<Response, ApiError> {
     let caller = caller(req, ctx, permission).await?;
     let id = run_id(ctx)?;
-    to_run_do(
-        ctx,
-        &caller,
-        id,
-        method,
-        &format!("/runs/{id}{suffix}"),
-        None,
-    )
-    .await
+    to_run_do(ctx, &caller, id, &call(id.to_string())).await
 }
 
 pub async fn get(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
-    forward(&req, ctx, Permission::Read, Method::Get, "").await
+    forward(&req, ctx, Permission::Read, |run_id| RunnerCall::GetRun {
+        run_id,
+    })
+    .await
 }
 
 pub async fn events(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
@@ -219,27 +201,32 @@ pub async fn events(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
         None => http::query(&req, "after")?,
     };
     let after = crate::runner::events::parse_last_event_id(after.as_deref());
-    to_run_do(
-        ctx,
-        &caller,
-        id,
-        Method::Get,
-        &format!("/runs/{id}/events?after={after}"),
-        None,
-    )
-    .await
+    let call = RunnerCall::RunEvents {
+        run_id: id.to_string(),
+        after,
+    };
+    to_run_do(ctx, &caller, id, &call).await
 }
 
 pub async fn verify(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
-    forward(&req, ctx, Permission::Read, Method::Get, "/verify").await
+    forward(&req, ctx, Permission::Read, |run_id| {
+        RunnerCall::VerifyRun { run_id }
+    })
+    .await
 }
 
 pub async fn cancel(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
-    forward(&req, ctx, Permission::Execute, Method::Post, "/cancel").await
+    forward(&req, ctx, Permission::Execute, |run_id| {
+        RunnerCall::CancelRun { run_id }
+    })
+    .await
 }
 
 pub async fn delete(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
-    forward(&req, ctx, Permission::Execute, Method::Delete, "").await
+    forward(&req, ctx, Permission::Execute, |run_id| {
+        RunnerCall::DeleteRun { run_id }
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -267,7 +254,7 @@ pub async fn list(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
             )])
         })?),
     };
-    let db = bindings::db(&ctx.env)?;
+    let db = bindings::db(ctx.env)?;
     let (created, id) = match &cursor {
         Some(c) => (c.created_ms as f64, c.run_id.clone()),
         None => (f64::MAX, String::new()),

@@ -208,9 +208,83 @@ pub struct RunResult {
     pub container_ms: u64,
 }
 
+/// Why the runner refused a call: the `error` of every error it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunnerErrorCode {
+    /// The call did not carry the container's secret.
+    RunnerSecret,
+    /// Not a sha256 name.
+    BadBlob,
+    /// The bytes do not hash to their name.
+    HashMismatch,
+    BlobNotFound,
+    /// A task names blobs the runner's cache lacks (`missing`).
+    MissingBlobs,
+    BadTask,
+    TaskExists,
+    BadRun,
+    RunExists,
+    /// The runner has no such run or task: it restarted since.
+    RunNotFound,
+    Internal,
+}
+
+/// The body of every error the runner answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerError {
+    pub error: RunnerErrorCode,
+    pub message: String,
+    /// With `missing_blobs`: the blobs to push first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
+}
+
+impl RunnerError {
+    pub fn new(error: RunnerErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            error,
+            message: message.into(),
+            missing: Vec::new(),
+        }
+    }
+
+    /// The HTTP status each code is answered with (one place).
+    pub fn status(&self) -> u16 {
+        use RunnerErrorCode::*;
+        match self.error {
+            RunnerSecret => 401,
+            BadBlob | HashMismatch | BadTask | BadRun => 400,
+            BlobNotFound | RunNotFound => 404,
+            MissingBlobs | TaskExists | RunExists => 409,
+            Internal => 500,
+        }
+    }
+
+    /// The runner's error in an answer body, if it is one.
+    pub fn parse(body: &str) -> Option<Self> {
+        serde_json::from_str(body).ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runner_errors_round_trip_with_their_status() {
+        let err = RunnerError::new(RunnerErrorCode::RunNotFound, "this runner has no such run");
+        let text = serde_json::to_string(&err).unwrap();
+        assert_eq!(
+            text,
+            r#"{"error":"run_not_found","message":"this runner has no such run"}"#
+        );
+        assert_eq!(RunnerError::parse(&text), Some(err.clone()));
+        assert_eq!(err.status(), 404);
+        assert_eq!(RunnerError::parse("not json"), None);
+        let secret = RunnerError::new(RunnerErrorCode::RunnerSecret, "no");
+        assert_eq!(secret.status(), 401);
+    }
 
     #[test]
     fn events_serialize_as_tagged_lines() {

@@ -28,7 +28,7 @@ use crate::runner::lifecycle::RunnerEvent;
 use crate::runner::link::{ensure_ready, send};
 use crate::runner::live::Live;
 use crate::runner::storage;
-use crate::wire::{TaskResult, TaskStart};
+use crate::wire::{RunnerError, TaskResult, TaskStart};
 use crate::workspaces::manifest::Manifest;
 use crate::workspaces::store;
 
@@ -280,7 +280,10 @@ async fn prepare(ctx: &ExecCtx, id: &str, start: &ExecStart) -> Result<Prepared,
 pub(super) async fn refusal(mut resp: Response) -> String {
     let status = resp.status_code();
     let text = resp.text().await.unwrap_or_default();
-    format!("{status} {}", text.chars().take(500).collect::<String>())
+    match RunnerError::parse(&text) {
+        Some(err) => format!("{status} {}", err.message),
+        None => format!("{status} {}", text.chars().take(500).collect::<String>()),
+    }
 }
 
 /// The task ended on the runner: save what a good one left, then end.

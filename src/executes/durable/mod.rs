@@ -11,10 +11,8 @@
 //! - `ending`: end once, settle once, then the body (`runner::job`);
 //! - `watchdog`: the alarm.
 //!
-//! Internal routes (the Worker is the only caller and passes the caller's
-//! account in `x-cloudbox-account`):
-//! `POST /executions/:id/start?respond=result|events`,
-//! `POST /executions/:id/cancel`, `GET /executions/:id[?wait=true]`.
+//! The Worker is the only caller: `RunnerCall::{StartExecute, GetExecute,
+//! CancelExecute}` (`runner::call`).
 
 mod driver;
 mod ending;
@@ -26,13 +24,14 @@ mod watchdog;
 
 use std::rc::Rc;
 
-use worker::{Env, Method, Request, Response, SqlStorage, State};
+use worker::{Env, Response, SqlStorage, State};
 
 use crate::api::error::ApiError;
 use crate::common::time;
 use crate::executes::execution::{ExecStart, ExecStatus, MAX_QUEUED, WATCHDOG_MS};
 use crate::executes::queue;
 use crate::platform::http;
+use crate::runner::call::{Respond, RunnerCall};
 use crate::runner::job;
 use crate::runner::link::{abandon, ensure_ready, Link};
 use crate::runner::live::Live;
@@ -60,24 +59,21 @@ pub struct ExecCtx {
     pub live: Rc<Live>,
 }
 
-pub async fn handle(ctx: ExecCtx, state: &State, mut req: Request) -> Result<Response, ApiError> {
-    let path = req.path();
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let account = req
-        .headers()
-        .get("x-cloudbox-account")?
-        .ok_or_else(|| ApiError::Internal("no account header".into()))?;
-    let respond = http::query(&req, "respond")?;
-    match (req.method(), parts.as_slice()) {
-        (Method::Post, ["executions", id, "start"]) => {
-            let start: ExecStart = serde_json::from_slice(&req.bytes().await?)?;
-            if start.account_id != account || start.run_id != *id {
-                return Err(ApiError::Internal("start: account or id mismatch".into()));
+pub async fn handle(
+    ctx: ExecCtx,
+    state: &State,
+    account: &str,
+    call: RunnerCall,
+) -> Result<Response, ApiError> {
+    match call {
+        RunnerCall::StartExecute { start, respond } => {
+            if start.account_id != account {
+                return Err(ApiError::Internal("start: account mismatch".into()));
             }
-            begin(ctx, state, start, respond.as_deref()).await
+            begin(ctx, state, start, respond).await
         }
-        (Method::Post, ["executions", id, "cancel"]) => {
-            let row = ctx.owned(id, &account)?;
+        RunnerCall::CancelExecute { run_id } => {
+            let row = ctx.owned(&run_id, account)?;
             // Saving: the agent is done and its result is being committed.
             if row.status().is_terminal() || row.status() == ExecStatus::Saving {
                 return Err(ApiError::RunNotRunning);
@@ -93,10 +89,10 @@ pub async fn handle(ctx: ExecCtx, state: &State, mut req: Request) -> Result<Res
                 ),
             }
         }
-        (Method::Get, ["executions", id]) => {
-            let row = ctx.owned(id, &account)?;
-            let row = if http::query(&req, "wait")?.as_deref() == Some("true") {
-                ctx.wait_finished(id, None).await?
+        RunnerCall::GetExecute { run_id, wait } => {
+            let row = ctx.owned(&run_id, account)?;
+            let row = if wait {
+                ctx.wait_finished(&run_id, None).await?
             } else {
                 row
             };
@@ -122,7 +118,7 @@ async fn begin(
     ctx: ExecCtx,
     state: &State,
     start: ExecStart,
-    respond: Option<&str>,
+    respond: Respond,
 ) -> Result<Response, ApiError> {
     if ctx.load(&start.run_id)?.is_some() {
         return Err(ApiError::Internal("execute id reused".into()));
@@ -157,8 +153,8 @@ async fn begin(
     worker::wasm_bindgen_futures::spawn_local(drive(ctx.clone()));
     let id = start.run_id.clone();
     let mut resp = match respond {
-        Some("events") => sse_response(ctx, id.clone(), 0)?,
-        _ => {
+        Respond::Events => sse_response(ctx, id.clone(), 0)?,
+        Respond::Result => {
             let row = ctx.wait_finished(&id, None).await?;
             let body = row
                 .body()?

@@ -12,11 +12,8 @@
 //! A runner that dies or stops answering ends the run as `container_lost`
 //! with a receipt: a run never stays `running`.
 //!
-//! Internal routes (the Worker is the only caller; it passes the caller's
-//! account in `x-cloudbox-account`):
-//! `POST /runs/:id/start?respond=result|events`, `GET /runs/:id`,
-//! `GET /runs/:id/events?after=N`, `GET /runs/:id/verify`,
-//! `POST /runs/:id/cancel`, `DELETE /runs/:id`.
+//! The Worker is the only caller: `RunnerCall::{StartRun, GetRun,
+//! RunEvents, VerifyRun, CancelRun, DeleteRun}` (`runner::call`).
 
 mod ending;
 mod pump;
@@ -25,23 +22,21 @@ mod watchdog;
 
 use std::rc::Rc;
 
-use serde::Deserialize;
 use serde_json::json;
-use worker::{Env, Method, Request, Response, SqlStorage, State};
+use worker::{Env, Response, SqlStorage, State};
 
 use crate::api::error::ApiError;
 use crate::common::time;
 use crate::platform::bindings;
 use crate::platform::http;
-use crate::runner::events::parse_last_event_id;
+use crate::runner::call::{Respond, RunnerCall, StartRun};
 use crate::runner::job;
 use crate::runner::link::{abandon, ensure_ready, Link};
 use crate::runner::live::Live;
 use crate::runner::sse::{self, EventLog, EventRow};
 use crate::runner::storage;
-use crate::runs::billing::RunBilling;
 use crate::wire::receipts::verify_chain;
-use crate::wire::{RunStart, RunStatus};
+use crate::wire::RunStatus;
 use store::RunRow;
 pub use watchdog::watchdog;
 use watchdog::WATCHDOG_MS;
@@ -108,67 +103,45 @@ pub struct RunCtx {
     pub live: Rc<Live>,
 }
 
-/// What the Worker sends to start a run.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct StartBody {
-    account_id: String,
-    key_id: String,
-    spec: RunStart,
-    deadline_ms: u64,
-    /// Metering: the price and the hold the Worker took (absent: not billed).
-    #[serde(default)]
-    billing: Option<RunBilling>,
-    /// The claimed `Idempotency-Key` and its claim time.
-    #[serde(default)]
-    idempotency: Option<(String, i64)>,
-}
-
-pub async fn handle(ctx: RunCtx, state: &State, mut req: Request) -> Result<Response, ApiError> {
-    let path = req.path();
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let account = req
-        .headers()
-        .get("x-cloudbox-account")?
-        .ok_or_else(|| ApiError::Internal("no account header".into()))?;
-    let url = req.url()?;
-    let query = |name: &str| {
-        url.query_pairs()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.into_owned())
-    };
-    match (req.method(), parts.as_slice()) {
-        (Method::Post, ["runs", id, "start"]) => {
-            let body: StartBody = serde_json::from_slice(&req.bytes().await?)?;
-            if body.account_id != account || body.spec.run_id != *id {
-                return Err(ApiError::Internal("start: account or id mismatch".into()));
+pub async fn handle(
+    ctx: RunCtx,
+    state: &State,
+    account: &str,
+    call: RunnerCall,
+) -> Result<Response, ApiError> {
+    match call {
+        RunnerCall::StartRun {
+            start: body,
+            respond,
+        } => {
+            if body.account_id != account {
+                return Err(ApiError::Internal("start: account mismatch".into()));
             }
-            start(ctx, state, body, query("respond").as_deref()).await
+            start(ctx, state, body, respond).await
         }
-        (Method::Get, ["runs", _]) => {
-            let row = ctx.owned(&account)?;
+        RunnerCall::GetRun { run_id } => {
+            let row = ctx.owned(&run_id, account)?;
             http::json(200, &ctx.body(&row)?)
         }
-        (Method::Get, ["runs", _, "events"]) => {
-            ctx.owned(&account)?;
-            let after = parse_last_event_id(query("after").as_deref());
+        RunnerCall::RunEvents { run_id, after } => {
+            ctx.owned(&run_id, account)?;
             sse_response(ctx, after)
         }
-        (Method::Get, ["runs", _, "verify"]) => {
-            ctx.owned(&account)?;
+        RunnerCall::VerifyRun { run_id } => {
+            ctx.owned(&run_id, account)?;
             let check = verify_chain(&ctx.receipts()?);
             http::json(200, &check)
         }
-        (Method::Post, ["runs", _, "cancel"]) => {
-            let row = ctx.owned(&account)?;
+        RunnerCall::CancelRun { run_id } => {
+            let row = ctx.owned(&run_id, account)?;
             if row.status().is_terminal() {
                 return Err(ApiError::RunNotRunning);
             }
             let row = cancel(&ctx, &row).await?;
             http::json(200, &ctx.body(&row)?)
         }
-        (Method::Delete, ["runs", id]) => {
-            let row = ctx.owned(&account)?;
+        RunnerCall::DeleteRun { run_id } => {
+            let row = ctx.owned(&run_id, account)?;
             if !row.status().is_terminal() {
                 cancel(&ctx, &row).await?;
             }
@@ -183,16 +156,16 @@ pub async fn handle(ctx: RunCtx, state: &State, mut req: Request) -> Result<Resp
             }
             ctx.sql.exec(
                 "DELETE FROM runner_receipts WHERE op = ?",
-                vec![(*id).into()],
+                vec![run_id.as_str().into()],
             )?;
-            storage::exec(&ctx.sql, &job::forget_ending(id))?;
+            storage::exec(&ctx.sql, &job::forget_ending(&run_id))?;
             let _ = state.storage().delete_alarm().await;
             bindings::db(&ctx.env)?
                 .prepare("DELETE FROM runs WHERE id = ?1 AND account_id = ?2")
-                .bind(&[(*id).into(), account.as_str().into()])?
+                .bind(&[run_id.as_str().into(), account.into()])?
                 .run()
                 .await?;
-            http::json(200, &json!({"runId": id, "deleted": true}))
+            http::json(200, &json!({"runId": run_id, "deleted": true}))
         }
         _ => Err(ApiError::NotFound),
     }
@@ -201,8 +174,8 @@ pub async fn handle(ctx: RunCtx, state: &State, mut req: Request) -> Result<Resp
 async fn start(
     ctx: RunCtx,
     state: &State,
-    body: StartBody,
-    respond: Option<&str>,
+    body: StartRun,
+    respond: Respond,
 ) -> Result<Response, ApiError> {
     if ctx.load()?.is_some() {
         return Err(ApiError::Internal("run id reused".into()));
@@ -273,8 +246,8 @@ async fn start(
     state.storage().set_alarm(WATCHDOG_MS).await?;
     worker::wasm_bindgen_futures::spawn_local(pump::pump(ctx.clone()));
     let mut resp = match respond {
-        Some("events") => sse_response(ctx, 0)?,
-        _ => {
+        Respond::Events => sse_response(ctx, 0)?,
+        Respond::Result => {
             let row = ctx.wait_terminal(None).await?;
             let status = if row.ok.unwrap_or(0.0) != 0.0 {
                 200

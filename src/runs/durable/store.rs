@@ -52,10 +52,10 @@ impl RunCtx {
         Ok(rows.into_iter().next())
     }
 
-    /// The run, if it belongs to `account`; else 404 as if absent.
-    pub(super) fn owned(&self, account: &str) -> Result<RunRow, ApiError> {
+    /// The run `run_id`, if it belongs to `account`; else 404 as if absent.
+    pub(super) fn owned(&self, run_id: &str, account: &str) -> Result<RunRow, ApiError> {
         match self.load()? {
-            Some(row) if row.account_id == account => Ok(row),
+            Some(row) if row.id == run_id && row.account_id == account => Ok(row),
             _ => Err(ApiError::RunNotFound),
         }
     }

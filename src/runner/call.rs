@@ -1,0 +1,103 @@
+//! The Worker → CloudboxRunner DO contract (pure): every internal request
+//! is one `RunnerCall`, POSTed as JSON to `CALL_URL`, with the caller's
+//! account in `bindings::ACCOUNT_HEADER` (the DO checks ownership with it).
+
+use serde::{Deserialize, Serialize};
+
+use crate::executes::execution::ExecStart;
+use crate::runs::billing::RunBilling;
+use crate::wire::RunStart;
+
+/// Where the Worker sends calls (the host is never resolved: a DO stub).
+pub const CALL_URL: &str = "https://runner.do/call";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum RunnerCall {
+    /// Starts a container, checks the runner end to end, releases it.
+    Probe,
+    StartRun {
+        start: StartRun,
+        respond: Respond,
+    },
+    GetRun {
+        run_id: String,
+    },
+    /// The run's events with a seq above `after`, as SSE.
+    RunEvents {
+        run_id: String,
+        after: u64,
+    },
+    VerifyRun {
+        run_id: String,
+    },
+    CancelRun {
+        run_id: String,
+    },
+    DeleteRun {
+        run_id: String,
+    },
+    StartExecute {
+        start: ExecStart,
+        respond: Respond,
+    },
+    /// The execute's answer, or 202 while it runs (`wait`: until it ends).
+    GetExecute {
+        run_id: String,
+        wait: bool,
+    },
+    CancelExecute {
+        run_id: String,
+    },
+}
+
+/// How a start answers: the final JSON body, or the events as SSE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Respond {
+    Result,
+    Events,
+}
+
+/// What the Worker hands a run's DO to start it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StartRun {
+    pub account_id: String,
+    pub key_id: String,
+    pub spec: RunStart,
+    pub deadline_ms: u64,
+    /// Metering: the price and the hold the Worker took.
+    pub billing: Option<RunBilling>,
+    /// The claimed `Idempotency-Key` and its claim time: the DO records
+    /// the run's answer for it when the run ends.
+    pub idempotency: Option<(String, i64)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_are_tagged_by_op_with_camel_case_fields() {
+        let call = RunnerCall::RunEvents {
+            run_id: "run_1".into(),
+            after: 3,
+        };
+        let json = serde_json::to_value(&call).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"op": "runEvents", "runId": "run_1", "after": 3})
+        );
+        let back: RunnerCall = serde_json::from_value(json).unwrap();
+        assert_eq!(back, call);
+        let probe = serde_json::to_value(RunnerCall::Probe).unwrap();
+        assert_eq!(probe, serde_json::json!({"op": "probe"}));
+    }
+
+    #[test]
+    fn an_unknown_op_is_refused() {
+        let bad = serde_json::from_str::<RunnerCall>(r#"{"op": "dropTables"}"#);
+        assert!(bad.is_err());
+    }
+}
