@@ -13,8 +13,7 @@ use crate::runner::job;
 /// Finished executes kept per workspace (with their events).
 pub const KEEP_FINISHED: i64 = 50;
 
-pub const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS executions (
+pub const SCHEMA: &[&str] = &["CREATE TABLE IF NOT EXISTS executions (
         id TEXT PRIMARY KEY,
         queue_seq INTEGER NOT NULL,
         start TEXT NOT NULL,
@@ -29,15 +28,7 @@ pub const SCHEMA: &[&str] = &[
         usage TEXT,
         task_result TEXT,
         body TEXT
-    )",
-    "CREATE TABLE IF NOT EXISTS execution_events (
-        exec_id TEXT NOT NULL,
-        seq INTEGER NOT NULL,
-        kind TEXT NOT NULL,
-        data TEXT NOT NULL,
-        PRIMARY KEY (exec_id, seq)
-    )",
-];
+    )"];
 
 /// The statuses of an execute that has not ended (spelled out in each
 /// statement; a test checks they agree).
@@ -92,15 +83,6 @@ pub const FORCE_FAILED: &str = "UPDATE executions SET status = 'failed' \
 pub const WRITE_BODY: &str = "UPDATE executions SET body = ?, usage = ? \
      WHERE id = ? AND body IS NULL";
 
-pub const APPEND_EVENT: &str = "INSERT INTO execution_events (exec_id, seq, kind, data) \
-     VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM execution_events WHERE exec_id = ?1), ?2, ?3)";
-
-pub const EVENTS_AFTER: &str = "SELECT seq, kind, data FROM execution_events \
-     WHERE exec_id = ? AND seq > ? ORDER BY seq LIMIT 200";
-
-pub const RECEIPTS: &str = "SELECT data FROM execution_events \
-     WHERE exec_id = ? AND kind = 'receipt' ORDER BY seq";
-
 /// The execute that moved last, and when (for the idle release).
 pub const LAST_ACTIVITY: &str = "SELECT id, COALESCE(finished_ms, started_ms, created_ms) AS ms \
      FROM executions ORDER BY queue_seq DESC LIMIT 1";
@@ -113,7 +95,7 @@ macro_rules! old_finished {
 }
 
 pub const PRUNE_EVENTS: &str = concat!(
-    "DELETE FROM execution_events WHERE exec_id IN (",
+    "DELETE FROM job_events WHERE job_id IN (",
     old_finished!(),
     ")"
 );
@@ -209,18 +191,6 @@ pub fn write_body(id: &str, body_json: &str, usage_json: &str) -> Stmt {
     )
 }
 
-pub fn append_event(id: &str, kind: &str, data: &str) -> Stmt {
-    stmt(APPEND_EVENT, vec![id.into(), kind.into(), data.into()])
-}
-
-pub fn events_after(id: &str, after: u64) -> Stmt {
-    stmt(EVENTS_AFTER, vec![id.into(), Arg::Int(after as i64)])
-}
-
-pub fn receipts(id: &str) -> Stmt {
-    stmt(RECEIPTS, vec![id.into()])
-}
-
 pub fn last_activity() -> Stmt {
     stmt(LAST_ACTIVITY, Vec::new())
 }
@@ -268,9 +238,6 @@ mod tests {
             saving("e", "{}"),
             force_failed("e"),
             write_body("e", "{}", "{}"),
-            append_event("e", "output", "{}"),
-            events_after("e", 0),
-            receipts("e"),
             last_activity(),
         ];
         plans.extend(end("e", "failed", "{}", 1));

@@ -1,5 +1,7 @@
-//! The end of a job on a CloudboxRunner — a repo run or an execute — and
-//! what its watchdog does (pure). Both kinds end the same way:
+//! What every job on a CloudboxRunner — a repo run or an execute — keeps
+//! in the DO's SQLite, and how it ends (pure): its event log (`job_events`,
+//! what its SSE stream serves), its ending, and what its watchdog does.
+//! Both kinds end the same way:
 //!
 //! 1. the ending (how the job ended, as the surface's JSON) is recorded
 //!    before anything is done about it, and the first one recorded wins:
@@ -16,14 +18,53 @@
 
 use crate::common::sql::{stmt, Arg, Stmt};
 
-pub const SCHEMA: &[&str] = &["CREATE TABLE IF NOT EXISTS job_endings (
+pub const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS job_endings (
         job_id TEXT PRIMARY KEY,
         status TEXT NOT NULL,
         ending TEXT NOT NULL,
         ended_ms INTEGER NOT NULL,
         settled INTEGER NOT NULL DEFAULT 0,
         finished INTEGER NOT NULL DEFAULT 0
-    )"];
+    )",
+    // Each job's event log, in order: what its SSE stream replays after
+    // `Last-Event-ID` (the seq) and then follows live.
+    "CREATE TABLE IF NOT EXISTS job_events (
+        job_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (job_id, seq)
+    )",
+];
+
+pub const APPEND_EVENT: &str = "INSERT INTO job_events (job_id, seq, kind, data) \
+     VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM job_events WHERE job_id = ?1), ?2, ?3)";
+
+/// A page of a job's events after a seq.
+pub const EVENTS_AFTER: &str = "SELECT seq, kind, data FROM job_events \
+     WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT 200";
+
+pub const EVENTS_OF_KIND: &str = "SELECT data FROM job_events \
+     WHERE job_id = ? AND kind = ? ORDER BY seq";
+
+pub const FORGET_EVENTS: &str = "DELETE FROM job_events WHERE job_id = ?";
+
+pub fn append_event(job_id: &str, kind: &str, data: &str) -> Stmt {
+    stmt(APPEND_EVENT, vec![job_id.into(), kind.into(), data.into()])
+}
+
+pub fn events_after(job_id: &str, after: u64) -> Stmt {
+    stmt(EVENTS_AFTER, vec![job_id.into(), Arg::Int(after as i64)])
+}
+
+pub fn events_of_kind(job_id: &str, kind: &str) -> Stmt {
+    stmt(EVENTS_OF_KIND, vec![job_id.into(), kind.into()])
+}
+
+pub fn forget_events(job_id: &str) -> Stmt {
+    stmt(FORGET_EVENTS, vec![job_id.into()])
+}
 
 /// The first ending of a job is kept; a later one changes nothing.
 pub const RECORD_ENDING: &str = "INSERT OR IGNORE INTO job_endings \
@@ -202,7 +243,15 @@ mod tests {
 
     #[test]
     fn plans_bind_one_argument_per_placeholder() {
+        let numbered = [append_event("j", "output", "{}")];
+        for s in numbered {
+            assert!(s.sql.contains("?3") && !s.sql.contains("?4"), "{}", s.sql);
+            assert_eq!(s.args.len(), 3);
+        }
         let plans = [
+            events_after("j", 0),
+            events_of_kind("j", "receipt"),
+            forget_events("j"),
             record_ending("j", "failed", "{}", 1),
             ending_of("j"),
             undone_endings(),

@@ -385,19 +385,20 @@ async fn poll_health(
             Ok(resp) => Err(format!("/health answered {}", resp.status_code())),
             Err(e) => Err(e),
         };
+        let error = health.as_ref().err().cloned();
+        record(
+            sql,
+            op,
+            receipts,
+            RunnerEvent::ReadyAttempt {
+                attempt,
+                elapsed_ms,
+                ok: error.is_none(),
+                error,
+            },
+        );
         match health {
             Ok(health) => {
-                record(
-                    sql,
-                    op,
-                    receipts,
-                    RunnerEvent::ReadyAttempt {
-                        attempt,
-                        elapsed_ms,
-                        ok: true,
-                        error: None,
-                    },
-                );
                 record(
                     sql,
                     op,
@@ -413,20 +414,7 @@ async fn poll_health(
                 );
                 return Ok(health);
             }
-            Err(error) => {
-                record(
-                    sql,
-                    op,
-                    receipts,
-                    RunnerEvent::ReadyAttempt {
-                        attempt,
-                        elapsed_ms,
-                        ok: false,
-                        error: Some(error.clone()),
-                    },
-                );
-                last_error = error;
-            }
+            Err(error) => last_error = error,
         }
         if attempt < READINESS.max_attempts {
             Delay::from(Duration::from_millis(READINESS.delay_after(attempt))).await;

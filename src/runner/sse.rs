@@ -1,36 +1,44 @@
-//! One SSE stream for both event logs a CloudboxRunner keeps (a repo run's
-//! and a workspace execute's): stored events after `after`, then live ones
-//! as they are stored, heartbeat comments while idle, until `result`.
+//! The SSE stream of a job's event log (`runner::job`, a repo run's or an
+//! execute's): stored events after `after`, then live ones as they are
+//! stored, heartbeat comments while idle, until `result`.
 
 use std::rc::Rc;
 
 use serde::Deserialize;
-use worker::{Env, Headers, Response};
+use worker::{Env, Headers, Response, SqlStorage};
 
 use crate::api::error::ApiError;
 use crate::platform::config::Config;
 use crate::runner::events::{sse_frame, SSE_HEARTBEAT, SSE_PREAMBLE};
+use crate::runner::job;
 use crate::runner::live::{changed_or_timeout, Live};
+use crate::runner::storage;
 
 /// One stored event.
 #[derive(Deserialize)]
-pub struct EventRow {
-    pub seq: f64,
-    pub kind: String,
-    pub data: String,
+struct EventRow {
+    seq: f64,
+    kind: String,
+    data: String,
 }
 
-/// Where a stream reads from.
-pub trait EventLog: 'static {
-    /// Up to a page of events with `seq > after`, in order.
-    fn events_after(&self, after: u64) -> Vec<EventRow>;
-    /// True once no more events will come (or the log is gone).
-    fn finished(&self) -> bool;
-    fn live(&self) -> &Rc<Live>;
+/// Where a stream reads from: one job's events.
+pub struct JobLog {
+    pub sql: SqlStorage,
+    pub live: Rc<Live>,
+    pub job_id: String,
+    /// True once no more events will come (or the job is gone).
+    pub finished: Box<dyn Fn() -> bool>,
 }
 
-struct State<L> {
-    log: L,
+impl JobLog {
+    fn events_after(&self, after: u64) -> Vec<EventRow> {
+        storage::rows(&self.sql, &job::events_after(&self.job_id, after)).unwrap_or_default()
+    }
+}
+
+struct State {
+    log: JobLog,
     after: u64,
     started: bool,
     done: bool,
@@ -38,7 +46,7 @@ struct State<L> {
 }
 
 /// The log's events after `after` as an SSE response, live until `result`.
-pub fn response<L: EventLog>(log: L, env: &Env, after: u64) -> Result<Response, ApiError> {
+pub fn response(log: JobLog, env: &Env, after: u64) -> Result<Response, ApiError> {
     let state = State {
         log,
         after,
@@ -58,7 +66,7 @@ pub fn response<L: EventLog>(log: L, env: &Env, after: u64) -> Result<Response, 
             if st.done {
                 return None;
             }
-            let since = st.log.live().version();
+            let since = st.log.live.version();
             let rows = st.log.events_after(st.after);
             if !rows.is_empty() {
                 let mut out = String::new();
@@ -71,10 +79,10 @@ pub fn response<L: EventLog>(log: L, env: &Env, after: u64) -> Result<Response, 
                 }
                 return Some((Ok(out.into_bytes()), st));
             }
-            if st.log.finished() {
+            if (st.log.finished)() {
                 return None;
             }
-            let live = st.log.live().clone();
+            let live = st.log.live.clone();
             if !changed_or_timeout(&live, since, st.heartbeat_ms).await {
                 return Some((Ok(SSE_HEARTBEAT.as_bytes().to_vec()), st));
             }

@@ -162,7 +162,9 @@ pub fn kill_group(pgid: u32) {
     unsafe { libc::kill(-(pgid as i32), libc::SIGKILL) };
 }
 
-fn wait_for(url: &str, log: &Path, limit: Duration) {
+/// Waits until `url` answers 200; says why not if `limit` passes or the
+/// log shows that the server could not bind its port.
+fn wait_up(url: &str, log: &Path, limit: Duration) -> Result<(), String> {
     let deadline = Instant::now() + limit;
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(2))
@@ -170,12 +172,19 @@ fn wait_for(url: &str, log: &Path, limit: Duration) {
     while Instant::now() < deadline {
         if let Ok(resp) = agent.get(url).call() {
             if resp.status() == 200 {
-                return;
+                return Ok(());
             }
+        }
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains("Address already in use") {
+            return Err(format!("{url}: address in use; log:\n{}", log_tail(log)));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    panic!("{url} not up after {limit:?}; log:\n{}", log_tail(log));
+    Err(format!(
+        "{url} not up after {limit:?}; log:\n{}",
+        log_tail(log)
+    ))
 }
 
 // ---------------------------------------------------------------------------
@@ -513,48 +522,61 @@ fn start_stack(vars: &[(String, String)]) -> Stack {
         "applying D1 migrations",
     );
 
-    let port = free_port();
-    let inspector = free_port();
     let log = dir.join("wrangler.log");
-    let mut cmd = Command::new(&wrangler);
-    cmd.args([
-        "dev",
-        "--local",
-        "--ip",
-        "127.0.0.1",
-        "--show-interactive-dev-session=false",
-        // GET /__scheduled runs the cron handler (the billing sweep) on demand.
-        "--test-scheduled",
-    ])
-    .args([
-        "--port",
-        &port.to_string(),
-        "--inspector-port",
-        &inspector.to_string(),
-    ])
-    .arg("--persist-to")
-    .arg(&state_dir)
-    .args([
-        "--var",
-        &format!("RUNNER_GITHUB_MIRROR:{}", github.base_url),
-    ])
-    .args(["--var", &format!("ADMIN_API_KEY:{ADMIN_KEY}")])
-    .env("CLOUDBOX_SKIP_BUILD", "1")
-    .env("CI", "true")
-    .env("DOCKER_HOST", &containers.docker_host)
-    .envs(containers.wrangler_env.iter().map(|(k, v)| (k, v)))
-    .current_dir(&root);
-    let overridden = |name: &str| vars.iter().any(|(k, _)| k == name);
-    for (name, value) in DEFAULT_VARS.iter().filter(|(k, _)| !overridden(k)) {
-        cmd.args(["--var", &format!("{name}:{value}")]);
-    }
-    for (name, value) in vars {
-        cmd.args(["--var", &format!("{name}:{value}")]);
-    }
-    spawn_logged(&mut cmd, &log);
-    let base = format!("http://127.0.0.1:{port}");
-    // wrangler builds the runner image before it serves (cached layers).
-    wait_for(&format!("{base}/health"), &log, Duration::from_secs(300));
+    // A port picked free can be taken before wrangler binds it (by a
+    // container's published port, say): then it starts again on others.
+    let mut attempt = 0;
+    let base = loop {
+        attempt += 1;
+        let port = free_port();
+        let inspector = free_port();
+        let mut cmd = Command::new(&wrangler);
+        cmd.args([
+            "dev",
+            "--local",
+            "--ip",
+            "127.0.0.1",
+            "--show-interactive-dev-session=false",
+            // GET /__scheduled runs the cron handler (the billing sweep) on demand.
+            "--test-scheduled",
+        ])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--inspector-port",
+            &inspector.to_string(),
+        ])
+        .arg("--persist-to")
+        .arg(&state_dir)
+        .args([
+            "--var",
+            &format!("RUNNER_GITHUB_MIRROR:{}", github.base_url),
+        ])
+        .args(["--var", &format!("ADMIN_API_KEY:{ADMIN_KEY}")])
+        .env("CLOUDBOX_SKIP_BUILD", "1")
+        .env("CI", "true")
+        .env("DOCKER_HOST", &containers.docker_host)
+        .envs(containers.wrangler_env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&root);
+        let overridden = |name: &str| vars.iter().any(|(k, _)| k == name);
+        for (name, value) in DEFAULT_VARS.iter().filter(|(k, _)| !overridden(k)) {
+            cmd.args(["--var", &format!("{name}:{value}")]);
+        }
+        for (name, value) in vars {
+            cmd.args(["--var", &format!("{name}:{value}")]);
+        }
+        let pid = spawn_logged(&mut cmd, &log);
+        let base = format!("http://127.0.0.1:{port}");
+        // wrangler builds the runner image before it serves (cached layers).
+        match wait_up(&format!("{base}/health"), &log, Duration::from_secs(300)) {
+            Ok(()) => break base,
+            Err(why) if attempt < 3 => {
+                eprintln!("wrangler dev did not start ({why}); trying other ports");
+                kill_group(pid);
+            }
+            Err(why) => panic!("{why}"),
+        }
+    };
     Stack {
         base,
         vars: vars.to_vec(),

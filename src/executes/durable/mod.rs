@@ -35,7 +35,7 @@ use crate::runner::call::{Respond, RunnerCall};
 use crate::runner::job;
 use crate::runner::link::{abandon, ensure_ready, Link};
 use crate::runner::live::Live;
-use crate::runner::sse::{self, EventLog, EventRow};
+use crate::runner::sse::{self, JobLog};
 use crate::runner::storage;
 use driver::drive;
 use ending::Ending;
@@ -194,31 +194,17 @@ async fn cancel(ctx: &ExecCtx, row: ExecRow) -> Result<ExecRow, ApiError> {
     ctx.wait_finished(&id, Some(30_000)).await
 }
 
-/// One execute's events.
-struct ExecLog {
-    ctx: ExecCtx,
-    id: String,
-}
-
-impl EventLog for ExecLog {
-    fn events_after(&self, after: u64) -> Vec<EventRow> {
-        storage::rows(&self.ctx.sql, &queue::events_after(&self.id, after)).unwrap_or_default()
-    }
-
-    fn finished(&self) -> bool {
-        match self.ctx.load(&self.id) {
-            Ok(Some(row)) => row.body.is_some(),
-            _ => true,
-        }
-    }
-
-    fn live(&self) -> &Rc<Live> {
-        &self.ctx.live
-    }
-}
-
 /// The execute's events after `after` as SSE, live until `result`.
 fn sse_response(ctx: ExecCtx, id: String, after: u64) -> Result<Response, ApiError> {
     let env = ctx.env.clone();
-    sse::response(ExecLog { ctx, id }, &env, after)
+    let log = JobLog {
+        sql: ctx.sql.clone(),
+        live: ctx.live.clone(),
+        job_id: id.clone(),
+        finished: Box::new(move || match ctx.load(&id) {
+            Ok(Some(row)) => row.body.is_some(),
+            _ => true,
+        }),
+    };
+    sse::response(log, &env, after)
 }

@@ -8,6 +8,7 @@ use crate::api::error::ApiError;
 use crate::executes::agent_events::TokenUsage;
 use crate::executes::execution::{self, ExecStart, ExecStatus, ExecutionBody};
 use crate::executes::queue;
+use crate::runner::job;
 use crate::runner::lifecycle::{RunnerEvent, RunnerReceipt};
 use crate::runner::link::record;
 use crate::runner::live::wait_until;
@@ -90,7 +91,7 @@ impl ExecCtx {
     }
 
     pub(super) fn append_event(&self, id: &str, kind: &str, data: &str) -> Result<(), ApiError> {
-        storage::exec(&self.sql, &queue::append_event(id, kind, data))?;
+        storage::exec(&self.sql, &job::append_event(id, kind, data))?;
         self.live.notify();
         Ok(())
     }
@@ -114,7 +115,7 @@ impl ExecCtx {
         struct Row {
             data: String,
         }
-        let rows: Vec<Row> = storage::rows(&self.sql, &queue::receipts(id))?;
+        let rows: Vec<Row> = storage::rows(&self.sql, &job::events_of_kind(id, "receipt"))?;
         rows.iter()
             .map(|r| serde_json::from_str(&r.data).map_err(ApiError::from))
             .collect()

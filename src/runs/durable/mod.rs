@@ -33,7 +33,7 @@ use crate::runner::call::{Respond, RunnerCall, StartRun};
 use crate::runner::job;
 use crate::runner::link::{abandon, ensure_ready, Link};
 use crate::runner::live::Live;
-use crate::runner::sse::{self, EventLog, EventRow};
+use crate::runner::sse::{self, JobLog};
 use crate::runner::storage;
 use crate::wire::receipts::verify_chain;
 use crate::wire::RunStatus;
@@ -61,11 +61,6 @@ const SCHEMA: &[&str] = &[
         container_ms INTEGER,
         artifact TEXT,
         diff TEXT
-    )",
-    "CREATE TABLE IF NOT EXISTS run_events (
-        seq INTEGER PRIMARY KEY,
-        kind TEXT NOT NULL,
-        data TEXT NOT NULL
     )",
     "CREATE TABLE IF NOT EXISTS run_receipts (
         seq INTEGER PRIMARY KEY,
@@ -125,7 +120,7 @@ pub async fn handle(
         }
         RunnerCall::RunEvents { run_id, after } => {
             ctx.owned(&run_id, account)?;
-            sse_response(ctx, after)
+            sse_response(ctx, &run_id, after)
         }
         RunnerCall::VerifyRun { run_id } => {
             ctx.owned(&run_id, account)?;
@@ -148,7 +143,6 @@ pub async fn handle(
             for stmt in [
                 "DELETE FROM run_billing",
                 "DELETE FROM run_idempotency",
-                "DELETE FROM run_events",
                 "DELETE FROM run_receipts",
                 "DELETE FROM run",
             ] {
@@ -159,6 +153,7 @@ pub async fn handle(
                 vec![run_id.as_str().into()],
             )?;
             storage::exec(&ctx.sql, &job::forget_ending(&run_id))?;
+            storage::exec(&ctx.sql, &job::forget_events(&run_id))?;
             let _ = state.storage().delete_alarm().await;
             bindings::db(&ctx.env)?
                 .prepare("DELETE FROM runs WHERE id = ?1 AND account_id = ?2")
@@ -246,7 +241,7 @@ async fn start(
     state.storage().set_alarm(WATCHDOG_MS).await?;
     worker::wasm_bindgen_futures::spawn_local(pump::pump(ctx.clone()));
     let mut resp = match respond {
-        Respond::Events => sse_response(ctx, 0)?,
+        Respond::Events => sse_response(ctx, &spec.run_id, 0)?,
         Respond::Result => {
             let row = ctx.wait_terminal(None).await?;
             let status = if row.ok.unwrap_or(0.0) != 0.0 {
@@ -281,35 +276,17 @@ async fn cancel(ctx: &RunCtx, row: &RunRow) -> Result<RunRow, ApiError> {
 // ---------------------------------------------------------------------------
 // SSE.
 
-/// The run's events.
-struct RunLog(RunCtx);
-
-impl EventLog for RunLog {
-    fn events_after(&self, after: u64) -> Vec<EventRow> {
-        self.0
-            .sql
-            .exec(
-                "SELECT seq, kind, data FROM run_events WHERE seq > ? ORDER BY seq LIMIT 200",
-                vec![int(after as i64)],
-            )
-            .and_then(|c| c.to_array())
-            .unwrap_or_default()
-    }
-
-    fn finished(&self) -> bool {
-        match self.0.load() {
+/// The run's events after `after` as SSE, live until the `result` event.
+fn sse_response(ctx: RunCtx, run_id: &str, after: u64) -> Result<Response, ApiError> {
+    let env = ctx.env.clone();
+    let log = JobLog {
+        sql: ctx.sql.clone(),
+        live: ctx.live.clone(),
+        job_id: run_id.to_string(),
+        finished: Box::new(move || match ctx.load() {
             Ok(Some(row)) => row.status().is_terminal(),
             _ => true,
-        }
-    }
-
-    fn live(&self) -> &Rc<Live> {
-        &self.0.live
-    }
-}
-
-/// The run's events after `after` as SSE, live until the `result` event.
-fn sse_response(ctx: RunCtx, after: u64) -> Result<Response, ApiError> {
-    let env = ctx.env.clone();
-    sse::response(RunLog(ctx), &env, after)
+        }),
+    };
+    sse::response(log, &env, after)
 }

@@ -7,9 +7,11 @@ use serde_json::{json, Value};
 use super::RunCtx;
 use crate::api::error::ApiError;
 use crate::common::time;
+use crate::runner::job;
 use crate::runner::lifecycle::{RunnerEvent, RunnerReceipt};
 use crate::runner::link::record;
 use crate::runner::live::wait_until;
+use crate::runner::storage;
 use crate::wire::receipts::Receipt;
 use crate::wire::{RunStart, RunStatus};
 
@@ -60,12 +62,12 @@ impl RunCtx {
         }
     }
 
+    /// Appends to the run's event log (`runner::job`).
     pub(super) fn append_event(&self, kind: &str, data: &str) -> Result<(), ApiError> {
-        self.sql.exec(
-            "INSERT INTO run_events (seq, kind, data) \
-             VALUES ((SELECT COALESCE(MAX(seq), 0) + 1 FROM run_events), ?, ?)",
-            vec![kind.into(), data.into()],
-        )?;
+        let Some(row) = self.load()? else {
+            return Ok(());
+        };
+        storage::exec(&self.sql, &job::append_event(&row.id, kind, data))?;
         self.live.notify();
         Ok(())
     }
