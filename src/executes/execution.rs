@@ -1,6 +1,7 @@
 //! The rules of one `/execute` (pure): its states, how a task's end maps to
 //! a state, what it is charged, and the body the API answers.
 
+use crate::common::names::named_enum;
 use serde::{Deserialize, Serialize};
 
 use crate::billing::rules::{self, Pricing};
@@ -49,57 +50,26 @@ pub fn hold_life_ms(timeout_ms: u64) -> i64 {
     max_life_ms(timeout_ms) + HOLD_MARGIN_MS
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExecStatus {
-    Queued,
-    Running,
-    /// The agent is done and its result is being stored and committed
-    /// (internal: a cancel now waits for the outcome instead of ending it).
-    Saving,
-    Succeeded,
-    /// The agent exited non-zero, the model failed, or the sync failed.
-    Failed,
-    Cancelled,
-    /// The metered cost reached the hold (or `maxCostUsd`).
-    Stopped,
-    TimedOut,
-    /// The runner died or restarted mid-task.
-    ContainerLost,
+named_enum! {
+    pub enum ExecStatus {
+        Queued = "queued",
+        Running = "running",
+        /// The agent is done and its result is being stored and committed
+        /// (internal: a cancel now waits for the outcome instead of ending it).
+        Saving = "saving",
+        Succeeded = "succeeded",
+        /// The agent exited non-zero, the model failed, or the sync failed.
+        Failed = "failed",
+        Cancelled = "cancelled",
+        /// The metered cost reached the hold (or `maxCostUsd`).
+        Stopped = "stopped",
+        TimedOut = "timed_out",
+        /// The runner died or restarted mid-task.
+        ContainerLost = "container_lost",
+    }
 }
 
 impl ExecStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExecStatus::Queued => "queued",
-            ExecStatus::Running => "running",
-            ExecStatus::Saving => "saving",
-            ExecStatus::Succeeded => "succeeded",
-            ExecStatus::Failed => "failed",
-            ExecStatus::Cancelled => "cancelled",
-            ExecStatus::Stopped => "stopped",
-            ExecStatus::TimedOut => "timed_out",
-            ExecStatus::ContainerLost => "container_lost",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        use ExecStatus::*;
-        [
-            Queued,
-            Running,
-            Saving,
-            Succeeded,
-            Failed,
-            Cancelled,
-            Stopped,
-            TimedOut,
-            ContainerLost,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
-    }
-
     pub fn is_terminal(self) -> bool {
         !matches!(
             self,

@@ -3,6 +3,7 @@
 
 pub mod receipts;
 
+use crate::common::names::named_enum;
 use serde::{Deserialize, Serialize};
 
 /// The port the runner listens on inside the container (`EXPOSE 8080`).
@@ -109,46 +110,19 @@ pub struct OutputChunk {
     pub text: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunStatus {
-    Queued,
-    Running,
-    Passed,
-    Failed,
-    Cancelled,
-    TimedOut,
-    ContainerLost,
+named_enum! {
+    pub enum RunStatus {
+        Queued = "queued",
+        Running = "running",
+        Passed = "passed",
+        Failed = "failed",
+        Cancelled = "cancelled",
+        TimedOut = "timed_out",
+        ContainerLost = "container_lost",
+    }
 }
 
 impl RunStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Queued => "queued",
-            RunStatus::Running => "running",
-            RunStatus::Passed => "passed",
-            RunStatus::Failed => "failed",
-            RunStatus::Cancelled => "cancelled",
-            RunStatus::TimedOut => "timed_out",
-            RunStatus::ContainerLost => "container_lost",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        use RunStatus::*;
-        [
-            Queued,
-            Running,
-            Passed,
-            Failed,
-            Cancelled,
-            TimedOut,
-            ContainerLost,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
-    }
-
     pub fn is_terminal(self) -> bool {
         !matches!(self, RunStatus::Queued | RunStatus::Running)
     }
