@@ -705,3 +705,62 @@ fn jobs_end_once_settle_once_and_never_outlive_their_hold() {
     assert!(total >= steps(), "ran {total} steps");
     assert!(jobs > 100, "only {jobs} jobs were made");
 }
+
+/// The bug this replaced: an execute whose instance was evicted after its
+/// settle applied in D1 (before the DO marked it settled) settled again on
+/// the watchdog's retry; the hold no longer open, the usage was recorded a
+/// second time under a fresh random id. Named after the job, it is once.
+#[test]
+fn a_settle_repeated_after_an_eviction_records_the_usage_once() {
+    for with_hold in [true, false] {
+        let d1 = open_d1();
+        let job_id = "exe_000000000000000000000001";
+        if with_hold {
+            let hold = sql::hold_plan(&sql::Hold {
+                hold_id: "hold_1",
+                entry_id: "txn_hold",
+                key_id: KEY,
+                amount: HOLD_MICROS,
+                run_id: Some(job_id),
+                description: "execute hold",
+                now_ms: START_MS,
+                expires_at_ms: START_MS + execution::hold_life_ms(60_000),
+            });
+            assert_eq!(int(run(&d1, &hold)), 1);
+        }
+        for attempt in 0..3 {
+            let plans = sql::finish_job_plans(&sql::FinishJob {
+                hold_id: with_hold.then_some("hold_1"),
+                job_id,
+                account_id: ACCOUNT,
+                key_id: KEY,
+                usage_entry_id: &format!("txn_usage_{attempt}"),
+                release_entry_id: &format!("txn_release_{attempt}"),
+                usage: Usage {
+                    input_tokens: 100,
+                    output_tokens: 10,
+                    cost_micros: 2_000,
+                },
+                description: "run usage",
+                now_ms: START_MS + attempt,
+            });
+            let settled = plans
+                .settle
+                .as_ref()
+                .is_some_and(|plan| int(run(&d1, plan)) == 1);
+            assert_eq!(settled, with_hold && attempt == 0, "attempt {attempt}");
+            if !settled {
+                run(&d1, &plans.record);
+            }
+        }
+        let (events, charged): (i64, i64) = d1
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(charged_micros), 0) FROM usage_events WHERE run_id = ?1",
+                params![job_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(events, 1, "with_hold {with_hold}: {events} usage events");
+        assert_eq!(charged, if with_hold { 2_000 } else { 0 });
+    }
+}
