@@ -19,6 +19,7 @@ use crate::runner::job::{self, EndingRow};
 use crate::runner::lifecycle::RunnerEvent;
 use crate::runner::storage;
 use crate::runs::billing::RunBilling;
+use crate::runs::rows;
 use crate::runs::spec;
 use crate::wire::receipts::{Chain, ReceiptKind, Step};
 use crate::wire::{RunResult, RunStatus};
@@ -28,10 +29,6 @@ use crate::wire::{RunResult, RunStatus};
 struct Ending {
     ok: bool,
     result: Option<RunResult>,
-}
-
-fn int(v: i64) -> worker::SqlStorageValue {
-    worker::SqlStorageValue::Integer(v)
 }
 
 impl RunCtx {
@@ -170,24 +167,18 @@ impl RunCtx {
     ) -> Result<(), ApiError> {
         let result = ending.result.as_ref();
         let artifact = match result.and_then(|r| r.artifact.as_ref()) {
-            Some(a) => worker::SqlStorageValue::String(serde_json::to_string(a)?),
-            None => worker::SqlStorageValue::Null,
+            Some(a) => Some(serde_json::to_string(a)?),
+            None => None,
         };
-        let diff = match result.and_then(|r| r.diff.clone()) {
-            Some(d) => worker::SqlStorageValue::String(d),
-            None => worker::SqlStorageValue::Null,
-        };
-        self.sql.exec(
-            "UPDATE run SET status = ?, ok = ?, finished_ms = ?, container_ms = ?, artifact = ?, diff = ?",
-            vec![
-                status.as_str().into(),
-                int(ending.ok as i64),
-                int(ended_ms),
-                int(container_ms),
-                artifact,
-                diff,
-            ],
-        )?;
+        let finish = rows::finish(&rows::Finish {
+            status: status.as_str(),
+            ok: ending.ok,
+            ended_ms,
+            container_ms,
+            artifact_json: artifact.as_deref(),
+            diff: result.and_then(|r| r.diff.as_deref()),
+        });
+        storage::exec(&self.sql, &finish)?;
         let Some(row) = self.load()? else {
             return Ok(());
         };
@@ -212,11 +203,7 @@ impl RunCtx {
             key: String,
             claimed_at: f64,
         }
-        let claims: Vec<Claim> = self
-            .sql
-            .exec("SELECT key, claimed_at FROM run_idempotency", None)?
-            .to_array()?;
-        let Some(claim) = claims.into_iter().next() else {
+        let Some(claim) = storage::first::<Claim>(&self.sql, &rows::claim_of())? else {
             return Ok(());
         };
         let slot = Slot {
@@ -242,11 +229,7 @@ impl RunCtx {
             key_id: String,
             billing: String,
         }
-        let rows: Vec<Row> = self
-            .sql
-            .exec("SELECT key_id, billing FROM run_billing LIMIT 1", None)?
-            .to_array()?;
-        let Some(row) = rows.into_iter().next() else {
+        let Some(row) = storage::first::<Row>(&self.sql, &rows::billing_of())? else {
             return Ok(());
         };
         let billing: RunBilling = serde_json::from_str(&row.billing)?;

@@ -35,52 +35,15 @@ use crate::runner::link::{abandon, ensure_ready, Link};
 use crate::runner::live::Live;
 use crate::runner::sse::{self, JobLog};
 use crate::runner::storage;
+use crate::runs::rows;
 use crate::wire::receipts::verify_chain;
 use crate::wire::RunStatus;
 use store::RunRow;
 pub use watchdog::watchdog;
 use watchdog::WATCHDOG_MS;
 
-fn int(v: i64) -> worker::SqlStorageValue {
-    worker::SqlStorageValue::Integer(v)
-}
-
-const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS run (
-        id TEXT PRIMARY KEY,
-        account_id TEXT NOT NULL,
-        spec TEXT NOT NULL,
-        status TEXT NOT NULL,
-        ok INTEGER,
-        created_ms INTEGER NOT NULL,
-        finished_ms INTEGER,
-        deadline_ms INTEGER NOT NULL,
-        runner_seq INTEGER NOT NULL DEFAULT 0,
-        dispatched INTEGER NOT NULL DEFAULT 0,
-        cancel_requested INTEGER NOT NULL DEFAULT 0,
-        container_ms INTEGER,
-        artifact TEXT,
-        diff TEXT
-    )",
-    "CREATE TABLE IF NOT EXISTS run_receipts (
-        seq INTEGER PRIMARY KEY,
-        body TEXT NOT NULL
-    )",
-    // The `Idempotency-Key` claim of the request that started the run: its
-    // outcome is recorded when the run ends (the client may be gone).
-    "CREATE TABLE IF NOT EXISTS run_idempotency (
-        key TEXT NOT NULL,
-        claimed_at INTEGER NOT NULL
-    )",
-    // The run's billing (`RunBilling` as JSON), settled when it ends.
-    "CREATE TABLE IF NOT EXISTS run_billing (
-        key_id TEXT NOT NULL,
-        billing TEXT NOT NULL
-    )",
-];
-
 pub fn init_schema(sql: &SqlStorage) {
-    for stmt in SCHEMA.iter().chain(job::SCHEMA) {
+    for stmt in rows::SCHEMA.iter().chain(job::SCHEMA) {
         if let Err(err) = sql.exec(stmt, None) {
             worker::console_error!("runs schema: {err}");
         }
@@ -140,20 +103,7 @@ pub async fn handle(
             if !row.status().is_terminal() {
                 cancel(&ctx, &row).await?;
             }
-            for stmt in [
-                "DELETE FROM run_billing",
-                "DELETE FROM run_idempotency",
-                "DELETE FROM run_receipts",
-                "DELETE FROM run",
-            ] {
-                ctx.sql.exec(stmt, None)?;
-            }
-            ctx.sql.exec(
-                "DELETE FROM runner_receipts WHERE op = ?",
-                vec![run_id.as_str().into()],
-            )?;
-            storage::exec(&ctx.sql, &job::forget_ending(&run_id))?;
-            storage::exec(&ctx.sql, &job::forget_events(&run_id))?;
+            storage::exec_plan(&ctx.sql, &rows::delete(&run_id))?;
             let _ = state.storage().delete_alarm().await;
             bindings::db(&ctx.env)?
                 .prepare("DELETE FROM runs WHERE id = ?1 AND account_id = ?2")
@@ -210,31 +160,21 @@ async fn start(
         abandon(&ctx.sql, &ctx.link, &spec.run_id, "the run was not created").await;
         return Err(err);
     }
-    ctx.sql.exec(
-        "INSERT INTO run (id, account_id, spec, status, created_ms, deadline_ms) VALUES (?, ?, ?, 'queued', ?, ?)",
-        vec![
-            spec.run_id.as_str().into(),
-            body.account_id.as_str().into(),
-            serde_json::to_string(spec)?.into(),
-            int(now),
-            int(now + body.deadline_ms as i64),
-        ],
-    )?;
-    if let Some((key, claimed_at)) = &body.idempotency {
-        ctx.sql.exec(
-            "INSERT INTO run_idempotency (key, claimed_at) VALUES (?, ?)",
-            vec![key.as_str().into(), int(*claimed_at)],
-        )?;
-    }
-    if let Some(billing) = &body.billing {
-        ctx.sql.exec(
-            "INSERT INTO run_billing (key_id, billing) VALUES (?, ?)",
-            vec![
-                body.key_id.as_str().into(),
-                serde_json::to_string(billing)?.into(),
-            ],
-        )?;
-    }
+    let spec_json = serde_json::to_string(spec)?;
+    let billing_json = match &body.billing {
+        Some(billing) => Some(serde_json::to_string(billing)?),
+        None => None,
+    };
+    let created = rows::create(&rows::NewRun {
+        run_id: &spec.run_id,
+        account_id: &body.account_id,
+        spec_json: &spec_json,
+        now_ms: now,
+        deadline_ms: body.deadline_ms as i64,
+        claim: body.idempotency.as_ref().map(|(k, at)| (k.as_str(), *at)),
+        billing: billing_json.as_deref().map(|b| (body.key_id.as_str(), b)),
+    });
+    storage::exec_plan(&ctx.sql, &created)?;
     for receipt in &ready {
         ctx.append_event("runner", &serde_json::to_string(receipt)?)?;
     }
@@ -259,7 +199,7 @@ async fn start(
 /// Asks the runner to cancel; if it cannot confirm within 10 s (or is
 /// gone), the DO ends the run as `cancelled` itself.
 async fn cancel(ctx: &RunCtx, row: &RunRow) -> Result<RunRow, ApiError> {
-    ctx.sql.exec("UPDATE run SET cancel_requested = 1", None)?;
+    storage::exec(&ctx.sql, &rows::cancel_requested())?;
     let confirmed = row.dispatched != 0.0 && matches!(ctx.cancel_on_runner(&row.id).await, Ok(200));
     if confirmed {
         let row = ctx.wait_terminal(Some(10_000)).await?;

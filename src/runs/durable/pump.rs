@@ -13,11 +13,9 @@ use crate::runner::follow::{self, Followed, Stop};
 use crate::runner::lifecycle::RunnerEvent;
 use crate::runner::link::{ensure_ready, send};
 use crate::runner::live::Live;
+use crate::runner::storage;
+use crate::runs::rows;
 use crate::wire::{RunEvent, RunStatus, WireEvent};
-
-fn int(v: i64) -> worker::SqlStorageValue {
-    worker::SqlStorageValue::Integer(v)
-}
 
 struct PumpGuard(Rc<Live>);
 impl Drop for PumpGuard {
@@ -69,8 +67,7 @@ async fn pump_inner(ctx: &RunCtx) -> Result<(), ApiError> {
         if ctx.load()?.is_none_or(|r| r.status().is_terminal()) {
             return Ok(());
         }
-        ctx.sql
-            .exec("UPDATE run SET dispatched = 1, status = 'running'", None)?;
+        storage::exec(&ctx.sql, &rows::dispatched())?;
         let spec = row.spec()?;
         let sent = send(
             &ctx.link,
@@ -148,8 +145,7 @@ impl follow::Job for RunJob<'_> {
 
     async fn store(&self, event: WireEvent) -> Result<Option<()>, ApiError> {
         let ctx = self.ctx;
-        ctx.sql
-            .exec("UPDATE run SET runner_seq = ?", vec![int(event.seq as i64)])?;
+        storage::exec(&ctx.sql, &rows::runner_seq(event.seq))?;
         match event.event {
             RunEvent::Receipt(receipt) => ctx.store_receipt(&receipt)?,
             RunEvent::Output(chunk) => {

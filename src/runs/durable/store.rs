@@ -12,6 +12,7 @@ use crate::runner::lifecycle::{RunnerEvent, RunnerReceipt};
 use crate::runner::link::record;
 use crate::runner::live::wait_until;
 use crate::runner::storage;
+use crate::runs::rows;
 use crate::wire::receipts::Receipt;
 use crate::wire::{RunStart, RunStatus};
 
@@ -41,17 +42,9 @@ impl RunRow {
     }
 }
 
-fn int(v: i64) -> worker::SqlStorageValue {
-    worker::SqlStorageValue::Integer(v)
-}
-
 impl RunCtx {
     pub(super) fn load(&self) -> Result<Option<RunRow>, ApiError> {
-        let rows: Vec<RunRow> = self
-            .sql
-            .exec("SELECT * FROM run LIMIT 1", None)?
-            .to_array()?;
-        Ok(rows.into_iter().next())
+        storage::first(&self.sql, &rows::load())
     }
 
     /// The run `run_id`, if it belongs to `account`; else 404 as if absent.
@@ -77,10 +70,7 @@ impl RunCtx {
         struct Row {
             body: String,
         }
-        let rows: Vec<Row> = self
-            .sql
-            .exec("SELECT body FROM run_receipts ORDER BY seq", None)?
-            .to_array()?;
+        let rows: Vec<Row> = storage::rows(&self.sql, &rows::receipts())?;
         rows.iter()
             .map(|r| serde_json::from_str(&r.body).map_err(ApiError::from))
             .collect()
@@ -92,10 +82,7 @@ impl RunCtx {
 
     pub(super) fn store_receipt(&self, receipt: &Receipt) -> Result<(), ApiError> {
         let body = serde_json::to_string(receipt)?;
-        self.sql.exec(
-            "INSERT OR IGNORE INTO run_receipts (seq, body) VALUES (?, ?)",
-            vec![int(receipt.seq as i64), body.clone().into()],
-        )?;
+        storage::exec(&self.sql, &rows::store_receipt(receipt.seq, &body))?;
         self.append_event("receipt", &body)
     }
 
