@@ -458,7 +458,7 @@ impl World {
 
     /// When the watchdog may next have something to do.
     fn next_due(&self) -> i64 {
-        let undone = !endings(&self.dos, &job::undone_endings()).is_empty();
+        let undone = !endings(&self.dos, &queue::undone_endings()).is_empty();
         let open = rows(&self.dos, &queue::open_jobs());
         if undone || (self.driving.is_none() && !open.is_empty()) {
             return self.now;
@@ -480,11 +480,11 @@ impl World {
     /// Open executes or endings not carried out in full.
     fn watched(&self) -> bool {
         int(run(&self.dos, &[queue::open_count()])) > 0
-            || !endings(&self.dos, &job::undone_endings()).is_empty()
+            || !endings(&self.dos, &queue::undone_endings()).is_empty()
     }
 
     fn watchdog(&mut self) {
-        for ending in endings(&self.dos, &job::undone_endings()) {
+        for ending in endings(&self.dos, &queue::undone_endings()) {
             self.carry_out(&ending.job_id, Cut::None);
         }
         for row in rows(&self.dos, &queue::open_jobs()) {
@@ -692,7 +692,7 @@ fn jobs_end_once_settle_once_and_never_outlive_their_hold() {
                     "{id} never ended"
                 );
             }
-            let undone = endings(&world.dos, &job::undone_endings());
+            let undone = endings(&world.dos, &queue::undone_endings());
             assert!(undone.is_empty(), "endings left undone: {undone:?}");
             total.fetch_add(ops.len(), std::sync::atomic::Ordering::Relaxed);
             ended.fetch_add(world.jobs.len(), std::sync::atomic::Ordering::Relaxed);
@@ -763,4 +763,431 @@ fn a_settle_repeated_after_an_eviction_records_the_usage_once() {
         assert_eq!(events, 1, "with_hold {with_hold}: {events} usage events");
         assert_eq!(charged, if with_hold { 2_000 } else { 0 });
     }
+}
+
+// ---------------------------------------------------------------------------
+// Repo runs: one DO (one SQLite database) per run, the run's statements
+// (`runs::rows`), the same endings and events (`runner::job`), the run's
+// watchdog (`runs::life`), and its settle (`runs::billing`), as
+// `src/runs/durable/{ending,watchdog}.rs` run them.
+
+mod runs {
+    use super::*;
+    use cloudbox::runs::billing::{record_run_plan, settle_run_plan, EntryIds};
+    use cloudbox::runs::{life, rows};
+    use cloudbox::wire::RunStatus;
+
+    /// Run deadlines the runs draw from (`timeoutMs` × (1 + steps) + 60 s).
+    const DEADLINES_MS: [i64; 3] = [61_000, 10 * 60_000, 2 * 3_600_000];
+
+    #[derive(Debug, Clone)]
+    pub enum RunOp {
+        Start { deadline: usize },
+        Dispatch { run: usize },
+        Result { run: usize, ok: bool, cut: Cut },
+        Cancel { run: usize, cut: Cut },
+        Evict,
+        FailNextSettle,
+        Advance(i64),
+        Sweep,
+    }
+
+    pub fn run_op() -> impl Strategy<Value = RunOp> {
+        prop_oneof![
+            3 => (0usize..DEADLINES_MS.len()).prop_map(|deadline| RunOp::Start { deadline }),
+            3 => (0usize..64).prop_map(|run| RunOp::Dispatch { run }),
+            3 => (0usize..64, any::<bool>(), cut()).prop_map(|(run, ok, cut)| RunOp::Result { run, ok, cut }),
+            1 => (0usize..64, cut()).prop_map(|(run, cut)| RunOp::Cancel { run, cut }),
+            1 => Just(RunOp::Evict),
+            1 => Just(RunOp::FailNextSettle),
+            4 => prop_oneof![Just(1_000i64), Just(60_000), Just(10 * 60_000)].prop_map(RunOp::Advance),
+            1 => Just(RunOp::Sweep),
+        ]
+    }
+
+    struct Run {
+        id: String,
+        db: Connection,
+        hold_id: String,
+        deadline_ms: i64,
+        created_ms: i64,
+        ended: Option<String>,
+    }
+
+    #[derive(Debug)]
+    struct RunRow {
+        status: String,
+        dispatched: bool,
+    }
+
+    pub struct Runs {
+        d1: Connection,
+        now: i64,
+        runs: Vec<Run>,
+        fail_next_settle: bool,
+        next_id: u64,
+    }
+
+    fn run_row(db: &Connection) -> Option<RunRow> {
+        let load = rows::load();
+        db.prepare_cached(load.sql)
+            .unwrap()
+            .query_row([], |r| {
+                Ok(RunRow {
+                    status: r.get("status")?,
+                    dispatched: r.get::<_, i64>("dispatched")? != 0,
+                })
+            })
+            .ok()
+    }
+
+    fn terminal(status: &str) -> bool {
+        RunStatus::parse(status).unwrap().is_terminal()
+    }
+
+    impl Runs {
+        pub fn new() -> Self {
+            Runs {
+                d1: open_d1(),
+                now: START_MS,
+                runs: Vec::new(),
+                fail_next_settle: false,
+                next_id: 0,
+            }
+        }
+
+        fn fresh(&mut self, prefix: &str) -> String {
+            self.next_id += 1;
+            format!("{prefix}{:024}", self.next_id)
+        }
+
+        /// The Worker's hold (for the run's longest life), then the DO's rows.
+        fn start(&mut self, deadline_ms: i64) {
+            let id = self.fresh("run_");
+            let hold_id = self.fresh("hold_");
+            let entry = self.fresh("txn_");
+            let hold = sql::hold_plan(&sql::Hold {
+                hold_id: &hold_id,
+                entry_id: &entry,
+                key_id: KEY,
+                amount: HOLD_MICROS,
+                run_id: Some(&id),
+                description: "run hold",
+                now_ms: self.now,
+                expires_at_ms: self.now + life::hold_life_ms(deadline_ms),
+            });
+            assert_eq!(int(run(&self.d1, &hold)), 1);
+            let db = Connection::open_in_memory().unwrap();
+            for stmt in rows::SCHEMA
+                .iter()
+                .chain(job::SCHEMA)
+                .chain(lifecycle::SCHEMA)
+            {
+                db.execute_batch(stmt).unwrap();
+            }
+            let billing = format!("{{\"holdId\":\"{hold_id}\"}}");
+            let created = rows::create(&rows::NewRun {
+                run_id: &id,
+                account_id: ACCOUNT,
+                spec_json: "{}",
+                now_ms: self.now,
+                deadline_ms,
+                claim: None,
+                billing: Some((KEY, &billing)),
+            });
+            run(&db, &created);
+            self.runs.push(Run {
+                id,
+                db,
+                hold_id,
+                deadline_ms: self.now + deadline_ms,
+                created_ms: self.now,
+                ended: None,
+            });
+        }
+
+        fn pick(&self, n: usize) -> Option<usize> {
+            (!self.runs.is_empty()).then(|| n % self.runs.len())
+        }
+
+        fn dispatch(&mut self, n: usize) {
+            let Some(i) = self.pick(n) else { return };
+            let r = &self.runs[i];
+            if run_row(&r.db).is_some_and(|row| !terminal(&row.status)) && self.now <= r.deadline_ms
+            {
+                run(&r.db, &[rows::dispatched()]);
+            }
+        }
+
+        /// `finalize`: the ending (the first wins), then carried out.
+        fn finalize(&mut self, i: usize, status: RunStatus, cut: Cut) {
+            let r = &self.runs[i];
+            let Some(row) = run_row(&r.db) else { return };
+            if terminal(&row.status) {
+                return;
+            }
+            let ending = format!("{{\"ok\":{},\"result\":null}}", status == RunStatus::Passed);
+            run(
+                &r.db,
+                &[job::record_ending(
+                    &r.id,
+                    status.as_str(),
+                    &ending,
+                    self.now,
+                )],
+            );
+            self.carry_out(i, cut);
+        }
+
+        fn result(&mut self, n: usize, ok: bool, cut: Cut) {
+            let Some(i) = self.pick(n) else { return };
+            if !run_row(&self.runs[i].db).is_some_and(|row| row.dispatched) {
+                return;
+            }
+            let status = if ok {
+                RunStatus::Passed
+            } else {
+                RunStatus::Failed
+            };
+            self.finalize(i, status, cut);
+        }
+
+        /// `carry_out_alone`: settle (then mark), then the terminal status
+        /// (then mark).
+        fn carry_out(&mut self, i: usize, cut: Cut) {
+            let r = &self.runs[i];
+            let Some(recorded) = endings(&r.db, &job::ending_of(&r.id)).into_iter().next() else {
+                return;
+            };
+            if !recorded.settled {
+                if std::mem::take(&mut self.fail_next_settle) {
+                    // D1 failed: the watchdog retries.
+                } else {
+                    self.settle(i);
+                    if cut == Cut::AfterSettle {
+                        return;
+                    }
+                    run(&self.runs[i].db, &[job::mark_settled(&self.runs[i].id)]);
+                }
+            }
+            if !recorded.finished {
+                if cut == Cut::BeforeBody {
+                    return;
+                }
+                let r = &self.runs[i];
+                let finish = rows::finish(&rows::Finish {
+                    status: &recorded.status,
+                    ok: recorded.status == "passed",
+                    ended_ms: self.now,
+                    container_ms: self.now - r.created_ms,
+                    artifact_json: None,
+                    diff: None,
+                });
+                run(&r.db, &[finish, job::mark_finished(&r.id)]);
+            }
+        }
+
+        /// `runs::billing_d1::settle`: the run's settle plan, else the
+        /// usage recorded uncharged; both named after the run.
+        fn settle(&mut self, i: usize) {
+            let usage_entry = self.fresh("txn_");
+            let release_entry = self.fresh("txn_");
+            let r = &self.runs[i];
+            let container_ms = (self.now - r.created_ms).max(0);
+            let cost = (container_ms / 1_000).min(HOLD_MICROS);
+            let ids = EntryIds {
+                usage_entry_id: &usage_entry,
+                release_entry_id: &release_entry,
+            };
+            let plan = settle_run_plan(&r.hold_id, &r.id, &ids, container_ms, cost, self.now);
+            if int(run(&self.d1, &plan)) != 1 {
+                let record = record_run_plan(ACCOUNT, KEY, &r.id, container_ms, cost, self.now);
+                run(&self.d1, &record);
+            }
+        }
+
+        fn advance(&mut self, ms: i64) {
+            let until = self.now + ms;
+            while self.now < until {
+                // With nothing due, time runs on to `until`.
+                let next = (self.now + life::WATCHDOG_MS)
+                    .max(self.next_due())
+                    .min(until);
+                let ticks = (next - self.now + life::WATCHDOG_MS - 1) / life::WATCHDOG_MS;
+                self.now = (self.now + ticks * life::WATCHDOG_MS).min(until);
+                for i in 0..self.runs.len() {
+                    self.watchdog(i);
+                }
+                self.check_after_alarm();
+            }
+        }
+
+        /// When a watchdog may next have something to do (see `World::advance`).
+        fn next_due(&self) -> i64 {
+            let mut due = i64::MAX;
+            for r in &self.runs {
+                let ending = endings(&r.db, &job::ending_of(&r.id)).into_iter().next();
+                match (&ending, run_row(&r.db)) {
+                    (Some(e), _) if !(e.settled && e.finished) => return self.now,
+                    (None, Some(row)) if !terminal(&row.status) => due = due.min(r.deadline_ms + 1),
+                    _ => {}
+                }
+            }
+            due
+        }
+
+        /// `runs::durable::watchdog` for one run.
+        fn watchdog(&mut self, i: usize) {
+            let r = &self.runs[i];
+            let Some(row) = run_row(&r.db) else { return };
+            let ending = endings(&r.db, &job::ending_of(&r.id)).into_iter().next();
+            let view = JobView {
+                queued: false,
+                created_ms: r.created_ms,
+                deadline_ms: r.deadline_ms,
+                ending: ending.as_ref().map(|e| (e.settled, e.finished)),
+            };
+            if terminal(&row.status) && ending.as_ref().is_none_or(|e| e.settled && e.finished) {
+                return;
+            }
+            match job::watchdog_action(&view, &life::PATIENCE, self.now) {
+                Action::CarryOutEnding => self.carry_out(i, Cut::None),
+                Action::TimeOut | Action::ExpireQueued => {
+                    self.finalize(i, RunStatus::TimedOut, Cut::None)
+                }
+                Action::Nothing => {}
+            }
+        }
+
+        fn sweep(&mut self) {
+            let mut st = self.d1.prepare(sql::EXPIRED_HOLDS).unwrap();
+            let expired: Vec<String> = st
+                .query_map(params![self.now, 200], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            drop(st);
+            for hold_id in expired {
+                let entry = self.fresh("txn_");
+                let plan =
+                    sql::release_plan(&hold_id, &entry, ReleaseKind::Expire, "expired", self.now);
+                if int(run(&self.d1, &plan)) == 1 {
+                    let r = self.runs.iter().find(|r| r.hold_id == hold_id).unwrap();
+                    let ended = !endings(&r.db, &job::ending_of(&r.id)).is_empty();
+                    assert!(ended, "the sweep released the hold of {}, still open", r.id);
+                }
+            }
+        }
+
+        pub fn apply(&mut self, op: &RunOp) {
+            match op {
+                RunOp::Start { deadline } => self.start(DEADLINES_MS[*deadline]),
+                RunOp::Dispatch { run } => self.dispatch(*run),
+                RunOp::Result { run, ok, cut } => self.result(*run, *ok, *cut),
+                RunOp::Cancel { run, cut } => {
+                    if let Some(i) = self.pick(*run) {
+                        self.finalize(i, RunStatus::Cancelled, *cut);
+                    }
+                }
+                // In-memory state (a pump, an ending under way) is lost;
+                // what is stored stays, and the watchdog carries on.
+                RunOp::Evict => {}
+                RunOp::FailNextSettle => self.fail_next_settle = true,
+                RunOp::Advance(ms) => self.advance(*ms),
+                RunOp::Sweep => self.sweep(),
+            }
+        }
+
+        /// Invariant 3 for runs: none is open past its deadline without an
+        /// ending after an alarm.
+        fn check_after_alarm(&self) {
+            for r in &self.runs {
+                let open = run_row(&r.db).is_some_and(|row| !terminal(&row.status));
+                let ended = !endings(&r.db, &job::ending_of(&r.id)).is_empty();
+                assert!(
+                    !open || ended || self.now <= r.deadline_ms,
+                    "{} open past its deadline",
+                    r.id
+                );
+            }
+        }
+
+        /// Invariants 1, 2 and 4 for runs.
+        pub fn check(&mut self) {
+            for r in &mut self.runs {
+                let ending = endings(&r.db, &job::ending_of(&r.id));
+                assert!(ending.len() <= 1, "{}: {} endings", r.id, ending.len());
+                let row = run_row(&r.db).expect("the run's row");
+                if terminal(&row.status) {
+                    let e = ending.first().expect("an ended run has its ending");
+                    assert_eq!(row.status, e.status, "{}", r.id);
+                    let first = r.ended.get_or_insert_with(|| row.status.clone());
+                    assert_eq!(*first, row.status, "{} ended twice", r.id);
+                } else if ending.is_empty() {
+                    let expires: i64 = self
+                        .d1
+                        .prepare_cached("SELECT expires_at FROM holds WHERE id = ?1")
+                        .unwrap()
+                        .query_row(params![r.hold_id], |q| q.get(0))
+                        .unwrap();
+                    assert!(self.now < expires, "{} open, its hold expired", r.id);
+                }
+                let events: i64 = self
+                    .d1
+                    .prepare_cached("SELECT COUNT(*) FROM usage_events WHERE run_id = ?1")
+                    .unwrap()
+                    .query_row(params![r.id], |q| q.get(0))
+                    .unwrap();
+                assert!(events <= 1, "{}: {events} usage events", r.id);
+                if ending.first().is_some_and(|e| e.settled) {
+                    assert_eq!(events, 1, "{} settled without usage", r.id);
+                }
+            }
+        }
+
+        /// Long after: every run ended and its ending carried out.
+        pub fn drain(&mut self) -> usize {
+            self.advance(4 * 3_600_000);
+            self.check();
+            for r in &self.runs {
+                let row = run_row(&r.db).unwrap();
+                assert!(terminal(&row.status), "{} never ended", r.id);
+                let e = &endings(&r.db, &job::ending_of(&r.id))[0];
+                assert!(e.settled && e.finished, "{} ending left undone", r.id);
+            }
+            self.runs.len()
+        }
+    }
+}
+
+#[test]
+fn runs_end_once_settle_once_and_never_outlive_their_hold() {
+    const OPS_PER_CASE: usize = 120;
+    let cases = (steps() / 2).div_ceil(OPS_PER_CASE) as u32;
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let total = std::sync::atomic::AtomicUsize::new(0);
+    let made = std::sync::atomic::AtomicUsize::new(0);
+    runner
+        .run(
+            &proptest::collection::vec(runs::run_op(), OPS_PER_CASE),
+            |ops| {
+                let mut world = runs::Runs::new();
+                for op in &ops {
+                    world.apply(op);
+                    world.check();
+                }
+                made.fetch_add(world.drain(), std::sync::atomic::Ordering::Relaxed);
+                total.fetch_add(ops.len(), std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            },
+        )
+        .unwrap();
+    let (total, made) = (total.into_inner(), made.into_inner());
+    eprintln!("job_props (runs): {total} steps, {made} runs, 0 invariant violations");
+    assert!(total >= steps() / 2, "ran {total} steps");
+    assert!(made > 100, "only {made} runs were made");
 }

@@ -39,7 +39,7 @@ pub async fn check(
     if class == RouteClass::Exempt {
         return Ok(None);
     }
-    let limits = Config::from_env(env).rate_limits;
+    let limits = cfg.rate_limits;
     let (window_start, reset_secs) = ratelimit::window(now_ms, limits.window_secs);
     let headers = req.headers();
     let ip = ratelimit::client_ip(

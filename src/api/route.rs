@@ -1,9 +1,9 @@
 //! The route table: every (method, path) the Worker serves, in the order of
-//! API.md. `routes::dispatch` maps each `Route` to its handler, and a unit
-//! test checks that every row is documented in the OpenAPI document (`src/openapi/`).
+//! API.md. `api::dispatch` maps each `Route` to its handler, and a unit
+//! test checks that every row is documented in the OpenAPI document (`api::openapi`).
 
 /// One endpoint of the API. The handler for `Route::X` is found by searching
-/// `Route::X` in `src/routes/mod.rs`.
+/// `Route::X` in `src/api/dispatch.rs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     Health,
@@ -55,7 +55,7 @@ pub enum Route {
     Computers(ComputerRoute),
 }
 
-/// The Computers surface, handled in `src/routes/computers.rs`.
+/// The Computers surface, handled in `src/computers/routes.rs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ComputerRoute {
     Create,

@@ -1,11 +1,11 @@
 //! The Computer Durable Object: one per computer. Its SQLite storage holds
 //! the spec, the materialized files, the agent's writes, which collaborators
 //! have revealed their private files, and the hash-chained receipt log. The
-//! Worker (`routes/computers.rs`) authenticates and validates, then calls it
-//! with internal `POST /<op>` requests carrying the caller's account; every op
-//! but `create` answers 404 `computer_not_found` to any other account.
+//! Worker (`computers::routes`) authenticates and validates, then sends it
+//! one `ComputerCall` (`computers::call`) carrying the caller's account; every
+//! call but `create` answers 404 `computer_not_found` to any other account.
 //!
-//! Rules live in pure modules (`spec`, `grade`, `computer_receipts`,
+//! Rules live in pure modules (`spec`, `grade`, `receipts`,
 //! `generate`); this file only stores and sequences. Writes of one action are
 //! plain synchronous `sql.exec` calls with no `await` between them, so the
 //! runtime commits them together and no other request interleaves.
@@ -28,7 +28,6 @@ use crate::platform::config::{Config, ModelConfig};
 use crate::platform::model;
 use crate::platform::{bindings, http};
 
-/// Header with the caller's account on internal requests from the Worker.
 /// Criteria without a `mustEvent` judged by the model per grade, at most.
 const MAX_JUDGED: usize = 8;
 /// Receipts summarized for the judge (the most recent ones).

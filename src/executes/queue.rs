@@ -75,9 +75,12 @@ pub const END: &str = "UPDATE executions \
      WHERE id = ?1 AND status IN ('queued', 'running', 'saving') \
        AND EXISTS (SELECT 1 FROM job_endings WHERE job_id = ?1)";
 
-/// Never loop on an execute that cannot be ended (its storage failed).
-pub const FORCE_FAILED: &str = "UPDATE executions SET status = 'failed' \
-     WHERE id = ? AND status IN ('queued', 'running', 'saving')";
+/// The endings of this workspace's executes not yet carried out in full
+/// (a DO serves one kind of job: a run's ending is never among them).
+pub const UNDONE_ENDINGS: &str =
+    "SELECT e.job_id, e.status, e.ending, e.ended_ms, e.settled, e.finished \
+     FROM job_endings e JOIN executions x ON x.id = e.job_id \
+     WHERE e.settled = 0 OR e.finished = 0 ORDER BY e.ended_ms";
 
 /// The body is written once.
 pub const WRITE_BODY: &str = "UPDATE executions SET body = ?, usage = ? \
@@ -180,8 +183,8 @@ pub fn end(id: &str, status: &str, ending_json: &str, now_ms: i64) -> Vec<Stmt> 
     ]
 }
 
-pub fn force_failed(id: &str) -> Stmt {
-    stmt(FORCE_FAILED, vec![id.into()])
+pub fn undone_endings() -> Stmt {
+    stmt(UNDONE_ENDINGS, Vec::new())
 }
 
 pub fn write_body(id: &str, body_json: &str, usage_json: &str) -> Stmt {
@@ -236,9 +239,9 @@ mod tests {
             runner_seq("e", 4),
             usage("e", "{}"),
             saving("e", "{}"),
-            force_failed("e"),
             write_body("e", "{}", "{}"),
             last_activity(),
+            undone_endings(),
         ];
         plans.extend(end("e", "failed", "{}", 1));
         plans.extend(prune(KEEP_FINISHED));
@@ -254,7 +257,7 @@ mod tests {
             assert!(!status.is_terminal());
             assert!(OPEN.contains(&format!("'{}'", status.as_str())));
         }
-        for sql in [NEXT_OPEN, OPEN_JOBS, OPEN_COUNT, END, FORCE_FAILED] {
+        for sql in [NEXT_OPEN, OPEN_JOBS, OPEN_COUNT, END] {
             assert!(sql.contains(OPEN), "{sql}");
         }
     }

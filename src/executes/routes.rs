@@ -3,7 +3,7 @@
 //! The Worker authenticates, validates and takes the hold (a refusal starts
 //! nothing); the workspace's CloudboxRunner DO (named by account and
 //! workspace) queues the execute, runs it, commits and settles — see
-//! `runner_do/executions.rs`. D1 `executions` says which DO holds a run id.
+//! `executes::durable`. D1 `executions` says which DO holds a run id.
 
 use serde::Deserialize;
 use serde_json::Value;

@@ -137,9 +137,7 @@ impl Config {
             sse_heartbeat_ms: number("SSE_HEARTBEAT_MS")
                 .filter(|&ms| ms >= 100)
                 .unwrap_or(SSE_HEARTBEAT_MS),
-            max_blob_bytes: number("MAX_BLOB_BYTES")
-                .filter(|&n| n > 0)
-                .unwrap_or(DEFAULT_MAX_BLOB_BYTES),
+            max_blob_bytes: number("MAX_BLOB_BYTES").unwrap_or(DEFAULT_MAX_BLOB_BYTES),
             billing: BillingVars {
                 pricing: Pricing {
                     input_micros_per_1k: usd(
@@ -264,7 +262,7 @@ mod tests {
         let c = with(&[
             ("WORKSPACE_IDLE_SECONDS", "soon"),
             ("SSE_HEARTBEAT_MS", "5"),
-            ("MAX_BLOB_BYTES", "0"),
+            ("MAX_BLOB_BYTES", "a lot"),
             ("INPUT_USD_PER_1K", "-1"),
             ("RUN_USD_PER_MINUTE", "lots"),
             ("RATE_LIMIT_WINDOW_SECONDS", "-3"),

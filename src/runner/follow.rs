@@ -81,13 +81,18 @@ pub(crate) async fn follow<J: Job>(
             Ok(mut resp) => {
                 let status = resp.status_code();
                 let refused = RunnerError::parse(&resp.text().await.unwrap_or_default());
+                let lost = match &refused {
+                    Some(err) => err.error == RunnerErrorCode::RunNotFound,
+                    // A runner that cannot say why (an older one) answers a bare 404.
+                    None => status == 404,
+                };
+                if lost {
+                    return Ok(Followed::Lost(format!(
+                        "the runner no longer has this {} (it restarted)",
+                        J::NOUN
+                    )));
+                }
                 match refused {
-                    Some(err) if err.error == RunnerErrorCode::RunNotFound => {
-                        return Ok(Followed::Lost(format!(
-                            "the runner no longer has this {} (it restarted)",
-                            J::NOUN
-                        )))
-                    }
                     Some(err) => format!("runner answered {status}: {}", err.message),
                     None => format!("runner answered {status}"),
                 }
@@ -143,8 +148,11 @@ async fn read<J: Job>(job: &J, mut resp: Response) -> Result<Read<J::Result>, Ap
             if event.seq == 0 {
                 continue; // heartbeat
             }
-            if let Some(stop) = job.stop()? {
-                return Ok(Read::Stopped(stop));
+            // Ended by the DO: nothing more is stored. Past its deadline,
+            // the events already sent are still kept (the result may be
+            // among them); the deadline is checked after the chunk.
+            if job.stop()? == Some(Stop::Ended) {
+                return Ok(Read::Stopped(Stop::Ended));
             }
             if event.seq <= job.stored_seq()? {
                 continue; // stored before a reconnect

@@ -73,10 +73,6 @@ pub const RECORD_ENDING: &str = "INSERT OR IGNORE INTO job_endings \
 pub const ENDING_OF: &str = "SELECT job_id, status, ending, ended_ms, settled, finished \
      FROM job_endings WHERE job_id = ?";
 
-/// Endings not yet carried out in full, oldest first.
-pub const UNDONE_ENDINGS: &str = "SELECT job_id, status, ending, ended_ms, settled, finished \
-     FROM job_endings WHERE settled = 0 OR finished = 0 ORDER BY ended_ms";
-
 pub const MARK_SETTLED: &str = "UPDATE job_endings SET settled = 1 WHERE job_id = ?";
 
 pub const MARK_FINISHED: &str = "UPDATE job_endings SET finished = 1 WHERE job_id = ?";
@@ -97,10 +93,6 @@ pub fn record_ending(job_id: &str, status: &str, ending_json: &str, now_ms: i64)
 
 pub fn ending_of(job_id: &str) -> Stmt {
     stmt(ENDING_OF, vec![job_id.into()])
-}
-
-pub fn undone_endings() -> Stmt {
-    stmt(UNDONE_ENDINGS, Vec::new())
 }
 
 pub fn mark_settled(job_id: &str) -> Stmt {
@@ -254,7 +246,6 @@ mod tests {
             forget_events("j"),
             record_ending("j", "failed", "{}", 1),
             ending_of("j"),
-            undone_endings(),
             mark_settled("j"),
             mark_finished("j"),
             forget_ending("j"),

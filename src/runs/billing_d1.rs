@@ -1,5 +1,5 @@
 //! D1 glue for metering repo runs (rules in `rules::run_cost_micros`,
-//! plans in `run_billing`). The Worker calls `begin` before a run starts;
+//! plans in `runs::billing`). The Worker calls `begin` before a run starts;
 //! the run's DO calls `settle` once the run is over (any terminal status).
 
 use worker::{D1Database, Env};
@@ -7,10 +7,11 @@ use worker::{D1Database, Env};
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
 use crate::billing::ledger_d1::{self, run_plan, HoldTicket};
-use crate::billing::rules::{self, RUN_HOLD_GRACE_MS};
+use crate::billing::rules;
 use crate::common::ids;
 use crate::platform::config::Config;
 use crate::runs::billing::{self, EntryIds, RunBilling};
+use crate::runs::life;
 
 /// Before a run: with a price above 0 and a standard key, the budget checks
 /// (429 / 402: the run is refused before any work) and a hold for the run's
@@ -37,7 +38,7 @@ pub async fn begin(
     }
     let max_cost = rules::run_cost_micros(deadline_ms, price);
     let vars = config.billing;
-    let max_life = deadline_ms + RUN_HOLD_GRACE_MS;
+    let max_life = life::hold_life_ms(deadline_ms);
     let hold =
         ledger_d1::begin_run(db, &vars, caller, Some(max_cost), run_id, max_life, now_ms).await?;
     Ok(match hold {

@@ -2,6 +2,7 @@
 //! routes, and the run's DO side under `durable/`.
 
 pub mod billing;
+pub mod life;
 pub mod rows;
 pub mod spec;
 

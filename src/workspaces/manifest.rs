@@ -1,7 +1,6 @@
 //! Workspace rules (pure): ids, manifests (validation, normalization, size
 //! limits), manifest diffing, single-file edits, and the R2 key layout.
-//! The routes (`routes/workspaces.rs`), the store (`workspace_store.rs`),
-//! the sync client (`sync.rs`) and later `/execute` all use these.
+//! The routes, the store, the sync client and `/execute` all use these.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 

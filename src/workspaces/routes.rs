@@ -1,6 +1,6 @@
 //! Workspaces (API.md "Workspaces"): versioned trees of files, stored as
 //! content-addressed blobs plus one manifest per version. Rules live in
-//! `crate::workspace`, storage in `crate::workspace_store`.
+//! `workspaces::manifest`, storage in `workspaces::store`.
 
 use serde::Deserialize;
 use serde_json::json;

@@ -83,7 +83,15 @@ pub(super) async fn drive(ctx: ExecCtx) {
                 worker::console_error!("execute {id}: cannot end: {err}");
                 // Never loop on an execute that cannot be ended.
                 if !ctx.is_terminal(&id) {
-                    let _ = storage::exec(&ctx.sql, &queue::force_failed(&id));
+                    let ending = Ending::without_work(
+                        ExecStatus::Failed,
+                        "internal error",
+                        TokenUsage::default(),
+                    );
+                    if let Ok(json) = serde_json::to_string(&ending) {
+                        let plan = queue::end(&id, ending.status.as_str(), &json, time::now_ms());
+                        let _ = storage::exec_plan(&ctx.sql, &plan);
+                    }
                 }
             }
         }
@@ -281,7 +289,8 @@ pub(super) async fn refusal(mut resp: Response) -> String {
     let status = resp.status_code();
     let text = resp.text().await.unwrap_or_default();
     match RunnerError::parse(&text) {
-        Some(err) => format!("{status} {}", err.message),
+        Some(err) if err.missing.is_empty() => format!("{status} {}", err.message),
+        Some(err) => format!("{status} {} ({} blobs)", err.message, err.missing.len()),
         None => format!("{status} {}", text.chars().take(500).collect::<String>()),
     }
 }

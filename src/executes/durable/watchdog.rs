@@ -28,7 +28,7 @@ const PATIENCE: Patience = Patience {
 
 pub async fn watchdog(ctx: ExecCtx, state: &State) {
     let undone: Vec<EndingRow> =
-        storage::rows(&ctx.sql, &job::undone_endings()).unwrap_or_default();
+        storage::rows(&ctx.sql, &queue::undone_endings()).unwrap_or_default();
     let open: Vec<ExecRow> = storage::rows(&ctx.sql, &queue::open_jobs()).unwrap_or_default();
     if undone.is_empty() && open.is_empty() {
         release_when_idle(&ctx, state).await;

@@ -2,8 +2,8 @@
 //! is done about it (the first one wins), then carried out — the `exit`
 //! runner receipt, the container's release, the D1 index row (with the
 //! container time), the settle, and last the terminal status with its
-//! `result` event and the `Idempotency-Key` outcome, so whoever sees the run
-//! ended sees all of it done. An ending cut short is carried out again by
+//! `result` event, then the `Idempotency-Key` outcome, so whoever sees the
+//! run ended sees all of it done. An ending cut short is carried out again by
 //! the watchdog, from what is not marked done.
 
 use serde::{Deserialize, Serialize};
@@ -86,7 +86,11 @@ impl RunCtx {
             .as_ref()
             .map(|r| r.container_ms as i64)
             .unwrap_or_else(|| (ended_ms - row.created_ms as i64).max(0));
-        if !recorded.finished() {
+        // Once the terminal status is written, the release, the index and
+        // the `result` event are done: an ending cut short after it only
+        // records the answer again and is marked finished.
+        let terminal = row.status().is_terminal();
+        if !recorded.finished() && !terminal {
             self.release_and_index(row, status, ending.ok, container_ms, ended_ms)
                 .await?;
         }
@@ -102,7 +106,16 @@ impl RunCtx {
             }
         }
         if !recorded.finished() {
-            self.finish(status, &ending, container_ms, ended_ms).await?;
+            if !terminal {
+                self.finish(status, &ending, container_ms, ended_ms)?;
+            }
+            if let Some(row) = self.load()? {
+                let body = self.body(&row)?.to_string();
+                let status = if ending.ok { 200 } else { 422 };
+                if let Err(err) = self.record_idempotency(&row, status, &body).await {
+                    worker::console_error!("runs: idempotency record of {}: {err}", row.id);
+                }
+            }
             storage::exec(&self.sql, &job::mark_finished(&row.id))?;
         }
         Ok(())
@@ -156,9 +169,9 @@ impl RunCtx {
         Ok(())
     }
 
-    /// The terminal status with the artifact and diff, the `result` event,
-    /// and the answer recorded for the run's `Idempotency-Key`.
-    async fn finish(
+    /// The terminal status with the artifact and diff, and the `result`
+    /// event: with no await between, so they are written together, once.
+    fn finish(
         &self,
         status: RunStatus,
         ending: &Ending,
@@ -183,12 +196,7 @@ impl RunCtx {
             return Ok(());
         };
         let body = self.body(&row)?.to_string();
-        self.append_event("result", &body)?;
-        let status = if ending.ok { 200 } else { 422 };
-        if let Err(err) = self.record_idempotency(&row, status, &body).await {
-            worker::console_error!("runs: idempotency record of {}: {err}", row.id);
-        }
-        Ok(())
+        self.append_event("result", &body)
     }
 
     /// Records the run's answer for the `Idempotency-Key` that started it.

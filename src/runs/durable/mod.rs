@@ -35,12 +35,12 @@ use crate::runner::link::{abandon, ensure_ready, Link};
 use crate::runner::live::Live;
 use crate::runner::sse::{self, JobLog};
 use crate::runner::storage;
+use crate::runs::life::WATCHDOG_MS;
 use crate::runs::rows;
 use crate::wire::receipts::verify_chain;
 use crate::wire::RunStatus;
 use store::RunRow;
 pub use watchdog::watchdog;
-use watchdog::WATCHDOG_MS;
 
 pub fn init_schema(sql: &SqlStorage) {
     for stmt in rows::SCHEMA.iter().chain(job::SCHEMA) {

@@ -10,17 +10,9 @@ use worker::State;
 use super::pump::pump;
 use super::RunCtx;
 use crate::common::time;
-use crate::runner::job::{self, Action, JobView, Patience};
+use crate::runner::job::{self, Action, JobView};
+use crate::runs::life::{PATIENCE, WATCHDOG_MS};
 use crate::wire::RunStatus;
-
-/// The watchdog alarm's period while a run is not over.
-pub(super) const WATCHDOG_MS: i64 = 5_000;
-
-/// A run is never queued, and the watchdog ends it at its deadline.
-const PATIENCE: Patience = Patience {
-    queue_wait_ms: i64::MAX,
-    overrun_ms: 0,
-};
 
 pub async fn watchdog(ctx: RunCtx, state: &State) {
     let (Ok(Some(row)), Ok(ending)) = (ctx.load(), ctx.ending()) else {
