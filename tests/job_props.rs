@@ -169,6 +169,26 @@ fn open_do() -> Connection {
     db
 }
 
+/// The scheduled sweep (`ledger_d1::sweep`): every hold expired at `now`
+/// is released; answers the ones it released.
+fn sweep_expired(d1: &Connection, now: i64) -> Vec<String> {
+    let mut st = d1.prepare_cached(sql::EXPIRED_HOLDS).unwrap();
+    let expired: Vec<String> = st
+        .query_map(params![now, 200], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    drop(st);
+    expired
+        .into_iter()
+        .filter(|hold_id| {
+            let entry = format!("txn_expire_{hold_id}");
+            let plan = sql::release_plan(hold_id, &entry, ReleaseKind::Expire, "expired", now);
+            int(run(d1, &plan)) == 1
+        })
+        .collect()
+}
+
 /// One execute as the DO's row shows it.
 #[derive(Debug, Clone)]
 struct Row {
@@ -518,32 +538,20 @@ impl World {
 
     /// The scheduled sweep: expired holds are released.
     fn sweep(&mut self) {
-        let mut st = self.d1.prepare(sql::EXPIRED_HOLDS).unwrap();
-        let expired: Vec<String> = st
-            .query_map(params![self.now, 200], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        drop(st);
-        for hold_id in expired {
-            let entry = self.fresh("txn_");
-            let plan =
-                sql::release_plan(&hold_id, &entry, ReleaseKind::Expire, "expired", self.now);
-            if int(run(&self.d1, &plan)) == 1 {
-                let (job_id, _) = self
-                    .jobs
-                    .iter()
-                    .find(|(_, k)| k.hold_id == hold_id)
-                    .expect("every hold is a job's");
-                let open = self
-                    .row(job_id)
-                    .is_some_and(|r| !ExecStatus::parse(&r.status).unwrap().is_terminal());
-                assert!(
-                    !open,
-                    "the sweep released the hold of {job_id}, still open at {}",
-                    self.now
-                );
-            }
+        for hold_id in sweep_expired(&self.d1, self.now) {
+            let (job_id, _) = self
+                .jobs
+                .iter()
+                .find(|(_, k)| k.hold_id == hold_id)
+                .expect("every hold is a job's");
+            let open = self
+                .row(job_id)
+                .is_some_and(|r| !ExecStatus::parse(&r.status).unwrap().is_terminal());
+            assert!(
+                !open,
+                "the sweep released the hold of {job_id}, still open at {}",
+                self.now
+            );
         }
     }
 
@@ -1060,22 +1068,10 @@ mod runs {
         }
 
         fn sweep(&mut self) {
-            let mut st = self.d1.prepare(sql::EXPIRED_HOLDS).unwrap();
-            let expired: Vec<String> = st
-                .query_map(params![self.now, 200], |r| r.get(0))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect();
-            drop(st);
-            for hold_id in expired {
-                let entry = self.fresh("txn_");
-                let plan =
-                    sql::release_plan(&hold_id, &entry, ReleaseKind::Expire, "expired", self.now);
-                if int(run(&self.d1, &plan)) == 1 {
-                    let r = self.runs.iter().find(|r| r.hold_id == hold_id).unwrap();
-                    let ended = !endings(&r.db, &job::ending_of(&r.id)).is_empty();
-                    assert!(ended, "the sweep released the hold of {}, still open", r.id);
-                }
+            for hold_id in sweep_expired(&self.d1, self.now) {
+                let r = self.runs.iter().find(|r| r.hold_id == hold_id).unwrap();
+                let ended = !endings(&r.db, &job::ending_of(&r.id)).is_empty();
+                assert!(ended, "the sweep released the hold of {}, still open", r.id);
             }
         }
 
