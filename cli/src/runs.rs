@@ -1,0 +1,359 @@
+//! `run` and `runs …`: repo runs.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+
+use crate::args::{RunArgs, RunsCommand};
+use crate::client::{work_failed, Api};
+use crate::exit::{Exit, Failure, Result};
+use crate::output::{table, Out};
+use crate::sse::Event;
+use crate::stream::{self, Ending, Work};
+use crate::Ctx;
+
+fn enc(id: &str) -> String {
+    // Ids are `[A-Za-z0-9_-]`; anything else cannot name a run.
+    id.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect()
+}
+
+/// The request body of `POST /api/runs`.
+pub fn run_body(args: &RunArgs) -> Result<Value> {
+    let mut body = json!({ "repo": args.repo, "commands": args.commands, "verify": args.verify });
+    if args.commands.is_empty() && args.verify.is_empty() {
+        return Err(Failure::usage("give at least one --cmd or --verify"));
+    }
+    if let Some(r) = &args.git_ref {
+        body["ref"] = json!(r);
+    }
+    if let Some(a) = &args.artifact {
+        body["artifact"] = json!(a);
+    }
+    if !args.env.is_empty() {
+        let mut env = Map::new();
+        for pair in &args.env {
+            let Some((k, v)) = pair.split_once('=') else {
+                return Err(Failure::usage(format!("--env {pair:?}: expected K=V")));
+            };
+            if k.is_empty() {
+                return Err(Failure::usage(format!("--env {pair:?}: the name is empty")));
+            }
+            env.insert(k.to_string(), json!(v));
+        }
+        body["env"] = Value::Object(env);
+    }
+    if let Some(s) = args.step_timeout {
+        body["timeoutMs"] = json!(s.saturating_mul(1000));
+    }
+    if args.live {
+        body["live"] = json!(true);
+    }
+    if let Some(ttl) = args.ttl {
+        body["ttlSeconds"] = json!(ttl);
+    }
+    if args.public {
+        body["public"] = json!(true);
+    }
+    if let Some(usd) = args.max_cost {
+        body["maxCostUsd"] = json!(usd);
+    }
+    Ok(body)
+}
+
+/// One line per receipt: seq, type, exit code, duration, command.
+pub fn receipt_line(r: &Value) -> String {
+    let exit = match (&r["exitCode"], &r["signal"]) {
+        (Value::Number(n), _) => format!("exit {n}"),
+        (_, Value::String(s)) => format!("signal {s}"),
+        _ => "-".into(),
+    };
+    let ms = r["durationMs"].as_f64().unwrap_or(0.0);
+    let mark = match r["exitCode"].as_i64() {
+        Some(0) => "ok  ",
+        Some(_) => "FAIL",
+        None => "    ",
+    };
+    format!(
+        "{mark} #{:<3} {:<8} {:<8} {:>7.1}s  {}",
+        r["seq"],
+        r["type"].as_str().unwrap_or("?"),
+        exit,
+        ms / 1000.0,
+        r["cmd"].as_str().unwrap_or("")
+    )
+}
+
+/// Prints a run's event as it comes: receipts on stdout, live output and
+/// runner lines on stderr; NDJSON with `--json` when `ndjson`.
+fn show_event(out: Out, ndjson: bool, event: &Event) {
+    let data = event.json();
+    if out.json {
+        if ndjson {
+            out.json_line(&json!({ "id": event.id, "event": event.event, "data": data }));
+        }
+        return;
+    }
+    match event.event.as_str() {
+        "receipt" => {
+            if !out.quiet {
+                println!("{}", receipt_line(&data));
+            }
+        }
+        "output" => out.live(data["text"].as_str().unwrap_or("")),
+        "runner" => {
+            if let Some(e) = data["event"].as_str() {
+                out.note(&format!("runner: {e}"));
+            }
+        }
+        _ => {}
+    }
+}
+
+fn verdict(body: &Value) -> String {
+    let mut lines = Vec::new();
+    if let Some(a) = body.get("artifact").filter(|a| !a.is_null()) {
+        lines.push(format!(
+            "artifact {}: {}",
+            a["path"].as_str().unwrap_or(""),
+            if a["found"].as_bool() == Some(true) {
+                format!("{} bytes", a["bytes"])
+            } else {
+                a["error"].as_str().unwrap_or("not found").to_string()
+            }
+        ));
+    }
+    lines.push(format!(
+        "{} {} ({})",
+        body["runId"].as_str().unwrap_or(""),
+        body["status"].as_str().unwrap_or("?"),
+        if body["ok"].as_bool() == Some(true) {
+            "every verify step passed"
+        } else {
+            "not ok"
+        }
+    ));
+    lines.join("\n")
+}
+
+pub fn run(ctx: &Ctx, args: RunArgs) -> Result<()> {
+    let body = run_body(&args)?;
+    let deadline = args
+        .timeout
+        .map(|s| Instant::now() + Duration::from_secs(s));
+    let api = ctx.api();
+    let key = stream::idempotency_key();
+    if args.detach {
+        let resp = api.stream("POST", "/api/runs", Some(&body), &[("idempotency-key", key)])?;
+        let id = resp.header("x-run-id").map(str::to_string).ok_or_else(|| {
+            Failure::new(Exit::Server, "bad_answer", "the server did not name the run (x-run-id)")
+        })?;
+        ctx.out.result(&json!({ "runId": id }), || id.clone());
+        return Ok(());
+    }
+    let opener = api.clone();
+    let open = Box::new(move |last: Option<u64>| {
+        let mut headers = vec![("idempotency-key", key.clone())];
+        if let Some(id) = last {
+            headers.push(("last-event-id", id.to_string()));
+        }
+        opener.stream("POST", "/api/runs", Some(&body), &headers)
+    });
+    let out = ctx.out;
+    let (ending, _) = follow_run(&api, ctx.out, open, deadline, None, &mut |e| show_event(out, false, e))?;
+    let body = match ending {
+        Ending::Result(body) => body,
+        Ending::Stopped { exit, body, .. } => {
+            if let Some(b) = &body {
+                ctx.out.result(b, || verdict(b));
+            }
+            let what = if exit == Exit::TimedOut { "timed out (--timeout)" } else { "interrupted" };
+            return Err(Failure::new(exit, "cancelled", format!("{what}: the run was cancelled")));
+        }
+    };
+    if let Some(path) = &args.out {
+        let content = body["artifact"]["content"].as_str().ok_or_else(|| {
+            Failure::new(Exit::WorkFailed, "artifact_missing", "the run brought back no artifact")
+        })?;
+        std::fs::write(path, content)
+            .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+    }
+    ctx.out.result(&body, || verdict(&body));
+    if body["ok"].as_bool() == Some(true) {
+        Ok(())
+    } else {
+        Err(work_failed(&body))
+    }
+}
+
+fn follow_run(
+    api: &Api,
+    out: Out,
+    open: Box<dyn Fn(Option<u64>) -> Result<ureq::Response> + Send + 'static>,
+    deadline: Option<Instant>,
+    idle: Option<Duration>,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<(Ending, Option<String>)> {
+    let cancel = |id: &str| {
+        api.post(&format!("/api/runs/{}/cancel", enc(id)), &json!({}))
+            .map(|_| ())
+    };
+    let work = Work {
+        open,
+        cancel: &cancel,
+        deadline,
+        idle,
+        out,
+    };
+    stream::follow(work, on_event)
+}
+
+pub fn runs(ctx: &Ctx, cmd: RunsCommand) -> Result<()> {
+    let api = ctx.api();
+    match cmd {
+        RunsCommand::List { limit, cursor } => {
+            let mut query = Vec::new();
+            if let Some(l) = limit {
+                query.push(format!("limit={l}"));
+            }
+            if let Some(c) = cursor {
+                query.push(format!("cursor={}", enc(&c)));
+            }
+            let path = if query.is_empty() {
+                "/api/runs".to_string()
+            } else {
+                format!("/api/runs?{}", query.join("&"))
+            };
+            let body = api.get(&path)?;
+            ctx.out.result(&body, || {
+                let rows: Vec<Vec<String>> = body["runs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| {
+                        vec![
+                            r["runId"].as_str().or(r["id"].as_str()).unwrap_or("").into(),
+                            r["status"].as_str().unwrap_or("").into(),
+                            r["repo"].as_str().unwrap_or("").into(),
+                            r["createdAt"].as_str().unwrap_or("").into(),
+                        ]
+                    })
+                    .collect();
+                table(&["run", "status", "repo", "created"], &rows)
+            });
+        }
+        RunsCommand::Get { id } => {
+            let body = api.get(&format!("/api/runs/{}", enc(&id)))?;
+            ctx.out.result(&body, || {
+                let mut lines: Vec<String> = body["receipts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(receipt_line)
+                    .collect();
+                lines.push(verdict(&body));
+                lines.join("\n")
+            });
+        }
+        RunsCommand::Events { id, follow } => {
+            let id = enc(&id);
+            let opener = api.clone();
+            let path = format!("/api/runs/{id}/events");
+            // Checked first, so an unknown run exits 4 rather than streaming.
+            api.get(&format!("/api/runs/{id}"))?;
+            let open = Box::new(move |last: Option<u64>| {
+                let headers: Vec<(&str, String)> = last
+                    .map(|l| vec![("last-event-id", l.to_string())])
+                    .unwrap_or_default();
+                opener.stream("GET", &path, None, &headers)
+            });
+            let idle = (!follow).then_some(Duration::from_secs(2));
+            let out = ctx.out;
+            follow_run(&api, ctx.out, open, None, idle, &mut |e| show_event(out, true, e))?;
+        }
+        RunsCommand::Verify { id } => {
+            let body = api.get(&format!("/api/runs/{}/verify", enc(&id)))?;
+            ctx.out.result(&body, || {
+                format!(
+                    "{} (head {})",
+                    if body["valid"].as_bool() == Some(true) {
+                        "the receipt chain is valid"
+                    } else {
+                        "the receipt chain is NOT valid"
+                    },
+                    body["head"].as_str().unwrap_or("-")
+                )
+            });
+            if body["valid"].as_bool() != Some(true) {
+                return Err(Failure::new(Exit::WorkFailed, "chain_invalid", "the receipt chain does not verify"));
+            }
+        }
+        RunsCommand::Cancel { id } => {
+            let body = api.post(&format!("/api/runs/{}/cancel", enc(&id)), &json!({}))?;
+            ctx.out.result(&body, || {
+                format!("{} {}", id, body["status"].as_str().unwrap_or("cancelled"))
+            });
+        }
+        RunsCommand::Delete { id } => {
+            let answer = api.json("DELETE", &format!("/api/runs/{}", enc(&id)), None, &[])?;
+            let body = if answer.body.is_null() {
+                json!({ "runId": id, "deleted": true })
+            } else {
+                answer.body
+            };
+            ctx.out.result(&body, || format!("deleted {id}"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> RunArgs {
+        RunArgs {
+            repo: "https://github.com/o/r".into(),
+            git_ref: None,
+            commands: vec!["make".into()],
+            verify: vec![],
+            artifact: None,
+            out: None,
+            env: vec![],
+            step_timeout: None,
+            timeout: None,
+            live: false,
+            ttl: None,
+            public: false,
+            max_cost: None,
+            detach: false,
+        }
+    }
+
+    #[test]
+    fn bodies_carry_what_was_asked_and_nothing_else() {
+        let mut a = args();
+        assert_eq!(
+            run_body(&a).unwrap(),
+            json!({"repo": "https://github.com/o/r", "commands": ["make"], "verify": []})
+        );
+        a.env = vec!["A=1".into(), "B=x=y".into()];
+        a.step_timeout = Some(5);
+        let b = run_body(&a).unwrap();
+        assert_eq!(b["env"], json!({"A": "1", "B": "x=y"}));
+        assert_eq!(b["timeoutMs"], 5000);
+        a.env = vec!["novalue".into()];
+        assert_eq!(run_body(&a).unwrap_err().exit, Exit::Usage);
+        let mut none = args();
+        none.commands.clear();
+        assert!(run_body(&none).is_err());
+    }
+
+    #[test]
+    fn receipt_lines_show_exit_and_duration() {
+        let line = receipt_line(&json!({"seq": 2, "type": "verify", "cmd": "test -f x", "exitCode": 1, "durationMs": 1500}));
+        assert!(line.starts_with("FAIL #2"), "{line}");
+        assert!(line.contains("exit 1") && line.contains("1.5s") && line.ends_with("test -f x"), "{line}");
+    }
+}

@@ -1,0 +1,195 @@
+//! Server-sent events: the parser (pure), and a follower that reads a
+//! stream to its `result` event, reconnecting after the last event seen
+//! (`Last-Event-ID`) when the connection drops, so nothing is missed or
+//! seen twice.
+
+use std::io::{BufRead, BufReader};
+use std::sync::mpsc::Sender;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::exit::{Exit, Failure, Result};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: Option<u64>,
+    pub event: String,
+    pub data: String,
+}
+
+impl Event {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or(Value::Null)
+    }
+}
+
+/// Builds events from lines (`id:`, `event:`, `data:`; comments ignored).
+#[derive(Default)]
+pub struct Parser {
+    id: Option<u64>,
+    event: String,
+    data: Vec<String>,
+}
+
+impl Parser {
+    /// Feeds one line (without its newline); an empty line ends an event.
+    pub fn line(&mut self, line: &str) -> Option<Event> {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.is_empty() {
+            if self.data.is_empty() && self.event.is_empty() {
+                return None;
+            }
+            let event = Event {
+                id: self.id.take(),
+                event: match std::mem::take(&mut self.event) {
+                    e if e.is_empty() => "message".to_string(),
+                    e => e,
+                },
+                data: std::mem::take(&mut self.data).join("\n"),
+            };
+            return Some(event);
+        }
+        if line.starts_with(':') {
+            return None;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        match field {
+            "id" => self.id = value.trim().parse().ok(),
+            "event" => self.event = value.to_string(),
+            "data" => self.data.push(value.to_string()),
+            _ => {}
+        }
+        None
+    }
+}
+
+/// What a follower tells the command that runs it.
+pub enum Msg {
+    /// The stream is open; the run's id if the answer named it (`x-run-id`).
+    Opened(Option<String>),
+    Event(Event),
+    /// The connection dropped; reconnecting after this event id.
+    Reconnecting(Option<u64>),
+    /// The stream ended: with the `result` event's body, or why not.
+    Done(Result<Value>),
+    /// Ctrl-C.
+    Interrupt,
+}
+
+/// How many times a dropped stream is reopened before giving up.
+const RECONNECTS: u32 = 8;
+
+/// Reads the stream `open` gives (called with the last event id seen, for
+/// the reconnects) until its `result` event, sending every event once.
+/// Ends with `Msg::Done`.
+pub fn follow(open: &dyn Fn(Option<u64>) -> Result<ureq::Response>, tx: &Sender<Msg>) {
+    let mut last: Option<u64> = None;
+    let mut failures = 0;
+    let done = loop {
+        let resp = match open(last) {
+            Ok(resp) => resp,
+            Err(f) if f.exit == Exit::Server && failures < RECONNECTS => {
+                failures += 1;
+                let _ = tx.send(Msg::Reconnecting(last));
+                std::thread::sleep(backoff(failures));
+                continue;
+            }
+            Err(f) => break Err(f),
+        };
+        let _ = tx.send(Msg::Opened(resp.header("x-run-id").map(str::to_string)));
+        let mut parser = Parser::default();
+        let mut reader = BufReader::new(resp.into_reader());
+        let mut line = String::new();
+        let mut ended: Option<Result<Value>> = None;
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let Some(event) = parser.line(line.trim_end_matches('\n')) else {
+                continue;
+            };
+            // A replayed event (at or before the last seen) is not sent again.
+            if let (Some(id), Some(seen)) = (event.id, last) {
+                if id <= seen {
+                    continue;
+                }
+            }
+            if event.id.is_some() {
+                last = event.id;
+                failures = 0;
+            }
+            match event.event.as_str() {
+                "result" => {
+                    ended = Some(Ok(event.json()));
+                }
+                "error" => {
+                    let body = event.json();
+                    ended = Some(Err(Failure::new(
+                        Exit::Server,
+                        body["error"].as_str().unwrap_or("stream_error"),
+                        body["message"].as_str().unwrap_or(&event.data),
+                    )));
+                }
+                _ => {}
+            }
+            let _ = tx.send(Msg::Event(event));
+            if ended.is_some() {
+                break;
+            }
+        }
+        if let Some(ended) = ended {
+            break ended;
+        }
+        failures += 1;
+        if failures > RECONNECTS {
+            break Err(Failure::network(
+                "the event stream kept dropping; the work goes on on the server",
+            ));
+        }
+        let _ = tx.send(Msg::Reconnecting(last));
+        std::thread::sleep(backoff(failures));
+    };
+    let _ = tx.send(Msg::Done(done));
+}
+
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(250 * 2u64.pow(failures.min(5)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Vec<Event> {
+        let mut p = Parser::default();
+        text.lines().filter_map(|l| p.line(l)).collect()
+    }
+
+    #[test]
+    fn events_with_ids_names_and_multiline_data() {
+        let events = parse(
+            ": heartbeat\n\nid: 1\nevent: receipt\ndata: {\"a\":1}\n\nid: 2\nevent: output\ndata: x\ndata: y\n\ndata: plain\n\n",
+        );
+        assert_eq!(events.len(), 3);
+        assert_eq!(events[0].id, Some(1));
+        assert_eq!(events[0].event, "receipt");
+        assert_eq!(events[0].json()["a"], 1);
+        assert_eq!(events[1].data, "x\ny");
+        assert_eq!(events[2].event, "message");
+        assert_eq!(events[2].id, None);
+    }
+
+    #[test]
+    fn carriage_returns_and_bare_fields() {
+        let events = parse("id: 7\r\nevent: result\r\ndata\r\n\r\n");
+        assert_eq!(events[0].id, Some(7));
+        assert_eq!(events[0].event, "result");
+        assert_eq!(events[0].data, "");
+    }
+}

@@ -1,0 +1,332 @@
+//! `push` and `pull`: a folder and a workspace version made equal, moving
+//! only what differs. The planning is the Worker's own (`manifest::diff`,
+//! `unique_blobs`); this file does the I/O: files stream to and from the
+//! server in parallel, and pull writes each file under a temporary name
+//! and renames it, so an interrupted pull never leaves half a file.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use cloudbox::common::paths::validate_path;
+use cloudbox::workspaces::manifest::{self, FileEntry, Manifest, MAX_MISSING_QUERY};
+use cloudbox::workspaces::sync::parallel_map;
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::client::Api;
+use crate::exit::{Exit, Failure, Result};
+use crate::output::Progress;
+use crate::tree;
+
+/// Files moved at once.
+const PARALLEL: usize = 8;
+/// Without `/health` limits: the API's default blob limit.
+const DEFAULT_MAX_BLOB_BYTES: u64 = 100 * 1024 * 1024;
+
+/// What the server announces in `GET /health` (`limits`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_blob_bytes: u64,
+}
+
+impl Limits {
+    pub fn of(api: &Api) -> Result<Limits> {
+        let health = api.get("/health")?;
+        Ok(Limits {
+            max_blob_bytes: health["limits"]["maxBlobBytes"]
+                .as_u64()
+                .unwrap_or(DEFAULT_MAX_BLOB_BYTES),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PushReport {
+    pub workspace_id: String,
+    pub version: u64,
+    pub files: usize,
+    pub bytes: u64,
+    pub uploaded_blobs: usize,
+    pub uploaded_bytes: u64,
+    /// False when the folder already equals the workspace's version.
+    pub committed: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PullReport {
+    pub workspace_id: String,
+    pub version: u64,
+    pub written: usize,
+    pub deleted: usize,
+    pub bytes: u64,
+}
+
+fn ws_path(ws: &str, rest: &str) -> String {
+    format!("/workspaces/{ws}{rest}")
+}
+
+/// The manifest of a version (the current one without `version`; an
+/// unused workspace is version 0 with no files).
+pub fn manifest_of(api: &Api, ws: &str, version: Option<u64>) -> Result<Manifest> {
+    let path = match version {
+        Some(v) => ws_path(ws, &format!("/manifest?version={v}")),
+        None => ws_path(ws, "/manifest"),
+    };
+    let body = api.get(&path)?;
+    serde_json::from_value(body)
+        .map_err(|e| Failure::new(Exit::Server, "bad_answer", format!("manifest: {e}")))
+}
+
+/// Incremental upload: hash the folder, send only the blobs the server
+/// lacks, commit on the current version (nothing when equal).
+pub fn push(api: &Api, ws: &str, root: &Path, progress: &Progress) -> Result<PushReport> {
+    let limits = Limits::of(api)?;
+    let mut skipped = Vec::new();
+    let found = tree::list(root, &mut skipped)?;
+    for note in &skipped {
+        progress.note(note);
+    }
+    let bar = progress.bar("hashing", found.len() as u64, false);
+    let entries = parallel_map(&found, PARALLEL, |f| {
+        let e = tree::entry(f, limits.max_blob_bytes);
+        bar.inc(1);
+        e
+    })
+    .into_iter()
+    .collect::<Result<Vec<FileEntry>>>()?;
+    bar.finish();
+    let current = manifest_of(api, ws, None)?;
+    let mut missing = HashSet::new();
+    for chunk in manifest::unique_blobs(&entries).chunks(MAX_MISSING_QUERY) {
+        let body = api.post(&ws_path(ws, "/blobs/missing"), &json!({ "sha256": chunk }))?;
+        let list: Vec<String> = serde_json::from_value(body["missing"].clone())
+            .map_err(|e| Failure::new(Exit::Server, "bad_answer", format!("missing: {e}")))?;
+        missing.extend(list);
+    }
+    // One upload per missing blob, from the first file that has it.
+    let mut seen = HashSet::new();
+    let todo: Vec<(&tree::Found, &FileEntry)> = found
+        .iter()
+        .zip(&entries)
+        .filter(|(_, e)| missing.contains(&e.sha256) && seen.insert(e.sha256.clone()))
+        .collect();
+    let total: u64 = todo.iter().map(|(_, e)| e.size).sum();
+    let bar = progress.bar("uploading", total, true);
+    let sent = parallel_map(&todo, PARALLEL, |(f, e)| {
+        let abs = f.abs.clone();
+        let open = move || fs::File::open(&abs).map(|f| Box::new(f) as Box<dyn Read>);
+        let path = ws_path(ws, &format!("/blobs/{}", e.sha256));
+        let r = api.put_stream(&path, e.size, &open).map_err(|err| {
+            if err.code == "hash_mismatch" {
+                Failure::usage(format!("{}: the file changed while it was sent; push again", f.path))
+            } else {
+                err.context(&f.path)
+            }
+        });
+        bar.inc(e.size);
+        r.map(|_| e.size)
+    });
+    let uploaded_bytes = sent.into_iter().collect::<Result<Vec<u64>>>()?.iter().sum();
+    bar.finish();
+    let (version, committed) = if entries == current.files {
+        (current.version, false)
+    } else {
+        let body = json!({ "baseVersion": current.version, "files": entries });
+        let answer = api.json("POST", &ws_path(ws, "/commits"), Some(&body), &[]);
+        let answer = answer.map_err(|f| {
+            if f.code == "version_conflict" {
+                f.context("the workspace changed while pushing (pull it, then push again)")
+            } else {
+                f
+            }
+        })?;
+        let version = answer.body["version"].as_u64().ok_or_else(|| {
+            Failure::new(Exit::Server, "bad_answer", format!("commit answered {}", answer.body))
+        })?;
+        (version, true)
+    };
+    Ok(PushReport {
+        workspace_id: ws.to_string(),
+        version,
+        files: entries.len(),
+        bytes: entries.iter().map(|e| e.size).sum(),
+        uploaded_blobs: todo.len(),
+        uploaded_bytes,
+        committed,
+    })
+}
+
+/// Brings a version into `dest`: writes only the files that differ,
+/// removes files the version lacks only with `delete` (what push would
+/// not send — ignored files, `.git/`, `.cloudbox/` — is never touched).
+pub fn pull(
+    api: &Api,
+    ws: &str,
+    dest: &Path,
+    version: Option<u64>,
+    delete: bool,
+    progress: &Progress,
+) -> Result<PullReport> {
+    let remote = manifest_of(api, ws, version)?;
+    for f in &remote.files {
+        validate_path(&f.path).map_err(|why| {
+            Failure::new(Exit::Server, "bad_answer", format!("manifest: {}: {why}", f.path))
+        })?;
+    }
+    fs::create_dir_all(dest).map_err(|e| Failure::usage(format!("{}: {e}", dest.display())))?;
+    let local = local_entries(dest, &remote)?;
+    let plan = manifest::diff(&local, &remote.files);
+    let by_path: HashMap<&str, &FileEntry> =
+        remote.files.iter().map(|f| (f.path.as_str(), f)).collect();
+    let writes: Vec<&FileEntry> = plan
+        .added
+        .iter()
+        .chain(&plan.modified)
+        .filter_map(|p| by_path.get(p.as_str()).copied())
+        .collect();
+    let total: u64 = writes.iter().map(|f| f.size).sum();
+    let bar = progress.bar("downloading", total, true);
+    let written = parallel_map(&writes, PARALLEL, |f| {
+        let r = write_one(api, ws, dest, f).map_err(|e| e.context(&f.path));
+        bar.inc(f.size);
+        r
+    });
+    written.into_iter().collect::<Result<Vec<()>>>()?;
+    bar.finish();
+    let mut deleted = 0;
+    if delete {
+        for path in &plan.deleted {
+            let target = dest.join(path);
+            fs::remove_file(&target)
+                .map_err(|e| Failure::usage(format!("removing {path}: {e}")))?;
+            deleted += 1;
+        }
+    }
+    Ok(PullReport {
+        workspace_id: ws.to_string(),
+        version: remote.version,
+        written: writes.len(),
+        deleted,
+        bytes: total,
+    })
+}
+
+/// The local files as manifest entries, hashing only those that could
+/// equal a file of `remote` (same path and size); the others get an empty
+/// hash, which differs from every real one.
+fn local_entries(dest: &Path, remote: &Manifest) -> Result<Vec<FileEntry>> {
+    let found = tree::list(dest, &mut Vec::new())?;
+    let entries = parallel_map(&found, PARALLEL, |f| {
+        let io = |e: std::io::Error| Failure::usage(format!("{}: {e}", f.path));
+        let meta = fs::metadata(&f.abs).map_err(io)?;
+        let size = meta.len();
+        let sha256 = match remote.find(&f.path) {
+            Some(r) if r.size == size => tree::hash_file(&f.abs).map_err(io)?.0,
+            _ => String::new(),
+        };
+        Ok(FileEntry {
+            path: f.path.clone(),
+            sha256,
+            size,
+            mode: tree::mode_of(&meta),
+        })
+    });
+    entries.into_iter().collect()
+}
+
+/// Downloads one file to a temporary name beside its place, checks its
+/// hash, sets its mode, then renames it into place.
+fn write_one(api: &Api, ws: &str, dest: &Path, f: &FileEntry) -> Result<()> {
+    let target = dest.join(&f.path);
+    let parent = make_parents(dest, &f.path)?;
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = parent.join(tree::pull_temp_name(&name, &random_suffix()));
+    let io = |e: std::io::Error| Failure::usage(e.to_string());
+    let result = (|| {
+        let mut body = api.get_stream(&ws_path(ws, &format!("/blobs/{}", f.sha256)))?;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io)?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = body
+                .read(&mut buf)
+                .map_err(|e| Failure::network(format!("download cut short: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            file.write_all(&buf[..n]).map_err(io)?;
+        }
+        if hex::encode(hasher.finalize()) != f.sha256 {
+            return Err(Failure::network("the downloaded bytes do not match their hash"));
+        }
+        file.set_permissions(fs::Permissions::from_mode(f.mode))
+            .map_err(io)?;
+        file.sync_all().map_err(io)?;
+        fs::rename(&tmp, &target).map_err(io)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Creates the folders above `path` in `dest`, refusing to go through a
+/// symlink (a link in the folder must not make pull write outside it).
+fn make_parents(dest: &Path, path: &str) -> Result<PathBuf> {
+    let mut dir = dest.to_path_buf();
+    let parts: Vec<&str> = path.split('/').collect();
+    for part in &parts[..parts.len().saturating_sub(1)] {
+        dir.push(part);
+        match fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(Failure::usage(format!(
+                    "{}: is a symlink; pull does not write through it",
+                    dir.display()
+                )))
+            }
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(Failure::usage(format!(
+                    "{}: is a file where the version has a folder",
+                    dir.display()
+                )))
+            }
+            Err(_) => fs::create_dir(&dir)
+                .or_else(|e| if dir.is_dir() { Ok(()) } else { Err(e) })
+                .map_err(|e| Failure::usage(format!("{}: {e}", dir.display())))?,
+        }
+    }
+    Ok(dir)
+}
+
+/// 8 random hex characters (temporary names, idempotency keys).
+pub fn random_suffix() -> String {
+    random_hex(4)
+}
+
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    // A clock-based fallback is enough for a temporary name.
+    if getrandom::getrandom(&mut buf).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        buf = nanos.to_le_bytes()[..bytes.min(16)].to_vec();
+    }
+    hex::encode(buf)
+}
