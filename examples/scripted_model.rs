@@ -1,6 +1,7 @@
 //! The scripted Responses-API model server of the tests, standalone, so
 //! `/execute` can be tried on the local stack without a model key:
-//! `make dev CLOUDBOX_SCRIPTED_MODEL=1` starts it and points the agent at it.
+//! `make dev` starts it and points the agent at it when `.dev.vars` has no
+//! `OPENAI_API_KEY` (or with `CLOUDBOX_SCRIPTED_MODEL=1`).
 //! It listens on the address given as its argument (default 127.0.0.1; the
 //! host's bridge address when the agent runs in a container), prints its
 //! base URL on the first line, then serves until killed.

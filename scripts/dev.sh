@@ -16,8 +16,12 @@
 #   CLOUDBOX_GITHUB_MIRROR=DIR        offline runs: https://github.com/<owner>/<repo>
 #                       is cloned from DIR/<owner>/<repo>.git (for containers,
 #                       served by `git daemon` on the bridge address)
-#   CLOUDBOX_SCRIPTED_MODEL=1          /execute without a model key: starts the
-#                       tests' scripted Responses-API server and points the agent at it
+#   CLOUDBOX_SCRIPTED_MODEL=1|0        the model /execute's agent talks to.
+#                       Unset: the tests' scripted Responses-API server
+#                       (examples/scripted_model.rs) when .dev.vars has no
+#                       OPENAI_API_KEY=<non-empty> and AGENT_MODEL_BASE_URL is
+#                       not set here, else the real model. 1 forces the
+#                       scripted one, 0 the real one. The banner says which.
 #   AGENT_MODEL_BASE_URL, AGENT_MODEL, AGENT_COMMAND   override wrangler.toml's
 #                       (the model key is OPENAI_API_KEY in .dev.vars)
 set -euo pipefail
@@ -88,15 +92,53 @@ else
   runner_note="the runner runs natively on 127.0.0.1:$RUNNER_PORT (log .cloudbox/runner.log)"
 fi
 
-if [ -n "${CLOUDBOX_SCRIPTED_MODEL:-}" ]; then
+# The model: the scripted one unless there is a key (or another model URL),
+# so that a first /execute without a key works; CLOUDBOX_SCRIPTED_MODEL=1|0
+# forces one or the other.
+model_key=$({ sed -n 's/^[[:space:]]*OPENAI_API_KEY[[:space:]]*=[[:space:]]*//p' .dev.vars 2>/dev/null || true; } \
+  | head -1 | tr -d "\"' \r")
+case "${CLOUDBOX_SCRIPTED_MODEL:-}" in
+  1) scripted=1 ;;
+  0) scripted=0 ;;
+  "") if [ -z "$model_key" ] && [ -z "${AGENT_MODEL_BASE_URL:-}" ]; then scripted=1; else scripted=0; fi ;;
+  *) echo "dev: CLOUDBOX_SCRIPTED_MODEL must be 1 (the scripted model) or 0 (the real one)" >&2; exit 1 ;;
+esac
+if [ "$scripted" = 1 ]; then
   cargo build --quiet --example scripted_model
   rm -f .cloudbox/model.url
   target/debug/examples/scripted_model "$listen_ip" > .cloudbox/model.url 2> .cloudbox/model.log &
   pids="$pids $!"
   for _ in $(seq 50); do [ -s .cloudbox/model.url ] && break; sleep 0.1; done
   AGENT_MODEL_BASE_URL=$(head -1 .cloudbox/model.url)
+  if [ -z "$AGENT_MODEL_BASE_URL" ]; then
+    echo "dev: the scripted model server did not start (.cloudbox/model.log):" >&2
+    cat .cloudbox/model.log >&2
+    exit 1
+  fi
   AGENT_MODEL=${AGENT_MODEL:-scripted}
-  echo "scripted model server: $AGENT_MODEL_BASE_URL"
+  if [ -n "${CLOUDBOX_SCRIPTED_MODEL:-}" ]; then
+    why="CLOUDBOX_SCRIPTED_MODEL=1"
+    switch="Leave CLOUDBOX_SCRIPTED_MODEL unset, with OPENAI_API_KEY=sk-... in .dev.vars, to use the real model."
+  else
+    why="no OPENAI_API_KEY in .dev.vars"
+    switch="Put OPENAI_API_KEY=sk-... in .dev.vars to use the real model."
+  fi
+  model_note="Model: the scripted model at $AGENT_MODEL_BASE_URL ($why; log .cloudbox/model.log).
+  Tasks it understands: \`write <path> <text>\` (writes the file), \`loop\` (until the cost cap
+  stops it), \`fail\` (a 500), \`slow\` (30 s); anything else is echoed.
+  $switch"
+else
+  url=${AGENT_MODEL_BASE_URL:-$(sed -n 's/^AGENT_MODEL_BASE_URL *= *"\(.*\)"/\1/p' wrangler.toml)}
+  model=${AGENT_MODEL:-$(sed -n 's/^AGENT_MODEL *= *"\(.*\)"/\1/p' wrangler.toml)}
+  if [ -n "$model_key" ]; then
+    model_note="Model: the real model $model at $url (OPENAI_API_KEY from .dev.vars)."
+  else
+    model_note="Model: $model at $url, without a key (no OPENAI_API_KEY in .dev.vars)."
+    if [ -z "${AGENT_MODEL_BASE_URL:-}" ]; then
+      model_note="$model_note
+  Executes will fail: put OPENAI_API_KEY=sk-... in .dev.vars, or leave CLOUDBOX_SCRIPTED_MODEL unset for the scripted model."
+    fi
+  fi
 fi
 for name in AGENT_MODEL_BASE_URL AGENT_MODEL AGENT_COMMAND; do
   if [ -n "${!name:-}" ]; then vars+=(--var "$name:${!name}"); fi
@@ -105,6 +147,7 @@ done
 cat <<MSG
 
 Cloudbox is starting on http://127.0.0.1:$PORT; $runner_note.
+$model_note
 Mint a first API key with the dev admin key (kept in .dev.vars):
 
   curl -s -X POST http://127.0.0.1:$PORT/admin/keys \\
