@@ -268,27 +268,55 @@ impl Event {
 struct Sse {
     run_id: String,
     budget_warning: Option<String>,
+    replayed: Option<String>,
     reader: BufReader<Box<dyn Read + Send + Sync>>,
 }
 
 /// `POST /execute` as an SSE stream (the headers arrive before the body).
 fn execute_sse(key: &Key, body: &Value) -> Sse {
-    let resp = agent()
+    execute_sse_with(key, body, &[])
+}
+
+fn execute_sse_with(key: &Key, body: &Value, extra: &[(&str, &str)]) -> Sse {
+    let mut req = agent()
         .post(&format!("{}/execute", current().base))
         .set("authorization", &format!("Bearer {}", key.key))
-        .set("accept", "text/event-stream")
+        .set("accept", "text/event-stream");
+    for (name, value) in extra {
+        req = req.set(name, value);
+    }
+    let resp = req
         .send_json(body.clone())
         .unwrap_or_else(|e| panic!("POST /execute (SSE): {e}"));
+    let sse = sse_of(resp);
+    assert!(!sse.run_id.is_empty(), "no x-run-id");
+    sse
+}
+
+/// `GET /execute/:runId/events` after `last`.
+fn execute_events(key: &Key, run_id: &str, last: u64) -> Sse {
+    let resp = agent()
+        .get(&format!("{}/execute/{run_id}/events", current().base))
+        .set("authorization", &format!("Bearer {}", key.key))
+        .set("last-event-id", &last.to_string())
+        .call()
+        .unwrap_or_else(|e| panic!("GET /execute/{run_id}/events: {e}"));
+    let mut sse = sse_of(resp);
+    sse.run_id = run_id.to_string();
+    sse
+}
+
+fn sse_of(resp: ureq::Response) -> Sse {
     assert_eq!(resp.status(), 200);
     assert!(
         resp.content_type().starts_with("text/event-stream"),
         "{}",
         resp.content_type()
     );
-    let run_id = resp.header("x-run-id").expect("x-run-id").to_string();
     Sse {
-        run_id,
+        run_id: resp.header("x-run-id").unwrap_or_default().to_string(),
         budget_warning: resp.header("x-budget-warning").map(str::to_string),
+        replayed: resp.header("idempotent-replayed").map(str::to_string),
         reader: BufReader::new(resp.into_reader()),
     }
 }
@@ -1028,7 +1056,7 @@ fn every_bad_field_is_refused_400_naming_it_and_nothing_starts() {
             .unwrap_or(false);
         assert!(named, "{field} not named: {err}");
     }
-    // Unknown fields, bad JSON, SSE with an Idempotency-Key.
+    // Unknown fields, bad JSON, a malformed Idempotency-Key (also with SSE).
     let unknown = execute(&k, &with("colour", json!("blue")));
     assert_eq!(unknown.status, 400, "{}", unknown.text);
     assert_eq!(unknown.json()["error"], "validation_failed");
@@ -1049,7 +1077,7 @@ fn every_bad_field_is_refused_400_naming_it_and_nothing_starts() {
         &with("timeoutMs", json!(60_000)),
         &[
             ("accept", "text/event-stream"),
-            ("idempotency-key", "sse-1"),
+            ("idempotency-key", "has space"),
         ],
     );
     assert_eq!(sse_idem.status, 400, "{}", sse_idem.text);
@@ -1126,6 +1154,93 @@ fn an_idempotent_retry_replays_the_execution_without_a_second_run() {
     assert_eq!(micros(&account(&k)["creditsBalance"]), balance);
     assert_eq!(usage_entries(&k).len(), 2);
     assert_eq!(workspace(&k, &ws).json()["version"], 1);
+}
+
+#[test]
+fn an_sse_retry_with_the_idempotency_key_resumes_the_execute_it_started() {
+    let _lock = shared();
+    let m = model();
+    let k = funded_key(CREDITS_USD);
+    let n = nonce();
+    let ws = format!("ws-{n}");
+    // `nap`: the model answers after 5 s, so the retry finds it running.
+    let task = format!("nap sse-{n}");
+    let body = json!({"task": task, "workspaceId": ws});
+    let idem = format!("exec-sse-{n}");
+    let keyed = [("idempotency-key", idem.as_str())];
+
+    // The first stream names its execute; it hangs up after one event.
+    let mut first = execute_sse_with(&k, &body, &keyed);
+    let run_id = first.run_id.clone();
+    assert!(run_id.starts_with("exe_"), "x-run-id: {run_id:?}");
+    assert_eq!(first.replayed, None);
+    let seen = first.next().expect("a first event");
+    let last = seen.id.expect("an event id");
+    drop(first);
+
+    // The retry attaches to the same execute after the last event seen.
+    let last_text = last.to_string();
+    let resumed = [
+        ("idempotency-key", idem.as_str()),
+        ("last-event-id", last_text.as_str()),
+    ];
+    let mut again = execute_sse_with(&k, &body, &resumed);
+    assert_eq!(again.run_id, run_id);
+    assert_eq!(again.replayed.as_deref(), Some("true"));
+    let rest = again.rest();
+    let ids: Vec<Option<u64>> = rest.iter().map(|e| e.id).collect();
+    let expected: Vec<Option<u64>> = (last + 1..=last + rest.len() as u64).map(Some).collect();
+    assert_eq!(ids, expected, "a gap or a duplicate after {last}: {rest:?}");
+    let result = rest.last().expect("events after the first");
+    assert_eq!(result.event, "result", "{rest:?}");
+    assert_eq!(rest.iter().filter(|e| e.event == "result").count(), 1);
+    let result_body = result.json();
+    assert_eq!(result_body["runId"], run_id.as_str());
+    assert_eq!(result_body["status"], "succeeded", "{result_body}");
+
+    // The same key with another body is refused, in either form.
+    let other = json!({"task": format!("echo other {n}"), "workspaceId": ws});
+    for form in ["text/event-stream", "application/json"] {
+        let resp = execute_with(
+            &k,
+            &other,
+            &[("accept", form), ("idempotency-key", idem.as_str())],
+        );
+        assert_eq!(resp.status, 422, "{form}: {}", resp.text);
+        assert_eq!(resp.json()["error"], "idempotency_key_reused");
+    }
+    // A JSON retry gets the answer the DO records just after the result
+    // event (409 in_flight until then).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let replay = loop {
+        let resp = execute_with(&k, &body, &keyed);
+        if resp.status != 409 || Instant::now() > deadline {
+            break resp;
+        }
+        assert_eq!(resp.json()["error"], "in_flight", "{}", resp.text);
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(replay.status, 200, "{}", replay.text);
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replay.json(), result_body);
+    // The events route gives the same stream: after the last but one, the result.
+    let tail = execute_events(&k, &run_id, result.id.unwrap() - 1).rest();
+    assert_eq!(tail.len(), 1, "{tail:?}");
+    assert_eq!(tail[0].json(), result_body);
+
+    // One execute: one model call, one hold, one usage, charged once.
+    assert_eq!(m.requests_for(&task).len(), 1, "the task ran twice");
+    let account = settled_account(&k);
+    assert_eq!(
+        micros(&account["creditsBalance"]),
+        CREDITS - usage_cost(&result_body)
+    );
+    let holds = transactions(&k)
+        .iter()
+        .filter(|t| t["type"] == "hold")
+        .count();
+    assert_eq!(holds, 1, "one hold");
+    assert_eq!(usage_entries(&k).len(), 1, "one usage");
 }
 
 // ---------------------------------------------------------------------------

@@ -371,6 +371,17 @@ fn open_sse(
     last_event_id: Option<u64>,
     body: Option<&Value>,
 ) -> ureq::Response {
+    open_sse_with(method, path, key, last_event_id, body, &[])
+}
+
+fn open_sse_with(
+    method: &str,
+    path: &str,
+    key: &str,
+    last_event_id: Option<u64>,
+    body: Option<&Value>,
+    extra: &[(&str, &str)],
+) -> ureq::Response {
     let url = format!("{}{}", stack().base, path);
     let mut req = agent()
         .request(method, &url)
@@ -378,6 +389,9 @@ fn open_sse(
         .set("accept", "text/event-stream");
     if let Some(id) = last_event_id {
         req = req.set("last-event-id", &id.to_string());
+    }
+    for (name, value) in extra {
+        req = req.set(name, value);
     }
     let resp = match body {
         Some(b) => req.send_json(b.clone()),
@@ -463,6 +477,88 @@ fn sse_delivers_every_receipt_and_the_result_and_resumes_without_gaps() {
     );
     let (tail, _) = read_frames(&mut BufReader::new(resp.into_reader()), |_| false);
     assert_eq!(tail, vec![result.clone()]);
+}
+
+#[test]
+fn an_sse_retry_with_the_idempotency_key_resumes_the_run_it_started() {
+    let key = key();
+    let repo = demo_repo("sse-idem");
+    let spec = json!({
+        "repo": repo,
+        "commands": ["echo one", "sleep 2; echo two", "echo three"],
+        "verify": ["true"],
+    });
+    let keyed = [("idempotency-key", "sse-run-1")];
+    // The first stream names its run; it hangs up after the clone's receipt.
+    let resp = open_sse_with("POST", "/api/runs", &key, None, Some(&spec), &keyed);
+    let run_id = resp.header("x-run-id").expect("x-run-id").to_string();
+    assert!(run_id.starts_with("run_"), "{run_id}");
+    assert_eq!(resp.header("idempotent-replayed"), None);
+    let mut reader = BufReader::new(resp.into_reader());
+    let (first, _) = read_frames(&mut reader, |f| f.event == "receipt");
+    drop(reader);
+    let last = first.last().expect("frames before the first receipt").id;
+
+    // The retry (same key, same body) attaches after the last event seen.
+    let resp = open_sse_with("POST", "/api/runs", &key, Some(last), Some(&spec), &keyed);
+    assert_eq!(resp.header("x-run-id"), Some(run_id.as_str()));
+    assert_eq!(resp.header("idempotent-replayed"), Some("true"));
+    let (rest, _) = read_frames(&mut BufReader::new(resp.into_reader()), |f| {
+        f.event == "result"
+    });
+    let ids: Vec<u64> = first.iter().chain(rest.iter()).map(|f| f.id).collect();
+    assert_eq!(
+        ids,
+        (1..=ids.len() as u64).collect::<Vec<_>>(),
+        "gap or duplicate: {ids:?}"
+    );
+    assert_eq!(rest.first().map(|f| f.id), Some(last + 1));
+    let result = rest.last().unwrap();
+    assert_eq!(result.event, "result");
+    assert_eq!(result.data["runId"], run_id.as_str());
+    assert_eq!(result.data["status"], "passed", "{}", result.data);
+    // Every receipt of the run came once, in order, across both streams.
+    let streamed: Vec<Value> = first
+        .iter()
+        .chain(rest.iter())
+        .filter(|f| f.event == "receipt")
+        .map(|f| f.data.clone())
+        .collect();
+    assert_eq!(Value::Array(streamed), result.data["receipts"]);
+
+    // The same key with another body: 422, and nothing starts.
+    let auth = format!("Bearer {key}");
+    let other = json!({"repo": repo, "commands": ["echo other"]});
+    let refused = send(
+        "POST",
+        "/api/runs",
+        &[
+            ("authorization", auth.as_str()),
+            ("accept", "text/event-stream"),
+            ("idempotency-key", "sse-run-1"),
+        ],
+        Some(other.to_string().as_bytes()),
+    );
+    assert_eq!(refused.status, 422, "{}", refused.text);
+    assert_eq!(refused.json()["error"], "idempotency_key_reused");
+
+    // One run, one usage event.
+    let listed = get("/api/runs", Some(&key)).json();
+    let runs = listed["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{listed}");
+    assert_eq!(runs[0]["runId"], run_id.as_str());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let totals = get("/billing/usage", Some(&key)).json()["totals"].clone();
+        if totals["executions"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no usage recorded: {totals}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let totals = get("/billing/usage", Some(&key)).json()["totals"].clone();
+    assert_eq!(totals["executions"], 1, "a second run: {totals}");
 }
 
 // ---------------------------------------------------------------------------

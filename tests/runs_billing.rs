@@ -237,7 +237,8 @@ fn an_idempotent_retry_replays_the_run_and_starts_nothing() {
         .count();
     assert_eq!(holds, 1);
 
-    // With SSE the header is refused (the stream cannot be replayed).
+    // An SSE retry of the same key attaches to the run it started (ended
+    // here): its whole event stream, no second run or hold.
     let auth = format!("Bearer {key}");
     let sse = send(
         "POST",
@@ -245,13 +246,28 @@ fn an_idempotent_retry_replays_the_run_and_starts_nothing() {
         &[
             ("authorization", auth.as_str()),
             ("accept", "text/event-stream"),
-            ("idempotency-key", "run-once-2"),
+            ("idempotency-key", "run-once-1"),
         ],
         Some(body.to_string().as_bytes()),
     );
-    assert_eq!(sse.status, 400, "{}", sse.text);
-    assert_eq!(sse.json()["error"], "validation_failed");
+    assert_eq!(sse.status, 200, "{}", sse.text);
+    assert_eq!(sse.header("x-run-id"), Some(run_id.as_str()));
+    assert_eq!(sse.header("idempotent-replayed"), Some("true"));
+    let result = sse
+        .text
+        .split("\n\n")
+        .find(|frame| frame.contains("event: result"))
+        .and_then(|frame| frame.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|data| serde_json::from_str::<Value>(data).unwrap())
+        .unwrap_or_else(|| panic!("no result event: {}", sse.text));
+    assert_eq!(result["runId"], run_id.as_str());
+    assert_eq!(result["receipts"], first.json()["receipts"]);
     assert_eq!(runs(&key).len(), 1);
+    let holds = transactions(&key)
+        .iter()
+        .filter(|t| t["type"] == "hold")
+        .count();
+    assert_eq!(holds, 1);
 }
 
 #[test]

@@ -310,7 +310,9 @@ fn a_blob_over_the_streaming_threshold_round_trips() {
     let get = api.req("GET", &format!("/workspaces/big/blobs/{claimed}"), None);
     assert_eq!(get.status, 404);
 
-    // Over MAX_BLOB_BYTES → 413.
+    // Over MAX_BLOB_BYTES → 413, the limit /health announces.
+    let health = common::get("/health", None).json();
+    assert_eq!(health["limits"]["maxBlobBytes"], MAX_BLOB, "{health}");
     let too_big = vec![7u8; MAX_BLOB as usize + 1];
     let resp = api.put_blob("big", &too_big);
     assert_eq!(resp.status, 413, "{}", resp.text);

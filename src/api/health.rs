@@ -1,4 +1,8 @@
 //! `GET /health`, `GET /api/health`, `GET /openapi.json`.
+//!
+//! Health announces the limits clients split their uploads by. It names
+//! `maxPackBytes` only once the pack routes (`/blobs/pack`, `/blobs/fetch`)
+//! exist: clients take its presence to mean the server takes packs.
 
 use serde_json::json;
 use worker::Response;
@@ -16,6 +20,10 @@ pub fn health(ctx: &Ctx<'_>) -> Result<Response, ApiError> {
             "name": "cloudbox",
             "version": ctx.cfg.version,
             "timestamp": crate::common::time::rfc3339(ctx.now_ms),
+            "limits": {
+                "maxBlobBytes": ctx.cfg.max_blob_bytes,
+                "maxJsonBytes": http::MAX_JSON_BYTES,
+            },
         }),
     )
 }

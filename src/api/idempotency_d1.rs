@@ -1,6 +1,7 @@
 //! `Idempotency-Key` on D1, for any surface (credits, /execute, /api/runs;
 //! the last two hand the claim to their DO, which records the outcome when
-//! the work ends, with `record_outcome`):
+//! the work ends, with `record_outcome`, and name the run they start with
+//! `started`, so that an SSE retry attaches to it — see `once`):
 //!
 //! ```text
 //! let claim = match idempotency_d1::begin(&req_parts…).await? {
@@ -15,10 +16,10 @@
 
 use serde::Deserialize;
 use serde_json::Value;
-use worker::{D1Database, Request, Response};
+use worker::{D1Database, Headers, Request, Response};
 
 use crate::api::error::{ApiError, FieldError};
-use crate::api::idempotency::{self, Decision, Record, Slot};
+use crate::api::idempotency::{self, Decision, Form, Record, Slot};
 use crate::billing::ledger_d1::first;
 use crate::platform::http;
 
@@ -36,6 +37,7 @@ pub fn header_key(req: &Request) -> Result<Option<String>, ApiError> {
     }
 }
 
+#[derive(Clone)]
 pub struct Claim {
     slot: Slot,
     claimed_at: i64,
@@ -53,6 +55,11 @@ impl Claim {
 pub enum Begin {
     Proceed(Claim),
     Replay(Response),
+    /// (`Form::Events` only) follow the run the first request started.
+    Attach {
+        run_id: String,
+        record: Record,
+    },
 }
 
 #[derive(Deserialize)]
@@ -67,14 +74,17 @@ struct Row {
     response_status: Option<i64>,
     response_body: Option<String>,
     created_at: i64,
+    run_id: Option<String>,
 }
 
 /// Claims the key for this request, or answers with the first response
-/// (replay), 422 `idempotency_key_reused` or 409 `in_flight`.
+/// (replay), 422 `idempotency_key_reused` or 409 `in_flight`; in the
+/// events form, `Begin::Attach` when the first request started a run.
 pub async fn begin(
     db: &D1Database,
     slot: Slot,
     fingerprint: &str,
+    form: Form,
     now_ms: i64,
     stale_after_ms: i64,
 ) -> Result<Begin, ApiError> {
@@ -92,13 +102,14 @@ pub async fn begin(
             response_status: r.response_status.map(|s| s as u16),
             response_body: r.response_body.clone(),
             created_at_ms: r.created_at,
+            run_id: r.run_id.clone(),
         });
-        match idempotency::decide(record.as_ref(), fingerprint, now_ms, stale_after_ms) {
-            Decision::Replay { status, body } => {
-                let value: Value = serde_json::from_str(&body)?;
-                let mut resp = http::json(status, &value)?;
-                let _ = resp.headers_mut().set("idempotent-replayed", "true");
-                return Ok(Begin::Replay(resp));
+        match idempotency::decide(record.as_ref(), fingerprint, form, now_ms, stale_after_ms) {
+            Decision::Replay { status, body } => return Ok(Begin::Replay(replay(status, &body)?)),
+            Decision::Attach { run_id } => {
+                let record =
+                    record.ok_or_else(|| ApiError::Internal("attach: no record".into()))?;
+                return Ok(Begin::Attach { run_id, record });
             }
             Decision::Reused => return Err(ApiError::IdempotencyKeyReused),
             Decision::InFlight => return Err(ApiError::InFlight),
@@ -115,6 +126,22 @@ pub async fn begin(
         }
     }
     Err(ApiError::InFlight)
+}
+
+/// The stored first answer, marked as a replay.
+fn replay(status: u16, body: &str) -> Result<Response, ApiError> {
+    let value: Value = serde_json::from_str(body)?;
+    let mut resp = http::json(status, &value)?;
+    resp.headers_mut().set("idempotent-replayed", "true")?;
+    Ok(resp)
+}
+
+/// Names the run `claim` starts, before it is handed to its Durable
+/// Object: from then on an SSE retry attaches to it.
+pub async fn started(db: &D1Database, claim: &Claim, run_id: &str) -> Result<(), ApiError> {
+    let stmt = claim.slot.started(run_id, claim.claimed_at);
+    crate::billing::ledger_d1::bind(db, &stmt)?.run().await?;
+    Ok(())
 }
 
 /// Stores the outcome for replay (or frees the key when the outcome is
@@ -154,29 +181,51 @@ pub async fn record_outcome(
     Ok(())
 }
 
-/// The whole `Idempotency-Key` cycle around one piece of work: a replay
-/// answers the stored response; otherwise `work` runs (given the claim's
-/// key and time) and its answer is stored for replay. Every replayed or
-/// stored answer is a fresh JSON response with `x-run-id` from its `runId`.
+/// The whole `Idempotency-Key` cycle around starting one run: a replay
+/// answers the stored response; otherwise `work` runs (given the claim, to
+/// name its run with `started` and hand to the run's DO) and its answer is
+/// stored for replay. Every replayed or stored answer is a fresh JSON
+/// response with `x-run-id` from its `runId`.
+///
+/// `follow` is the events form (`accept: text/event-stream`; `None`: JSON):
+/// given a run id, that run's events after the request's `Last-Event-ID` —
+/// the same function as the run's `GET …/events`. A retry whose first request
+/// started a run answers that run's events (`idempotent-replayed: true`,
+/// `x-run-id`). A stream `work` starts is answered as it is: the run's DO
+/// records the outcome for the key when the run ends; a refusal before any
+/// work is recorded (or frees the key) as in the JSON form.
 #[allow(clippy::too_many_arguments)]
-pub async fn once<F, Fut>(
+pub async fn once<W, WFut, F, FFut>(
     db: &D1Database,
     slot: Slot,
     fingerprint: &str,
     now_ms: i64,
     stale_after_ms: i64,
     request_id: &str,
-    work: F,
+    follow: Option<F>,
+    work: W,
 ) -> Result<Response, ApiError>
 where
-    F: FnOnce((String, i64)) -> Fut,
-    Fut: std::future::Future<Output = Result<Response, ApiError>>,
+    W: FnOnce(Claim) -> WFut,
+    WFut: std::future::Future<Output = Result<Response, ApiError>>,
+    F: FnOnce(String) -> FFut,
+    FFut: std::future::Future<Output = Result<Response, ApiError>>,
 {
-    let claim = match begin(db, slot, fingerprint, now_ms, stale_after_ms).await? {
+    let form = match follow {
+        Some(_) => Form::Events,
+        None => Form::Json,
+    };
+    let claim = match begin(db, slot, fingerprint, form, now_ms, stale_after_ms).await? {
         Begin::Replay(resp) => return with_run_id_header(resp).await,
+        Begin::Attach { run_id, record } => {
+            let follow =
+                follow.ok_or_else(|| ApiError::Internal("attach without events".into()))?;
+            return attach(follow, run_id, &record).await;
+        }
         Begin::Proceed(claim) => claim,
     };
-    let outcome = match work(claim.key_and_time()).await {
+    let outcome = match work(claim.clone()).await {
+        Ok(resp) if form == Form::Events && is_event_stream(&resp) => return Ok(resp),
         Ok(mut resp) => {
             let status = resp.status_code();
             resp.json::<Value>()
@@ -188,6 +237,47 @@ where
     };
     let resp = finish(db, claim, outcome, request_id).await?;
     with_run_id_header(resp).await
+}
+
+/// The events of `run_id`, in a fresh response (a DO's headers are
+/// immutable) marked as a replay. A run not found yet (its start is still
+/// on its way to the DO) is 409 `in_flight`, or, once the key has its
+/// answer (the start was refused, or the run deleted), that answer.
+async fn attach<F, FFut>(follow: F, run_id: String, record: &Record) -> Result<Response, ApiError>
+where
+    F: FnOnce(String) -> FFut,
+    FFut: std::future::Future<Output = Result<Response, ApiError>>,
+{
+    let mut resp = match follow(run_id.clone()).await {
+        Ok(resp) if resp.status_code() != 404 => resp,
+        Ok(_) | Err(ApiError::RunNotFound) => {
+            return match idempotency::when_run_missing(record) {
+                Decision::Replay { status, body } => {
+                    with_run_id_header(replay(status, &body)?).await
+                }
+                _ => Err(ApiError::InFlight),
+            };
+        }
+        Err(err) => return Err(err),
+    };
+    let status = resp.status_code();
+    let mut fresh = if is_event_stream(&resp) {
+        let headers = Headers::new();
+        headers.set("content-type", "text/event-stream")?;
+        headers.set("cache-control", "no-cache")?;
+        Response::from_stream(resp.stream()?)?.with_headers(headers)
+    } else {
+        http::json(status, &resp.json::<Value>().await?)?
+    };
+    fresh.headers_mut().set("x-run-id", &run_id)?;
+    fresh.headers_mut().set("idempotent-replayed", "true")?;
+    Ok(fresh)
+}
+
+/// A 200 SSE answer (a start's or a follow's), not a JSON one.
+fn is_event_stream(resp: &Response) -> bool {
+    let content_type = resp.headers().get("content-type").ok().flatten();
+    resp.status_code() == 200 && content_type.is_some_and(|t| t.starts_with("text/event-stream"))
 }
 
 /// Sets `x-run-id` from the body's `runId`, if it has one.

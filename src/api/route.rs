@@ -42,6 +42,7 @@ pub enum Route {
     // Execute an agent task
     Execute,
     ExecuteGet,
+    ExecuteEvents,
     ExecuteCancel,
     // Repo runs
     RunCreate,
@@ -159,6 +160,7 @@ pub const ROUTES: &[RouteSpec] = &[
     ),
     row("POST", "/execute", Route::Execute),
     row("GET", "/execute/:runId", Route::ExecuteGet),
+    row("GET", "/execute/:runId/events", Route::ExecuteEvents),
     row("POST", "/execute/:runId/cancel", Route::ExecuteCancel),
     row("POST", "/api/runs", Route::RunCreate),
     row("GET", "/api/runs", Route::RunList),

@@ -332,9 +332,12 @@ pub async fn admin_credits(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, 
                 key: idem,
             };
             let fp = idempotency::fingerprint("POST", &req.path(), &bytes);
-            match idempotency_d1::begin(&db, slot, &fp, ctx.now_ms, CREDIT_STALE_MS).await? {
+            let form = idempotency::Form::Json;
+            match idempotency_d1::begin(&db, slot, &fp, form, ctx.now_ms, CREDIT_STALE_MS).await? {
                 Begin::Replay(resp) => return Ok(resp),
                 Begin::Proceed(claim) => Some(claim),
+                // Only the events form attaches; a credit starts no run.
+                Begin::Attach { .. } => return Err(ApiError::Internal("credit: attach".into())),
             }
         }
     };

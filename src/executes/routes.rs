@@ -1,4 +1,5 @@
-//! `POST /execute` and `POST /execute/:runId/cancel`.
+//! `POST /execute`, `GET /execute/:runId`, `GET /execute/:runId/events`
+//! and `POST /execute/:runId/cancel`.
 //!
 //! The Worker authenticates, validates and takes the hold (a refusal starts
 //! nothing); the workspace's CloudboxRunner DO (named by account and
@@ -56,18 +57,14 @@ fn wait_param(req: &Request) -> Result<bool, ApiError> {
     }
 }
 
-/// `POST /execute`. With `Idempotency-Key` (JSON form only): a retry with
-/// the same body replays the first answer and runs nothing.
+/// `POST /execute`. With `Idempotency-Key`: a retry with the same body
+/// replays the first answer and runs nothing; with SSE, it follows the
+/// execute the first request started (`idempotency_d1::once`).
 pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     let caller = caller(&req, ctx).await?;
     let idem_key = idempotency_d1::header_key(&req)?;
     let sse = http::wants_sse(&req);
-    if idem_key.is_some() && sse {
-        return Err(ApiError::ValidationFailed(vec![FieldError::new(
-            "Idempotency-Key",
-            "not supported with accept: text/event-stream; send it with the JSON form",
-        )]));
-    }
+    let after = http::last_event_id(&req)?;
     let wait = wait_param(&req)?;
     let bytes = http::read_body(&mut req, http::MAX_JSON_BYTES).await?;
     let spec = parse_spec(&bytes);
@@ -85,6 +82,9 @@ pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiErro
         key: idem,
     };
     let fp = idempotency::fingerprint("POST", "/execute", &bytes);
+    let caller = &caller;
+    let follow = sse
+        .then_some(move |run_id: String| async move { follow(ctx, caller, &run_id, after).await });
     let resp = idempotency_d1::once(
         &db,
         slot,
@@ -92,13 +92,11 @@ pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiErro
         ctx.now_ms,
         stale_after,
         ctx.request_id,
-        |claim| {
-            let caller = &caller;
-            async move { start(ctx, caller, spec?, wait, false, Some(claim)).await }
-        },
+        follow,
+        |claim| async move { start(ctx, caller, spec?, wait, sse, Some(claim)).await },
     )
     .await?;
-    with_budget_warning(ctx, &caller, resp).await
+    with_budget_warning(ctx, caller, resp).await
 }
 
 fn parse_spec(bytes: &[u8]) -> Result<ExecuteSpec, ApiError> {
@@ -130,7 +128,7 @@ async fn start(
     spec: ExecuteSpec,
     wait: bool,
     sse: bool,
-    idempotency: Option<(String, i64)>,
+    claim: Option<idempotency_d1::Claim>,
 ) -> Result<Response, ApiError> {
     if let Some(sid) = &spec.session_id {
         let known =
@@ -144,6 +142,9 @@ async fn start(
     }
     let run_id = ids::new_id("exe_")?;
     let db = bindings::db(ctx.env)?;
+    if let Some(claim) = &claim {
+        idempotency_d1::started(&db, claim, &run_id).await?;
+    }
     let vars = Config::from_env(ctx.env).billing;
     let max_life = execution::hold_life_ms(spec.timeout_ms);
     let hold = ledger_d1::begin_run(
@@ -181,7 +182,7 @@ async fn start(
             spec.max_cost_micros,
         ),
         wait,
-        idempotency,
+        idempotency: claim.as_ref().map(idempotency_d1::Claim::key_and_time),
     };
     let respond = if sse {
         Respond::Events
@@ -202,7 +203,8 @@ async fn start(
     }
     // A 5xx or a lost connection (e.g. the DO restarted) is ambiguous: ask
     // the DO. If it never took the execute, nothing ran; if it did, it runs
-    // it to the end and settles, and the JSON form answers its outcome.
+    // it to the end and settles, and the JSON form answers its outcome, the
+    // SSE form its events (so a keyed retry does not start a second one).
     let failed = match &sent {
         Ok(resp) => resp.status_code() >= 500,
         Err(_) => true,
@@ -225,6 +227,9 @@ async fn start(
                 sent
             }
             Ok(resp) if !sse && matches!(resp.status_code(), 200 | 422) => Ok(resp),
+            Ok(resp) if sse && matches!(resp.status_code(), 200 | 202 | 422) => {
+                follow(ctx, caller, &run_id, 0).await
+            }
             _ => sent,
         }
     } else {
@@ -332,6 +337,31 @@ pub async fn cancel(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     let workspace_id = locate(ctx, &caller, run_id).await?;
     let call = RunnerCall::CancelExecute {
         run_id: run_id.to_string(),
+    };
+    to_workspace_do(ctx, &caller.account_id, &workspace_id, &call).await
+}
+
+/// `GET /execute/:runId/events`: the execute's SSE stream after
+/// `Last-Event-ID`.
+pub async fn events(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    let caller = auth::authenticate(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
+    caller.require(Permission::Read)?;
+    let run_id = ctx.param("runId")?;
+    follow(ctx, &caller, run_id, http::last_event_id(&req)?).await
+}
+
+/// An execute's events after `after`, as SSE: for `GET …/events`, and for
+/// a keyed SSE retry of `POST /execute`, which follows the execute it started.
+async fn follow(
+    ctx: &Ctx<'_>,
+    caller: &Caller,
+    run_id: &str,
+    after: u64,
+) -> Result<Response, ApiError> {
+    let workspace_id = locate(ctx, caller, run_id).await?;
+    let call = RunnerCall::ExecuteEvents {
+        run_id: run_id.to_string(),
+        after,
     };
     to_workspace_do(ctx, &caller.account_id, &workspace_id, &call).await
 }

@@ -48,6 +48,16 @@ pub fn query(req: &Request, name: &str) -> Result<Option<String>, ApiError> {
         .map(|(_, v)| v.into_owned()))
 }
 
+/// The last event an SSE client has: `Last-Event-ID` (what EventSource
+/// sends on reconnect) wins over `?after=`; neither means from the start.
+pub fn last_event_id(req: &Request) -> Result<u64, ApiError> {
+    let after = match req.headers().get("last-event-id")? {
+        Some(last) => Some(last),
+        None => query(req, "after")?,
+    };
+    Ok(crate::runner::events::parse_last_event_id(after.as_deref()))
+}
+
 /// Reads the whole body, refusing more than `limit` bytes.
 pub async fn read_body(req: &mut Request, limit: u64) -> Result<Vec<u8>, ApiError> {
     let declared = req

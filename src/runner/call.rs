@@ -46,6 +46,11 @@ pub enum RunnerCall {
         run_id: String,
         wait: bool,
     },
+    /// The execute's events with a seq above `after`, as SSE.
+    ExecuteEvents {
+        run_id: String,
+        after: u64,
+    },
     CancelExecute {
         run_id: String,
     },

@@ -127,6 +127,7 @@ impl CloudboxRunner {
             }
             RunnerCall::StartExecute { .. }
             | RunnerCall::GetExecute { .. }
+            | RunnerCall::ExecuteEvents { .. }
             | RunnerCall::CancelExecute { .. } => {
                 executions::handle(self.exec_ctx()?, &self.state, &account, call).await
             }

@@ -54,19 +54,14 @@ fn run_id<'a>(ctx: &'a Ctx<'_>) -> Result<&'a str, ApiError> {
 /// as long as its run may last, plus this; then a retry may take it over.
 const IDEM_STALE_GRACE_MS: i64 = 60_000;
 
-/// `POST /api/runs`. With `Idempotency-Key` (JSON form only): a retry with
-/// the same body replays the first answer and starts nothing.
+/// `POST /api/runs`. With `Idempotency-Key`: a retry with the same body
+/// replays the first answer and starts nothing; with SSE, it follows the
+/// run the first request started (`idempotency_d1::once`).
 pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     let caller = caller(&req, ctx, Permission::Execute).await?;
     let idem_key = idempotency_d1::header_key(&req)?;
     let sse = http::wants_sse(&req);
-    if idem_key.is_some() && sse {
-        return Err(ApiError::ValidationFailed(vec![FieldError::new(
-            "Idempotency-Key",
-            "not supported with accept: text/event-stream; send it with the JSON form, \
-             or follow a started run with GET /api/runs/{id}/events",
-        )]));
-    }
+    let after = http::last_event_id(&req)?;
     let bytes = http::read_body(&mut req, http::MAX_JSON_BYTES).await?;
     let spec = parse_spec(&bytes);
     let Some(idem) = idem_key else {
@@ -83,6 +78,9 @@ pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiErro
         key: idem,
     };
     let fp = idempotency::fingerprint("POST", "/api/runs", &bytes);
+    let caller = &caller;
+    let follow = sse
+        .then_some(move |run_id: String| async move { follow(ctx, caller, &run_id, after).await });
     idempotency_d1::once(
         &db,
         slot,
@@ -90,10 +88,8 @@ pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiErro
         ctx.now_ms,
         stale_after,
         ctx.request_id,
-        |claim| {
-            let caller = &caller;
-            async move { start_run(ctx, caller, spec?, false, Some(claim)).await }
-        },
+        follow,
+        |claim| async move { start_run(ctx, caller, spec?, sse, Some(claim)).await },
     )
     .await
 }
@@ -111,10 +107,13 @@ async fn start_run(
     caller: &Caller,
     spec: spec::RunSpec,
     sse: bool,
-    idempotency: Option<(String, i64)>,
+    claim: Option<idempotency_d1::Claim>,
 ) -> Result<Response, ApiError> {
     let run_id = ids::new_id("run_")?;
     let db = bindings::db(ctx.env)?;
+    if let Some(claim) = &claim {
+        idempotency_d1::started(&db, claim, &run_id).await?;
+    }
     let (billing, deadline_ms) = billing_d1::begin(
         &db,
         ctx.env,
@@ -141,7 +140,7 @@ async fn start_run(
             spec: start,
             deadline_ms: deadline_ms.max(0) as u64,
             billing: Some(billing.clone()),
-            idempotency,
+            idempotency: claim.as_ref().map(idempotency_d1::Claim::key_and_time),
         },
         respond: if sse {
             Respond::Events
@@ -154,13 +153,24 @@ async fn start_run(
         Ok(resp) => resp.status_code() >= 500,
         Err(_) => true,
     };
-    if failed && billing.hold_id.is_some() && !run_exists(&db, &run_id).await.unwrap_or(true) {
-        // The run never came into being: give the hold back now.
-        if let Err(err) = billing_d1::release(&db, &billing, ctx.now_ms).await {
-            worker::console_error!("runs: release of the hold of {run_id}: {err}");
-        }
+    if !failed {
+        return sent;
     }
-    sent
+    match run_exists(&db, &run_id).await {
+        Ok(false) => {
+            // The run never came into being: give the hold back now.
+            if billing.hold_id.is_some() {
+                if let Err(err) = billing_d1::release(&db, &billing, ctx.now_ms).await {
+                    worker::console_error!("runs: release of the hold of {run_id}: {err}");
+                }
+            }
+            sent
+        }
+        // It did, and only its answer was lost (e.g. the DO restarted): a
+        // stream follows it, so a keyed retry does not start a second run.
+        Ok(true) if sse => follow(ctx, caller, &run_id, 0).await,
+        _ => sent,
+    }
 }
 
 async fn run_exists(db: &worker::D1Database, run_id: &str) -> Result<bool, ApiError> {
@@ -192,20 +202,26 @@ pub async fn get(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     .await
 }
 
+/// `GET /api/runs/:id/events`: the run's SSE stream after `Last-Event-ID`.
 pub async fn events(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     let caller = caller(&req, ctx, Permission::Read).await?;
     let id = run_id(ctx)?;
-    // `Last-Event-ID` (what EventSource sends on reconnect) wins over `?after=`.
-    let after = match req.headers().get("last-event-id")? {
-        Some(last) => Some(last),
-        None => http::query(&req, "after")?,
-    };
-    let after = crate::runner::events::parse_last_event_id(after.as_deref());
+    follow(ctx, &caller, id, http::last_event_id(&req)?).await
+}
+
+/// A run's events after `after`, as SSE: for `GET …/events`, and for a
+/// keyed SSE retry of `POST /api/runs`, which follows the run it started.
+async fn follow(
+    ctx: &Ctx<'_>,
+    caller: &Caller,
+    run_id: &str,
+    after: u64,
+) -> Result<Response, ApiError> {
     let call = RunnerCall::RunEvents {
-        run_id: id.to_string(),
+        run_id: run_id.to_string(),
         after,
     };
-    to_run_do(ctx, &caller, id, &call).await
+    to_run_do(ctx, caller, run_id, &call).await
 }
 
 pub async fn verify(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {

@@ -12,7 +12,7 @@
 //! - `watchdog`: the alarm.
 //!
 //! The Worker is the only caller: `RunnerCall::{StartExecute, GetExecute,
-//! CancelExecute}` (`runner::call`).
+//! ExecuteEvents, CancelExecute}` (`runner::call`).
 
 mod driver;
 mod ending;
@@ -109,6 +109,10 @@ pub async fn handle(
             };
             resp.headers_mut().set("x-run-id", &row.id)?;
             Ok(resp)
+        }
+        RunnerCall::ExecuteEvents { run_id, after } => {
+            ctx.owned(&run_id, account)?;
+            sse_response(ctx, run_id, after)
         }
         _ => Err(ApiError::NotFound),
     }
