@@ -7,6 +7,8 @@
 //!
 //! Run: `cargo run --example workspace_sync_bench` (scripts/bench.sh does).
 
+#[path = "../tests/common/bench_tree.rs"]
+mod bench_tree;
 #[path = "../tests/common/mod.rs"]
 mod common;
 
@@ -33,42 +35,9 @@ fn client(key: &str) -> SyncClient {
     SyncClient::with_agent(key, agent)
 }
 
-/// Deterministic pseudo-random bytes (incompressible, like real binaries).
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// 500 files in 20 directories, sizes 20–180 kB, 50 MB in total.
 fn make_tree(root: &Path) -> u64 {
-    let mut total = 0u64;
-    let avg = TOTAL_BYTES / FILES;
-    for i in 0..FILES {
-        // Sizes alternate around the average so the total stays exact.
-        let delta = (i / 2 * 7919 % (avg * 4 / 5)) as isize;
-        let size = if i % 2 == 0 {
-            avg as isize + delta
-        } else {
-            avg as isize - delta
-        } as usize;
-        let dir = root.join(format!("pkg{:02}/src", i % 20));
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(
-            dir.join(format!("file{i:03}.bin")),
-            noise(i as u64 + 1, size),
-        )
-        .unwrap();
-        total += size as u64;
-    }
-    total
+    bench_tree::make_tree(root, FILES, TOTAL_BYTES)
 }
 
 fn timed(what: &str, f: impl FnOnce() -> Result<PushReport, String>) -> (Duration, PushReport) {

@@ -31,13 +31,21 @@ bench_execute() {
     cargo test --quiet --test bench_execute -- --ignored --nocapture --test-threads=1
 }
 
+bench_cli() {
+  # The cloudbox CLI: push of a 500-file / 50 MB tree vs the sync client and
+  # a naive client; exec on a 200-file workspace vs the same POST /execute
+  # (cli/tests/bench_cli.rs, an ignored test binary).
+  bash scripts/setup.sh >/dev/null
+  cargo test --quiet -p cloudbox-cli --test bench_cli -- --ignored --nocapture --test-threads=1
+}
+
 bench_grade() {
   # Grading 100 000 receipts against a 50-criterion rubric, natively, next to
   # a deep clone of the same receipts (examples/bench_grade.rs).
   cargo run --profile bench-native --quiet --example bench_grade
 }
 
-all=(runs workspaces execute grade)
+all=(runs workspaces execute cli grade)
 selected=("$@")
 [ ${#selected[@]} -eq 0 ] && selected=("${all[@]}")
 for name in "${selected[@]}"; do

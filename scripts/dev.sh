@@ -148,11 +148,17 @@ cat <<MSG
 
 Cloudbox is starting on http://127.0.0.1:$PORT; $runner_note.
 $model_note
-Mint a first API key with the dev admin key (kept in .dev.vars):
 
-  curl -s -X POST http://127.0.0.1:$PORT/admin/keys \\
-    -H 'authorization: Bearer $ADMIN_API_KEY' \\
-    -H 'content-type: application/json' -d '{"name":"me"}'
+Mint a first API key with \$10 of dev credits, with the CLI (\`cargo install --path cli\`;
+the dev admin key is kept in .dev.vars), then log in and try an agent task in a folder:
+
+  export CLOUDBOX_URL=http://127.0.0.1:$PORT CLOUDBOX_ADMIN_KEY=$ADMIN_API_KEY
+  cloudbox admin keys create me --credits 10
+  cloudbox login            # paste the key it printed
+  cloudbox exec "write hello.txt hi"
+
+or with curl: curl -s -X POST http://127.0.0.1:$PORT/admin/keys \\
+  -H 'authorization: Bearer $ADMIN_API_KEY' -H 'content-type: application/json' -d '{"name":"me"}'
 
 MSG
 CLOUDBOX_SKIP_BUILD=1 scripts/wrangler dev --local --ip 127.0.0.1 --port "$PORT" \

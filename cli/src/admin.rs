@@ -3,13 +3,18 @@
 use serde_json::{json, Value};
 
 use crate::args::{AdminCommand, KeyType, KeysCommand};
+use crate::client::Api;
 use crate::exit::{Failure, Result};
 use crate::output::{table, usd};
 use crate::Ctx;
 
 /// A key id, checked before it goes into a URL.
 fn checked_key_id(id: &str) -> Result<&str> {
-    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+    if id.is_empty()
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
         return Err(Failure::usage(format!("{id:?} is not a key id")));
     }
     Ok(id)
@@ -21,8 +26,12 @@ fn key_path(id: &str, rest: &str) -> Result<String> {
 
 /// A new key, shown once (its `warning` says so).
 fn new_key_text(b: &Value) -> String {
+    let credits = match b.get("creditsBalance") {
+        Some(balance) => format!("credits   {}\n", usd(balance)),
+        None => String::new(),
+    };
     format!(
-        "key       {}\nid        {}\naccount   {}\n{}",
+        "key       {}\nid        {}\naccount   {}\n{credits}{}",
         b["key"].as_str().unwrap_or(""),
         b["id"].as_str().unwrap_or(""),
         b["accountId"].as_str().unwrap_or(""),
@@ -46,6 +55,23 @@ fn key_text(k: &Value) -> String {
     )
 }
 
+/// `POST /billing/admin/:id/credits`, with an `Idempotency-Key` of its
+/// own, so the client's retry of it never credits twice.
+fn add_credits(api: &Api, key_id: &str, usd: f64, description: &str) -> Result<Value> {
+    let idem = crate::stream::idempotency_key();
+    let path = format!("/billing/admin/{}/credits", checked_key_id(key_id)?);
+    let req = json!({ "amount": usd, "description": description });
+    Ok(api
+        .json_with(
+            "POST",
+            &path,
+            Some(&req),
+            &[],
+            &[("idempotency-key", &idem)],
+        )?
+        .body)
+}
+
 pub fn admin(ctx: &Ctx, cmd: AdminCommand) -> Result<()> {
     let api = ctx.admin_api()?;
     let show = |body: &Value, text: &dyn Fn(&Value) -> String| ctx.out.result(body, || text(body));
@@ -60,6 +86,7 @@ pub fn admin(ctx: &Ctx, cmd: AdminCommand) -> Result<()> {
             prefix,
             expires_in,
             description,
+            credits,
         }) => {
             let mut req = json!({ "name": name });
             if let Some(t) = key_type {
@@ -75,15 +102,28 @@ pub fn admin(ctx: &Ctx, cmd: AdminCommand) -> Result<()> {
                 ("prefix", prefix.map(|v| json!(v))),
                 ("expiresIn", expires_in.map(|v| json!(v))),
                 ("description", description.map(|v| json!(v))),
-                ("permissions", (!permissions.is_empty()).then(|| json!(permissions))),
+                (
+                    "permissions",
+                    (!permissions.is_empty()).then(|| json!(permissions)),
+                ),
             ];
             for (field, value) in optional {
                 if let Some(v) = value {
                     req[field] = v;
                 }
             }
-            let body = api.post("/admin/keys", &req)?;
+            let mut body = api.post("/admin/keys", &req)?;
+            let credited = match (credits, body["id"].as_str()) {
+                (Some(usd), Some(id)) => Some(add_credits(&api, id, usd, "credits at creation")),
+                _ => None,
+            };
+            if let Some(Ok(answer)) = &credited {
+                body["creditsBalance"] = answer["account"]["creditsBalance"].clone();
+            }
             show(&body, &new_key_text);
+            if let Some(Err(f)) = credited {
+                return Err(f.context("the key was made, but adding its credits failed"));
+            }
         }
         AdminCommand::Keys(KeysCommand::List { limit, offset }) => {
             let mut query = Vec::new();
@@ -110,7 +150,11 @@ pub fn admin(ctx: &Ctx, cmd: AdminCommand) -> Result<()> {
                             k["name"].as_str().unwrap_or("").into(),
                             k["keyType"].as_str().unwrap_or("").into(),
                             k["accountId"].as_str().unwrap_or("").into(),
-                            k["revokedAt"].as_str().map(|_| "revoked").unwrap_or("").into(),
+                            k["revokedAt"]
+                                .as_str()
+                                .map(|_| "revoked")
+                                .unwrap_or("")
+                                .into(),
                         ]
                     })
                     .collect();
@@ -139,13 +183,7 @@ pub fn admin(ctx: &Ctx, cmd: AdminCommand) -> Result<()> {
             amount,
             description,
         } => {
-            // One key per command: a retry of this request never credits twice.
-            let idem = crate::stream::idempotency_key();
-            let path = format!("/billing/admin/{}/credits", checked_key_id(&key_id)?);
-            let req = json!({ "amount": amount, "description": description });
-            let body = api
-                .json_with("POST", &path, Some(&req), &[], &[("idempotency-key", &idem)])?
-                .body;
+            let body = add_credits(&api, &key_id, amount, &description)?;
             show(&body, &|b| {
                 format!("balance {}", usd(&b["account"]["creditsBalance"]))
             });

@@ -59,18 +59,22 @@ pub enum Command {
     /// Balance, held, spent today and this month, limits, alerts
     Account,
     /// Upload a folder incrementally to a workspace (only missing blobs)
-    #[command(after_help = "Honours .gitignore and .cloudboxignore; never sends .git/ or .cloudbox/. \
+    #[command(
+        after_help = "Honours .gitignore and .cloudboxignore; never sends .git/ or .cloudbox/. \
 A symlink to a file inside DIR is sent as that file; symlinks to folders are not followed; \
-broken symlinks are skipped with a note; a symlink out of DIR is refused (exit 2).")]
+broken symlinks are skipped with a note; a symlink out of DIR is refused (exit 2)."
+    )]
     Push {
         dir: PathBuf,
         #[arg(long)]
         workspace: String,
     },
     /// Bring a workspace version into a folder, writing only what differs
-    #[command(after_help = "Each file is written under a temporary name and renamed. \
+    #[command(
+        after_help = "Each file is written under a temporary name and renamed. \
 --delete removes files the version lacks among those push would send (ignored files, \
-.git/ and .cloudbox/ are never touched); emptied folders are kept.")]
+.git/ and .cloudbox/ are never touched); emptied folders are kept."
+    )]
     Pull {
         workspace: String,
         dir: PathBuf,
@@ -80,9 +84,14 @@ broken symlinks are skipped with a note; a symlink out of DIR is refused (exit 2
         delete: bool,
     },
     /// Push DIR, run an agent task on it with live progress, pull the result
-    #[command(after_help = "The workspace id: --workspace, else the one remembered in DIR/.cloudbox/workspace, \
+    #[command(
+        after_help = "The workspace id: --workspace, else the one remembered in DIR/.cloudbox/workspace, \
 else DIR's name, '-' and 8 hex characters of a hash of its absolute path (then remembered). \
-Nothing is pulled when the execute is not ok (exit 1). Ctrl-C cancels the execute and says what was charged (exit 130).")]
+After an ok execute the new version is pulled into DIR: files the agent changed are written, files it deleted are removed \
+(ignored files, .git/ and .cloudbox/ are never touched). Nothing is pulled when the execute is not ok (exit 1). \
+A dropped connection is resumed (the same Idempotency-Key, then Last-Event-ID): the task never runs twice. \
+Ctrl-C cancels the execute and says what was charged (exit 130)."
+    )]
     Exec {
         task: String,
         #[arg(long)]
@@ -101,8 +110,10 @@ Nothing is pulled when the execute is not ok (exit 1). Ctrl-C cancels the execut
         timeout: Option<u64>,
     },
     /// A repo run, streamed: one line per receipt, live output, the verdict
-    #[command(after_help = "Exit 0 when every verify step passed, else 1. --json prints the run's body once it ends. \
---detach prints the run id as soon as the run is started and returns.")]
+    #[command(
+        after_help = "Exit 0 when every verify step passed, else 1. --json prints the run's body once it ends. \
+--detach prints the run id as soon as the run is started and returns."
+    )]
     Run(RunArgs),
     /// The repo-run routes
     #[command(subcommand)]
@@ -164,7 +175,9 @@ pub enum RunsCommand {
         #[arg(long)]
         cursor: Option<String>,
     },
-    Get { id: String },
+    Get {
+        id: String,
+    },
     /// A run's events; without --follow, those so far (it stops at the
     /// run's end, or once no event came for 2 s)
     Events {
@@ -174,30 +187,47 @@ pub enum RunsCommand {
         follow: bool,
     },
     /// Check the run's receipt chain on the server (exit 1 when invalid)
-    Verify { id: String },
-    Cancel { id: String },
-    Delete { id: String },
+    Verify {
+        id: String,
+    },
+    Cancel {
+        id: String,
+    },
+    Delete {
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum ComputerCommand {
     /// Create (or find) a computer from a spec file ('-' for stdin)
-    Create { spec: PathBuf },
+    Create {
+        spec: PathBuf,
+    },
     /// A draft spec from a one-line brief; --create makes it too
     Brief {
         text: String,
         #[arg(long)]
         create: bool,
     },
-    Files { id: String },
-    Read { id: String, path: String },
+    Files {
+        id: String,
+    },
+    Read {
+        id: String,
+        path: String,
+    },
     /// Write a file: its content from FILE, or stdin ('-' or nothing)
     Write {
         id: String,
         path: String,
         file: Option<PathBuf>,
     },
-    Ask { id: String, who: String, message: String },
+    Ask {
+        id: String,
+        who: String,
+        message: String,
+    },
     Submit {
         id: String,
         objective: String,
@@ -209,8 +239,12 @@ pub enum ComputerCommand {
         notes: Option<String>,
     },
     /// The rubric as a table (criterion, weight, status)
-    Grade { id: String },
-    Receipts { id: String },
+    Grade {
+        id: String,
+    },
+    Receipts {
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -264,6 +298,10 @@ pub enum KeysCommand {
         expires_in: Option<u64>,
         #[arg(long)]
         description: Option<String>,
+        /// Then add this much credit to the new key's account (one more
+        /// request; if it fails the key is still printed)
+        #[arg(long, value_name = "USD")]
+        credits: Option<f64>,
     },
     List {
         #[arg(long)]
@@ -271,9 +309,15 @@ pub enum KeysCommand {
         #[arg(long)]
         offset: Option<u32>,
     },
-    Get { id: String },
+    Get {
+        id: String,
+    },
     /// Revoke a key: it stops working at once
-    Revoke { id: String },
+    Revoke {
+        id: String,
+    },
     /// A new key (printed once); the old one revoked
-    Rotate { id: String },
+    Rotate {
+        id: String,
+    },
 }

@@ -2,6 +2,9 @@
 //! the key in a header (never in a URL), error answers turned into
 //! `Failure`s with their exit codes, and one retry of a short rate limit.
 
+// ureq's error carries the whole answer: large, and ureq's own type.
+#![allow(clippy::result_large_err)]
+
 use std::io::Read;
 use std::time::Duration;
 
@@ -233,13 +236,14 @@ fn failure_of(status: u16, resp: ureq::Response) -> Failure {
     Failure::from_answer(status, code, &message)
 }
 
-/// The failure a `422 execution_failed` body stands for, with its status.
+/// The failure a work's body stands for (`ok: false`), once the body has
+/// been printed.
 pub fn work_failed(body: &Value) -> Failure {
     let status = body["status"].as_str().unwrap_or("failed");
-    Failure {
-        exit: exit::Exit::WorkFailed,
-        code: "execution_failed".into(),
-        message: format!("the work ended {status}"),
-        status: Some(422),
-    }
+    Failure::new(
+        exit::Exit::WorkFailed,
+        "execution_failed",
+        format!("the work ended {status}"),
+    )
+    .shown()
 }

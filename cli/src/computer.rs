@@ -13,8 +13,9 @@ use crate::Ctx;
 /// A file's text, or stdin's for `-` or no file.
 fn read_input(file: Option<&Path>) -> Result<String> {
     match file {
-        Some(p) if p != Path::new("-") => std::fs::read_to_string(p)
-            .map_err(|e| Failure::usage(format!("{}: {e}", p.display()))),
+        Some(p) if p != Path::new("-") => {
+            std::fs::read_to_string(p).map_err(|e| Failure::usage(format!("{}: {e}", p.display())))
+        }
         _ => {
             let mut text = String::new();
             std::io::stdin()
@@ -60,7 +61,9 @@ pub fn computer(ctx: &Ctx, cmd: ComputerCommand) -> Result<()> {
         ComputerCommand::Brief { text, create } => {
             let draft = api.post("/api/brief", &json!({ "brief": text }))?;
             if create {
-                let body = api.json("POST", "/api/computers", Some(&draft["spec"]), &[])?.body;
+                let body = api
+                    .json("POST", "/api/computers", Some(&draft["spec"]), &[])?
+                    .body;
                 show(&body, &|b| b["id"].as_str().unwrap_or("").to_string());
             } else {
                 show(&draft, &|b| {
@@ -93,11 +96,19 @@ pub fn computer(ctx: &Ctx, cmd: ComputerCommand) -> Result<()> {
         }
         ComputerCommand::Write { id, path, file } => {
             let content = read_input(file.as_deref())?;
-            let body = api.post(&id_path(&id, "write")?, &json!({ "path": path, "content": content }))?;
-            show(&body, &|b| format!("wrote {} bytes to {}", b["written"], path));
+            let body = api.post(
+                &id_path(&id, "write")?,
+                &json!({ "path": path, "content": content }),
+            )?;
+            show(&body, &|b| {
+                format!("wrote {} bytes to {}", b["written"], path)
+            });
         }
         ComputerCommand::Ask { id, who, message } => {
-            let body = api.post(&id_path(&id, "ask")?, &json!({ "who": who, "message": message }))?;
+            let body = api.post(
+                &id_path(&id, "ask")?,
+                &json!({ "who": who, "message": message }),
+            )?;
             show(&body, &|b| {
                 let mut text = format!(
                     "{}: {}",
@@ -134,7 +145,9 @@ pub fn computer(ctx: &Ctx, cmd: ComputerCommand) -> Result<()> {
                 req["notes"] = json!(n);
             }
             let body = api.post(&id_path(&id, "submit")?, &req)?;
-            show(&body, &|b| format!("submitted {}", b["objective"].as_str().unwrap_or("")));
+            show(&body, &|b| {
+                format!("submitted {}", b["objective"].as_str().unwrap_or(""))
+            });
         }
         ComputerCommand::Grade { id } => {
             let body = api.get(&id_path(&id, "grade")?)?;
@@ -147,7 +160,14 @@ pub fn computer(ctx: &Ctx, cmd: ComputerCommand) -> Result<()> {
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .map(|r| format!("#{:<4} {:<8} {}", r["seq"], r["kind"].as_str().unwrap_or(""), r["payload"]))
+                    .map(|r| {
+                        format!(
+                            "#{:<4} {:<8} {}",
+                            r["seq"],
+                            r["kind"].as_str().unwrap_or(""),
+                            r["payload"]
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("\n")
             });
@@ -193,7 +213,10 @@ mod tests {
     fn grade_is_a_table() {
         let text = grade_text(&json!({"score": 1, "max": 2, "totalWeight": 3,
             "detail": [{"id": "read-spec", "weight": 1, "status": "passed"}]}));
-        assert!(text.starts_with("criterion  weight  status\nread-spec  1       passed"), "{text}");
+        assert!(
+            text.starts_with("criterion  weight  status\nread-spec  1       passed"),
+            "{text}"
+        );
         assert!(text.ends_with("score 1 of 2 (total weight 3)"));
     }
 }

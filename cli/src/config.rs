@@ -83,8 +83,7 @@ pub fn save(path: &Path, config: &ConfigFile) -> Result<()> {
             .create(dir)
             .map_err(io)?;
     }
-    let text = toml::to_string(config)
-        .map_err(|e| Failure::usage(format!("config: {e}")))?;
+    let text = toml::to_string(config).map_err(|e| Failure::usage(format!("config: {e}")))?;
     let tmp = path.with_extension("toml.tmp");
     let mut file = fs::OpenOptions::new()
         .write(true)
@@ -139,15 +138,21 @@ pub fn check_url(url: &str) -> Result<()> {
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| Failure::usage(format!("--url {url:?}: must start with http:// or https://")))?;
+        .ok_or_else(|| {
+            Failure::usage(format!(
+                "--url {url:?}: must start with http:// or https://"
+            ))
+        })?;
     let host = rest.split('/').next().unwrap_or("");
     if host.is_empty() || host.contains('@') {
-        return Err(Failure::usage(format!(
-            "--url: needs a host and no user:password@ part"
-        )));
+        return Err(Failure::usage(
+            "--url: needs a host and no user:password@ part",
+        ));
     }
     if url.contains('?') {
-        return Err(Failure::usage("--url: no query string (keys never go in URLs)"));
+        return Err(Failure::usage(
+            "--url: no query string (keys never go in URLs)",
+        ));
     }
     Ok(())
 }
@@ -171,21 +176,42 @@ mod tests {
             url: Some("https://p.example".into()),
             key: Some("cbx_profile".into()),
         };
-        let env = env_of(&[("CLOUDBOX_URL", "https://e.example/"), ("CLOUDBOX_API_KEY", "cbx_env")]);
+        let env = env_of(&[
+            ("CLOUDBOX_URL", "https://e.example/"),
+            ("CLOUDBOX_API_KEY", "cbx_env"),
+        ]);
         let s = resolve(None, None, None, &env, &profile);
         assert_eq!(s.url, "https://e.example");
         assert_eq!(s.key.as_deref(), Some("cbx_env"));
-        let s = resolve(Some("https://f.example"), Some("cbx_flag"), None, &env, &profile);
+        let s = resolve(
+            Some("https://f.example"),
+            Some("cbx_flag"),
+            None,
+            &env,
+            &profile,
+        );
         assert_eq!(s.url, "https://f.example");
         assert_eq!(s.key.as_deref(), Some("cbx_flag"));
-        let s = resolve(None, None, None, &env_of(&[("CLOUDBOX_API_KEY", "")]), &profile);
+        let s = resolve(
+            None,
+            None,
+            None,
+            &env_of(&[("CLOUDBOX_API_KEY", "")]),
+            &profile,
+        );
         assert_eq!(s.url, "https://p.example");
         assert_eq!(s.key.as_deref(), Some("cbx_profile"));
         let s = resolve(None, None, None, &env_of(&[]), &Profile::default());
         assert_eq!(s.url, DEFAULT_URL);
         assert_eq!(s.key, None);
         assert_eq!(s.admin_key, None);
-        let s = resolve(None, None, None, &env_of(&[("CLOUDBOX_ADMIN_KEY", "adm")]), &profile);
+        let s = resolve(
+            None,
+            None,
+            None,
+            &env_of(&[("CLOUDBOX_ADMIN_KEY", "adm")]),
+            &profile,
+        );
         assert_eq!(s.admin_key.as_deref(), Some("adm"));
     }
 
@@ -220,7 +246,10 @@ mod tests {
         assert_eq!(mode(path.parent().unwrap()), 0o700);
         assert_eq!(config.profile_name(None), "work");
         assert_eq!(config.profile_name(Some("x")), "x");
-        assert_eq!(load(&dir.path().join("absent.toml")).unwrap(), ConfigFile::default());
+        assert_eq!(
+            load(&dir.path().join("absent.toml")).unwrap(),
+            ConfigFile::default()
+        );
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub struct Failure {
     pub message: String,
     /// The HTTP status, when the failure is an answer.
     pub status: Option<u16>,
+    /// The command already printed its result (the failed work's body):
+    /// with `--json` nothing more goes to stdout.
+    pub shown: bool,
 }
 
 pub type Result<T> = std::result::Result<T, Failure>;
@@ -55,6 +58,7 @@ impl Failure {
             code: code.to_string(),
             message: message.into(),
             status: None,
+            shown: false,
         }
     }
 
@@ -74,6 +78,7 @@ impl Failure {
             code: code.to_string(),
             message: message.to_string(),
             status: Some(status),
+            shown: false,
         }
     }
 
@@ -84,6 +89,12 @@ impl Failure {
             v["status"] = status.into();
         }
         v
+    }
+
+    /// Marks the result as printed already.
+    pub fn shown(mut self) -> Self {
+        self.shown = true;
+        self
     }
 
     /// Prefixes the message with what was being done.
@@ -156,7 +167,10 @@ mod tests {
         assert_eq!(retry_rate_limit(429, "rate_limited", Some(30)), Some(30));
         assert_eq!(retry_rate_limit(429, "rate_limited", Some(31)), None);
         assert_eq!(retry_rate_limit(429, "rate_limited", None), None);
-        assert_eq!(retry_rate_limit(429, "spending_limit_exceeded", Some(1)), None);
+        assert_eq!(
+            retry_rate_limit(429, "spending_limit_exceeded", Some(1)),
+            None
+        );
         assert_eq!(retry_rate_limit(503, "rate_limited", Some(1)), None);
     }
 
@@ -168,6 +182,9 @@ mod tests {
             serde_json::json!({"error": "run_not_found", "message": "no such run", "status": 404})
         );
         let u = Failure::usage("bad flag");
-        assert_eq!(u.to_json(), serde_json::json!({"error": "usage", "message": "bad flag"}));
+        assert_eq!(
+            u.to_json(),
+            serde_json::json!({"error": "usage", "message": "bad flag"})
+        );
     }
 }

@@ -33,7 +33,11 @@ fn print_push(ctx: &Ctx, r: &PushReport) {
             r.version,
             r.uploaded_blobs,
             r.uploaded_bytes,
-            if r.committed { "" } else { ", nothing to commit" }
+            if r.committed {
+                ""
+            } else {
+                ", nothing to commit"
+            }
         )
     });
 }
@@ -93,7 +97,11 @@ pub fn derived_workspace_id(abs: &Path) -> String {
         .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
         .take(119)
         .collect();
-    let name = if name.is_empty() { "workspace".into() } else { name };
+    let name = if name.is_empty() {
+        "workspace".into()
+    } else {
+        name
+    };
     let digest = Sha256::digest(abs.as_os_str().as_encoded_bytes());
     format!("{name}-{}", &hex::encode(digest)[..8])
 }
@@ -109,8 +117,7 @@ fn workspace_for(dir: &Path, flag: Option<&str>) -> Result<String> {
     let file = own.join("workspace");
     if let Ok(text) = fs::read_to_string(&file) {
         let ws = text.trim().to_string();
-        check_workspace_id(&ws)
-            .map_err(|f| f.context(&format!("{}", file.display())))?;
+        check_workspace_id(&ws).map_err(|f| f.context(&format!("{}", file.display())))?;
         return Ok(ws);
     }
     let ws = derived_workspace_id(dir);
@@ -201,7 +208,11 @@ pub fn exec(ctx: &Ctx, args: ExecArgs) -> Result<()> {
     spinner.finish_and_clear();
     let body = match ending {
         Ending::Result(body) => body,
-        Ending::Stopped { exit, run_id: id, body } => {
+        Ending::Stopped {
+            exit,
+            run_id: id,
+            body,
+        } => {
             let body = match (body, id.or(run_id)) {
                 (Some(b), _) => Some(b),
                 (None, Some(id)) => api.get(&format!("/execute/{id}?wait=true")).ok(),
@@ -211,22 +222,36 @@ pub fn exec(ctx: &Ctx, args: ExecArgs) -> Result<()> {
                 .as_ref()
                 .map(|b| usd(&b["usage"]["totalCost"]))
                 .unwrap_or_else(|| "unknown".into());
-            let what = if exit == Exit::TimedOut { "timed out (--timeout)" } else { "interrupted" };
-            if let Some(b) = &body {
-                if ctx.out.json {
-                    ctx.out.json_line(b);
-                }
-            }
-            return Err(Failure::new(
+            let what = if exit == Exit::TimedOut {
+                "timed out (--timeout)"
+            } else {
+                "interrupted"
+            };
+            let failure = Failure::new(
                 exit,
                 "cancelled",
                 format!("{what}: the execute was cancelled; charged {charged}"),
-            ));
+            );
+            return Err(match &body {
+                // With --json the body is the one document (its status says cancelled).
+                Some(b) if ctx.out.json => {
+                    ctx.out.json_line(b);
+                    failure.shown()
+                }
+                _ => failure,
+            });
         }
     };
     let ok = body["ok"].as_bool() == Some(true);
     let pulled = if ok {
-        Some(sync::pull(&api, &ws, &dir, body["version"].as_u64(), true, &ctx.out.progress())?)
+        Some(sync::pull(
+            &api,
+            &ws,
+            &dir,
+            body["version"].as_u64(),
+            true,
+            &ctx.out.progress(),
+        )?)
     } else {
         None
     };
@@ -249,7 +274,11 @@ fn exec_text(body: &Value, pulled: Option<&PullReport>) -> String {
         .unwrap_or(0);
     lines.push(format!(
         "{} · {} · {changed} files changed · {} tokens · cost {}",
-        if body["ok"].as_bool() == Some(true) { "ok" } else { "failed" },
+        if body["ok"].as_bool() == Some(true) {
+            "ok"
+        } else {
+            "failed"
+        },
         body["status"].as_str().unwrap_or("?"),
         body["usage"]["totalTokens"],
         usd(&body["usage"]["totalCost"]),

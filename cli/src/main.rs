@@ -142,7 +142,9 @@ fn main() {
     let json = cli.global.json;
     if let Err(failure) = run(cli) {
         if json {
-            println!("{}", failure.to_json());
+            if !failure.shown {
+                println!("{}", failure.to_json());
+            }
         } else {
             eprintln!("cloudbox: {failure}");
         }

@@ -27,11 +27,7 @@ impl Out {
     /// A command's result: `value` with `--json`, else the text.
     pub fn result(&self, value: &Value, text: impl FnOnce() -> String) {
         let mut stdout = std::io::stdout().lock();
-        let line = if self.json {
-            value.to_string()
-        } else {
-            text()
-        };
+        let line = if self.json { value.to_string() } else { text() };
         if !line.is_empty() {
             let _ = writeln!(stdout, "{}", line.trim_end_matches('\n'));
         }
@@ -140,7 +136,10 @@ mod tests {
     fn tables_pad_columns() {
         let t = table(
             &["criterion", "weight"],
-            &[vec!["read-spec".into(), "2".into()], vec!["x".into(), "10".into()]],
+            &[
+                vec!["read-spec".into(), "2".into()],
+                vec!["x".into(), "10".into()],
+            ],
         );
         assert_eq!(t, "criterion  weight\nread-spec  2\nx          10");
     }

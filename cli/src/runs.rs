@@ -96,11 +96,7 @@ fn show_event(out: Out, ndjson: bool, event: &Event) {
         return;
     }
     match event.event.as_str() {
-        "receipt" => {
-            if !out.quiet {
-                println!("{}", receipt_line(&data));
-            }
-        }
+        "receipt" if !out.quiet => println!("{}", receipt_line(&data)),
         "output" => out.live(data["text"].as_str().unwrap_or("")),
         "runner" => {
             if let Some(e) = data["event"].as_str() {
@@ -145,9 +141,18 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<()> {
     let api = ctx.api();
     let key = stream::idempotency_key();
     if args.detach {
-        let resp = api.stream("POST", "/api/runs", Some(&body), &[("idempotency-key", key)])?;
+        let resp = api.stream(
+            "POST",
+            "/api/runs",
+            Some(&body),
+            &[("idempotency-key", key)],
+        )?;
         let id = resp.header("x-run-id").map(str::to_string).ok_or_else(|| {
-            Failure::new(Exit::Server, "bad_answer", "the server did not name the run (x-run-id)")
+            Failure::new(
+                Exit::Server,
+                "bad_answer",
+                "the server did not name the run (x-run-id)",
+            )
         })?;
         ctx.out.result(&json!({ "runId": id }), || id.clone());
         return Ok(());
@@ -161,20 +166,34 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<()> {
         opener.stream("POST", "/api/runs", Some(&body), &headers)
     });
     let out = ctx.out;
-    let (ending, _) = follow_run(&api, ctx.out, open, deadline, None, &mut |e| show_event(out, false, e))?;
+    let (ending, _) = follow_run(&api, ctx.out, open, deadline, None, &mut |e| {
+        show_event(out, false, e)
+    })?;
     let body = match ending {
         Ending::Result(body) => body,
         Ending::Stopped { exit, body, .. } => {
-            if let Some(b) = &body {
-                ctx.out.result(b, || verdict(b));
-            }
-            let what = if exit == Exit::TimedOut { "timed out (--timeout)" } else { "interrupted" };
-            return Err(Failure::new(exit, "cancelled", format!("{what}: the run was cancelled")));
+            let what = if exit == Exit::TimedOut {
+                "timed out (--timeout)"
+            } else {
+                "interrupted"
+            };
+            let failure = Failure::new(exit, "cancelled", format!("{what}: the run was cancelled"));
+            return Err(match &body {
+                Some(b) => {
+                    ctx.out.result(b, || verdict(b));
+                    failure.shown()
+                }
+                None => failure,
+            });
         }
     };
     if let Some(path) = &args.out {
         let content = body["artifact"]["content"].as_str().ok_or_else(|| {
-            Failure::new(Exit::WorkFailed, "artifact_missing", "the run brought back no artifact")
+            Failure::new(
+                Exit::WorkFailed,
+                "artifact_missing",
+                "the run brought back no artifact",
+            )
         })?;
         std::fs::write(path, content)
             .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
@@ -233,7 +252,11 @@ pub fn runs(ctx: &Ctx, cmd: RunsCommand) -> Result<()> {
                     .flatten()
                     .map(|r| {
                         vec![
-                            r["runId"].as_str().or(r["id"].as_str()).unwrap_or("").into(),
+                            r["runId"]
+                                .as_str()
+                                .or(r["id"].as_str())
+                                .unwrap_or("")
+                                .into(),
                             r["status"].as_str().unwrap_or("").into(),
                             r["repo"].as_str().unwrap_or("").into(),
                             r["createdAt"].as_str().unwrap_or("").into(),
@@ -270,7 +293,9 @@ pub fn runs(ctx: &Ctx, cmd: RunsCommand) -> Result<()> {
             });
             let idle = (!follow).then_some(Duration::from_secs(2));
             let out = ctx.out;
-            follow_run(&api, ctx.out, open, None, idle, &mut |e| show_event(out, true, e))?;
+            follow_run(&api, ctx.out, open, None, idle, &mut |e| {
+                show_event(out, true, e)
+            })?;
         }
         RunsCommand::Verify { id } => {
             let body = api.get(&format!("/api/runs/{}/verify", enc(&id)))?;
@@ -286,7 +311,11 @@ pub fn runs(ctx: &Ctx, cmd: RunsCommand) -> Result<()> {
                 )
             });
             if body["valid"].as_bool() != Some(true) {
-                return Err(Failure::new(Exit::WorkFailed, "chain_invalid", "the receipt chain does not verify"));
+                return Err(Failure::new(
+                    Exit::WorkFailed,
+                    "chain_invalid",
+                    "the receipt chain does not verify",
+                ));
             }
         }
         RunsCommand::Cancel { id } => {
@@ -352,8 +381,13 @@ mod tests {
 
     #[test]
     fn receipt_lines_show_exit_and_duration() {
-        let line = receipt_line(&json!({"seq": 2, "type": "verify", "cmd": "test -f x", "exitCode": 1, "durationMs": 1500}));
+        let line = receipt_line(
+            &json!({"seq": 2, "type": "verify", "cmd": "test -f x", "exitCode": 1, "durationMs": 1500}),
+        );
         assert!(line.starts_with("FAIL #2"), "{line}");
-        assert!(line.contains("exit 1") && line.contains("1.5s") && line.ends_with("test -f x"), "{line}");
+        assert!(
+            line.contains("exit 1") && line.contains("1.5s") && line.ends_with("test -f x"),
+            "{line}"
+        );
     }
 }

@@ -56,7 +56,10 @@ pub struct Work<'a> {
 const AFTER_CANCEL: Duration = Duration::from_secs(60);
 
 /// Follows the work, handing every event to `on_event`, until it ends.
-pub fn follow(work: Work<'_>, on_event: &mut dyn FnMut(&Event)) -> Result<(Ending, Option<String>)> {
+pub fn follow(
+    work: Work<'_>,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<(Ending, Option<String>)> {
     let (tx, rx) = mpsc::channel();
     if let Ok(mut slot) = INTERRUPTS.lock() {
         *slot = Some(tx.clone());

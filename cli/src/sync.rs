@@ -86,12 +86,13 @@ pub fn manifest_of(api: &Api, ws: &str, version: Option<u64>) -> Result<Manifest
 /// Incremental upload: hash the folder, send only the blobs the server
 /// lacks, commit on the current version (nothing when equal).
 pub fn push(api: &Api, ws: &str, root: &Path, progress: &Progress) -> Result<PushReport> {
-    let limits = Limits::of(api)?;
+    // The folder is checked (paths, symlinks) before any request.
     let mut skipped = Vec::new();
     let found = tree::list(root, &mut skipped)?;
     for note in &skipped {
         progress.note(note);
     }
+    let limits = Limits::of(api)?;
     let bar = progress.bar("hashing", found.len() as u64, false);
     let entries = parallel_map(&found, PARALLEL, |f| {
         let e = tree::entry(f, limits.max_blob_bytes);
@@ -124,7 +125,10 @@ pub fn push(api: &Api, ws: &str, root: &Path, progress: &Progress) -> Result<Pus
         let path = ws_path(ws, &format!("/blobs/{}", e.sha256));
         let r = api.put_stream(&path, e.size, &open).map_err(|err| {
             if err.code == "hash_mismatch" {
-                Failure::usage(format!("{}: the file changed while it was sent; push again", f.path))
+                Failure::usage(format!(
+                    "{}: the file changed while it was sent; push again",
+                    f.path
+                ))
             } else {
                 err.context(&f.path)
             }
@@ -147,7 +151,11 @@ pub fn push(api: &Api, ws: &str, root: &Path, progress: &Progress) -> Result<Pus
             }
         })?;
         let version = answer.body["version"].as_u64().ok_or_else(|| {
-            Failure::new(Exit::Server, "bad_answer", format!("commit answered {}", answer.body))
+            Failure::new(
+                Exit::Server,
+                "bad_answer",
+                format!("commit answered {}", answer.body),
+            )
         })?;
         (version, true)
     };
@@ -176,7 +184,11 @@ pub fn pull(
     let remote = manifest_of(api, ws, version)?;
     for f in &remote.files {
         validate_path(&f.path).map_err(|why| {
-            Failure::new(Exit::Server, "bad_answer", format!("manifest: {}: {why}", f.path))
+            Failure::new(
+                Exit::Server,
+                "bad_answer",
+                format!("manifest: {}: {why}", f.path),
+            )
         })?;
     }
     fs::create_dir_all(dest).map_err(|e| Failure::usage(format!("{}: {e}", dest.display())))?;
@@ -271,7 +283,9 @@ fn write_one(api: &Api, ws: &str, dest: &Path, f: &FileEntry) -> Result<()> {
             file.write_all(&buf[..n]).map_err(io)?;
         }
         if hex::encode(hasher.finalize()) != f.sha256 {
-            return Err(Failure::network("the downloaded bytes do not match their hash"));
+            return Err(Failure::network(
+                "the downloaded bytes do not match their hash",
+            ));
         }
         file.set_permissions(fs::Permissions::from_mode(f.mode))
             .map_err(io)?;

@@ -49,11 +49,10 @@ pub struct Found {
 /// files inside the folder count as those files, symlinks to folders are
 /// not followed, broken symlinks are skipped (with `skipped` told).
 pub fn list(root: &Path, skipped: &mut Vec<String>) -> Result<Vec<Found>> {
-    let bad = |path: &str, why: String| {
-        Failure::new(Exit::Usage, "bad_path", format!("{path}: {why}"))
-    };
-    let real_root = fs::canonicalize(root)
-        .map_err(|e| Failure::usage(format!("{}: {e}", root.display())))?;
+    let bad =
+        |path: &str, why: String| Failure::new(Exit::Usage, "bad_path", format!("{path}: {why}"));
+    let real_root =
+        fs::canonicalize(root).map_err(|e| Failure::usage(format!("{}: {e}", root.display())))?;
     let walker = ignore::WalkBuilder::new(root)
         .hidden(false)
         .git_ignore(true)
@@ -77,14 +76,15 @@ pub fn list(root: &Path, skipped: &mut Vec<String>) -> Result<Vec<Found>> {
         if entry.depth() == 0 {
             continue;
         }
-        let rel = entry
-            .path()
-            .strip_prefix(root)
-            .map_err(|_| Failure::usage(format!("{}: outside the folder", entry.path().display())))?;
+        let rel = entry.path().strip_prefix(root).map_err(|_| {
+            Failure::usage(format!("{}: outside the folder", entry.path().display()))
+        })?;
         let Some(path) = rel.to_str().map(str::to_string) else {
             return Err(bad(&rel.to_string_lossy(), "the name is not UTF-8".into()));
         };
-        let Some(kind) = entry.file_type() else { continue };
+        let Some(kind) = entry.file_type() else {
+            continue;
+        };
         let abs = if kind.is_file() {
             entry.path().to_path_buf()
         } else if kind.is_symlink() {
@@ -166,7 +166,10 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     fn paths(root: &Path) -> Result<Vec<String>> {
-        Ok(list(root, &mut Vec::new())?.into_iter().map(|f| f.path).collect())
+        Ok(list(root, &mut Vec::new())?
+            .into_iter()
+            .map(|f| f.path)
+            .collect())
     }
 
     #[test]
@@ -190,7 +193,13 @@ mod tests {
         }
         assert_eq!(
             paths(r).unwrap(),
-            [".cloudboxignore", ".gitignore", "a.txt", "sub/.cloudbox/kept", "sub/.hidden"]
+            [
+                ".cloudboxignore",
+                ".gitignore",
+                "a.txt",
+                "sub/.cloudbox/kept",
+                "sub/.hidden"
+            ]
         );
     }
 
@@ -238,7 +247,10 @@ mod tests {
         let e = entry(&found, 100).unwrap();
         assert_eq!(e.mode, MODE_EXECUTABLE);
         assert_eq!(e.size, 10);
-        assert_eq!(e.sha256, cloudbox::workspaces::manifest::sha256_hex(b"#!/bin/sh\n"));
+        assert_eq!(
+            e.sha256,
+            cloudbox::workspaces::manifest::sha256_hex(b"#!/bin/sh\n")
+        );
         let err = entry(&found, 9).unwrap_err();
         assert_eq!(err.code, "blob_too_large");
     }

@@ -77,8 +77,13 @@ pub fn current() -> &'static Stack {
     STACK.get().unwrap_or_else(stack)
 }
 
+/// The workspace root: this module also serves the CLI's tests (`cli/tests`).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors()
+        .find(|dir| dir.join("wrangler.toml").is_file())
+        .map(Path::to_path_buf)
+        .unwrap_or(here)
 }
 
 fn target_dir() -> PathBuf {
