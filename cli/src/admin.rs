@@ -122,7 +122,9 @@ pub fn admin(ctx: &Ctx, cmd: AdminCommand) -> Result<()> {
             }
             show(&body, &new_key_text);
             if let Some(Err(f)) = credited {
-                return Err(f.context("the key was made, but adding its credits failed"));
+                return Err(f
+                    .context("the key was made, but adding its credits failed")
+                    .shown());
             }
         }
         AdminCommand::Keys(KeysCommand::List { limit, offset }) => {

@@ -191,6 +191,18 @@ impl Api {
     }
 }
 
+/// A value for a query string, percent-encoded (`/` kept).
+pub fn query_escape(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Routes open without a key (API.md, "Conventions").
 fn needs_key(path: &str) -> bool {
     !matches!(path, "/health" | "/api/health" | "/openapi.json")
@@ -246,4 +258,12 @@ pub fn work_failed(body: &Value) -> Failure {
         format!("the work ended {status}"),
     )
     .shown()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn query_values_are_escaped() {
+        assert_eq!(super::query_escape("docs/a b&c.md"), "docs/a%20b%26c.md");
+    }
 }

@@ -28,21 +28,10 @@ fn read_input(file: Option<&Path>) -> Result<String> {
 
 /// A computer id in a URL: `cb_` and hex, nothing that could change the path.
 fn id_path(id: &str, action: &str) -> Result<String> {
-    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return Err(Failure::usage(format!("{id:?} is not a computer id")));
-    }
-    Ok(format!("/api/c/{id}/{action}"))
-}
-
-fn query_value(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    Ok(format!(
+        "/api/c/{}/{action}",
+        crate::exit::checked_id("computer id", id)?
+    ))
 }
 
 pub fn computer(ctx: &Ctx, cmd: ComputerCommand) -> Result<()> {
@@ -90,7 +79,11 @@ pub fn computer(ctx: &Ctx, cmd: ComputerCommand) -> Result<()> {
             });
         }
         ComputerCommand::Read { id, path } => {
-            let url = format!("{}?path={}", id_path(&id, "read")?, query_value(&path));
+            let url = format!(
+                "{}?path={}",
+                id_path(&id, "read")?,
+                crate::client::query_escape(&path)
+            );
             let body = api.get(&url)?;
             show(&body, &|b| b["content"].as_str().unwrap_or("").to_string());
         }
@@ -204,7 +197,6 @@ mod tests {
 
     #[test]
     fn paths_in_queries_are_escaped_and_ids_checked() {
-        assert_eq!(query_value("docs/a b&c.md"), "docs/a%20b%26c.md");
         assert!(id_path("cb_12ab", "read").is_ok());
         assert!(id_path("../admin", "read").is_err());
     }

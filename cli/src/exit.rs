@@ -113,6 +113,22 @@ impl fmt::Display for Failure {
     }
 }
 
+/// An id that goes into a URL path (workspace, run, computer, key):
+/// 1–128 of `[A-Za-z0-9_-]`, refused (exit 2) before any request.
+pub fn checked_id<'a>(what: &str, id: &'a str) -> Result<&'a str> {
+    let ok = (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(id)
+    } else {
+        Err(Failure::usage(format!(
+            "{what} {id:?}: 1–128 of A-Z a-z 0-9 _ -"
+        )))
+    }
+}
+
 /// The exit code of an error answer.
 pub fn exit_for(status: u16, code: &str) -> Exit {
     match (status, code) {

@@ -71,19 +71,8 @@ fn check_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The API's rule (`^[A-Za-z0-9_-]{1,128}$`), checked before any request.
 fn check_workspace_id(ws: &str) -> Result<()> {
-    let ok = (1..=128).contains(&ws.len())
-        && ws
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(Failure::usage(format!(
-            "workspace id {ws:?}: 1–128 of A-Z a-z 0-9 _ -"
-        )))
-    }
+    crate::exit::checked_id("workspace id", ws).map(|_| ())
 }
 
 /// The workspace id made for a folder: its name (only `[A-Za-z0-9_-]`),
@@ -144,7 +133,7 @@ pub fn exec(ctx: &Ctx, args: ExecArgs) -> Result<()> {
     }
     let deadline = args
         .timeout
-        .map(|s| Instant::now() + Duration::from_secs(s));
+        .and_then(|s| Instant::now().checked_add(Duration::from_secs(s)));
     check_dir(&args.dir)?;
     let dir = fs::canonicalize(&args.dir)
         .map_err(|e| Failure::usage(format!("{}: {e}", args.dir.display())))?;
@@ -199,7 +188,7 @@ pub fn exec(ctx: &Ctx, args: ExecArgs) -> Result<()> {
     };
     let work = Work {
         open,
-        cancel: &cancel,
+        cancel: Some(&cancel),
         deadline,
         idle: None,
         out: ctx.out,
@@ -244,14 +233,7 @@ pub fn exec(ctx: &Ctx, args: ExecArgs) -> Result<()> {
     };
     let ok = body["ok"].as_bool() == Some(true);
     let pulled = if ok {
-        Some(sync::pull(
-            &api,
-            &ws,
-            &dir,
-            body["version"].as_u64(),
-            true,
-            &ctx.out.progress(),
-        )?)
+        Some(pull_result(ctx, &api, &ws, &dir, &pushed, &body)?)
     } else {
         None
     };
@@ -260,6 +242,34 @@ pub fn exec(ctx: &Ctx, args: ExecArgs) -> Result<()> {
         Ok(())
     } else {
         Err(crate::client::work_failed(&body))
+    }
+}
+
+/// Brings an ok execute's version into DIR: only its changed files when it
+/// started from the version just pushed, else the whole version.
+fn pull_result(
+    ctx: &Ctx,
+    api: &crate::client::Api,
+    ws: &str,
+    dir: &Path,
+    pushed: &PushReport,
+    body: &Value,
+) -> Result<PullReport> {
+    let version = body["version"].as_u64();
+    let changed: Option<Vec<String>> = body["changedFiles"].as_array().map(|a| {
+        a.iter()
+            .filter_map(|p| p.as_str().map(str::to_string))
+            .collect()
+    });
+    let progress = ctx.out.progress();
+    match (version, changed) {
+        // Our version, or one on top of it: nobody committed in between.
+        (Some(v), Some(changed))
+            if v == pushed.version + 1 || (v == pushed.version && changed.is_empty()) =>
+        {
+            sync::pull_changes(api, ws, dir, v, &changed, &progress)
+        }
+        _ => sync::pull(api, ws, dir, version, true, &progress),
     }
 }
 

@@ -6,17 +6,15 @@ use serde_json::{json, Map, Value};
 
 use crate::args::{RunArgs, RunsCommand};
 use crate::client::{work_failed, Api};
-use crate::exit::{Exit, Failure, Result};
+use crate::exit::{checked_id, Exit, Failure, Result};
 use crate::output::{table, Out};
 use crate::sse::Event;
 use crate::stream::{self, Ending, Work};
 use crate::Ctx;
 
-fn enc(id: &str) -> String {
-    // Ids are `[A-Za-z0-9_-]`; anything else cannot name a run.
-    id.chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-        .collect()
+/// A run id, checked before it goes into a URL.
+fn run_id(id: &str) -> Result<&str> {
+    checked_id("run id", id)
 }
 
 /// The request body of `POST /api/runs`.
@@ -137,7 +135,7 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<()> {
     let body = run_body(&args)?;
     let deadline = args
         .timeout
-        .map(|s| Instant::now() + Duration::from_secs(s));
+        .and_then(|s| Instant::now().checked_add(Duration::from_secs(s)));
     let api = ctx.api();
     let key = stream::idempotency_key();
     if args.detach {
@@ -215,12 +213,12 @@ fn follow_run(
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<(Ending, Option<String>)> {
     let cancel = |id: &str| {
-        api.post(&format!("/api/runs/{}/cancel", enc(id)), &json!({}))
+        api.post(&format!("/api/runs/{}/cancel", run_id(id)?), &json!({}))
             .map(|_| ())
     };
     let work = Work {
         open,
-        cancel: &cancel,
+        cancel: Some(&cancel),
         deadline,
         idle,
         out,
@@ -237,7 +235,7 @@ pub fn runs(ctx: &Ctx, cmd: RunsCommand) -> Result<()> {
                 query.push(format!("limit={l}"));
             }
             if let Some(c) = cursor {
-                query.push(format!("cursor={}", enc(&c)));
+                query.push(format!("cursor={}", crate::client::query_escape(&c)));
             }
             let path = if query.is_empty() {
                 "/api/runs".to_string()
@@ -267,7 +265,7 @@ pub fn runs(ctx: &Ctx, cmd: RunsCommand) -> Result<()> {
             });
         }
         RunsCommand::Get { id } => {
-            let body = api.get(&format!("/api/runs/{}", enc(&id)))?;
+            let body = api.get(&format!("/api/runs/{}", run_id(&id)?))?;
             ctx.out.result(&body, || {
                 let mut lines: Vec<String> = body["receipts"]
                     .as_array()
@@ -280,7 +278,7 @@ pub fn runs(ctx: &Ctx, cmd: RunsCommand) -> Result<()> {
             });
         }
         RunsCommand::Events { id, follow } => {
-            let id = enc(&id);
+            let id = run_id(&id)?;
             let opener = api.clone();
             let path = format!("/api/runs/{id}/events");
             // Checked first, so an unknown run exits 4 rather than streaming.
@@ -291,14 +289,25 @@ pub fn runs(ctx: &Ctx, cmd: RunsCommand) -> Result<()> {
                     .unwrap_or_default();
                 opener.stream("GET", &path, None, &headers)
             });
-            let idle = (!follow).then_some(Duration::from_secs(2));
             let out = ctx.out;
-            follow_run(&api, ctx.out, open, None, idle, &mut |e| {
-                show_event(out, true, e)
-            })?;
+            let work = Work {
+                open,
+                cancel: None,
+                deadline: None,
+                idle: (!follow).then_some(Duration::from_secs(2)),
+                out,
+            };
+            let (ending, _) = stream::follow(work, &mut |e| show_event(out, true, e))?;
+            if let Ending::Stopped { exit, .. } = ending {
+                return Err(Failure::new(
+                    exit,
+                    "interrupted",
+                    "stopped watching; the run goes on",
+                ));
+            }
         }
         RunsCommand::Verify { id } => {
-            let body = api.get(&format!("/api/runs/{}/verify", enc(&id)))?;
+            let body = api.get(&format!("/api/runs/{}/verify", run_id(&id)?))?;
             ctx.out.result(&body, || {
                 format!(
                     "{} (head {})",
@@ -315,17 +324,18 @@ pub fn runs(ctx: &Ctx, cmd: RunsCommand) -> Result<()> {
                     Exit::WorkFailed,
                     "chain_invalid",
                     "the receipt chain does not verify",
-                ));
+                )
+                .shown());
             }
         }
         RunsCommand::Cancel { id } => {
-            let body = api.post(&format!("/api/runs/{}/cancel", enc(&id)), &json!({}))?;
+            let body = api.post(&format!("/api/runs/{}/cancel", run_id(&id)?), &json!({}))?;
             ctx.out.result(&body, || {
                 format!("{} {}", id, body["status"].as_str().unwrap_or("cancelled"))
             });
         }
         RunsCommand::Delete { id } => {
-            let answer = api.json("DELETE", &format!("/api/runs/{}", enc(&id)), None, &[])?;
+            let answer = api.json("DELETE", &format!("/api/runs/{}", run_id(&id)?), None, &[])?;
             let body = if answer.body.is_null() {
                 json!({ "runId": id, "deleted": true })
             } else {

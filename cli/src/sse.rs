@@ -92,7 +92,10 @@ pub fn follow(open: &dyn Fn(Option<u64>) -> Result<ureq::Response>, tx: &Sender<
     let done = loop {
         let resp = match open(last) {
             Ok(resp) => resp,
-            Err(f) if f.exit == Exit::Server && failures < RECONNECTS => {
+            // `in_flight`: the retry came before the server knew the run.
+            Err(f)
+                if (f.exit == Exit::Server || f.code == "in_flight") && failures < RECONNECTS =>
+            {
                 failures += 1;
                 let _ = tx.send(Msg::Reconnecting(last));
                 std::thread::sleep(backoff(failures));

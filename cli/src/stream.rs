@@ -39,12 +39,16 @@ pub enum Ending {
     },
 }
 
+/// Cancels the work with the given id.
+pub type Cancel<'a> = dyn Fn(&str) -> Result<()> + 'a;
+
 /// What the caller does around the stream.
 pub struct Work<'a> {
     /// Opens (or re-opens after the given event id) the stream.
     pub open: Box<dyn Fn(Option<u64>) -> Result<ureq::Response> + Send + 'static>,
-    /// Cancels the work with this id.
-    pub cancel: &'a dyn Fn(&str) -> Result<()>,
+    /// Cancels the work with this id; `None` for a watcher (Ctrl-C then
+    /// stops watching at once and the work goes on).
+    pub cancel: Option<&'a Cancel<'a>>,
     pub deadline: Option<Instant>,
     /// Stop after this long without an event (`runs events` without --follow).
     pub idle: Option<Duration>,
@@ -79,9 +83,12 @@ pub fn follow(
             None => wait,
         };
         let stop_now = |exit: Exit, run_id: &Option<String>| -> Option<(Exit, Instant)> {
+            let Some(cancel) = work.cancel else {
+                return Some((exit, Instant::now()));
+            };
             if let Some(id) = run_id {
                 // Best effort: the work may have ended already.
-                let _ = (work.cancel)(id);
+                let _ = cancel(id);
             }
             Some((exit, Instant::now() + AFTER_CANCEL))
         };
@@ -89,6 +96,10 @@ pub fn follow(
             Ok(Msg::Opened(id)) => {
                 if id.is_some() {
                     run_id = id;
+                }
+                // Stopped before the work was named: cancel it now.
+                if let (Some(_), Some(id), Some(cancel)) = (stopping, &run_id, work.cancel) {
+                    let _ = cancel(id);
                 }
             }
             Ok(Msg::Event(event)) => on_event(&event),

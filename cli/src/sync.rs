@@ -11,7 +11,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use cloudbox::common::paths::validate_path;
-use cloudbox::workspaces::manifest::{self, FileEntry, Manifest, MAX_MISSING_QUERY};
+use cloudbox::workspaces::manifest::{
+    self, FileEntry, Manifest, MAX_MISSING_QUERY, MODE_EXECUTABLE, MODE_FILE,
+};
 use cloudbox::workspaces::sync::parallel_map;
 use serde::Serialize;
 use serde_json::json;
@@ -92,17 +94,32 @@ pub fn push(api: &Api, ws: &str, root: &Path, progress: &Progress) -> Result<Pus
     for note in &skipped {
         progress.note(note);
     }
-    let limits = Limits::of(api)?;
-    let bar = progress.bar("hashing", found.len() as u64, false);
-    let entries = parallel_map(&found, PARALLEL, |f| {
-        let e = tree::entry(f, limits.max_blob_bytes);
-        bar.inc(1);
-        e
-    })
-    .into_iter()
-    .collect::<Result<Vec<FileEntry>>>()?;
-    bar.finish();
-    let current = manifest_of(api, ws, None)?;
+    // The limits and the current version are asked for while the files hash.
+    let (limits, current, hashed) = std::thread::scope(|scope| {
+        let limits = scope.spawn(|| Limits::of(api));
+        let current = scope.spawn(|| manifest_of(api, ws, None));
+        let bar = progress.bar("hashing", found.len() as u64, false);
+        let hashed = parallel_map(&found, PARALLEL, |f| {
+            let e = tree::entry(f, u64::MAX);
+            bar.inc(1);
+            e
+        });
+        bar.finish();
+        (joined(limits.join()), joined(current.join()), hashed)
+    });
+    let entries = hashed.into_iter().collect::<Result<Vec<FileEntry>>>()?;
+    let limits = limits?;
+    if let Some(big) = entries.iter().find(|e| e.size > limits.max_blob_bytes) {
+        return Err(Failure::new(
+            Exit::Usage,
+            "blob_too_large",
+            format!(
+                "{}: {} bytes, over the server's blob limit of {}",
+                big.path, big.size, limits.max_blob_bytes
+            ),
+        ));
+    }
+    let current = current?;
     let mut missing = HashSet::new();
     for chunk in manifest::unique_blobs(&entries).chunks(MAX_MISSING_QUERY) {
         let body = api.post(&ws_path(ws, "/blobs/missing"), &json!({ "sha256": chunk }))?;
@@ -192,6 +209,7 @@ pub fn pull(
         })?;
     }
     fs::create_dir_all(dest).map_err(|e| Failure::usage(format!("{}: {e}", dest.display())))?;
+    let remote = without_excluded(remote, progress);
     let local = local_entries(dest, &remote)?;
     let plan = manifest::diff(&local, &remote.files);
     let by_path: HashMap<&str, &FileEntry> =
@@ -218,6 +236,78 @@ pub fn pull(
             fs::remove_file(&target)
                 .map_err(|e| Failure::usage(format!("removing {path}: {e}")))?;
             deleted += 1;
+        }
+    }
+    Ok(PullReport {
+        workspace_id: ws.to_string(),
+        version: remote.version,
+        written: writes.len(),
+        deleted,
+        bytes: total,
+    })
+}
+
+/// The version without what pull never writes (`.git/`, `.cloudbox/`).
+fn without_excluded(mut remote: Manifest, progress: &Progress) -> Manifest {
+    let before = remote.files.len();
+    remote.files.retain(|f| !tree::excluded(&f.path));
+    if remote.files.len() < before {
+        progress.note(&format!(
+            "{} files under .git/ or .cloudbox/ in the version were not written",
+            before - remote.files.len()
+        ));
+    }
+    remote
+}
+
+/// A request thread's answer (a panic in it is a failure, not a crash).
+fn joined<T>(r: std::thread::Result<Result<T>>) -> Result<T> {
+    r.unwrap_or_else(|_| Err(Failure::network("a request thread failed")))
+}
+
+/// After an execute on a folder just pushed: brings in only the paths the
+/// execute changed (`changed`), written or removed as the version has them.
+/// The rest of the folder is the version the execute started from.
+pub fn pull_changes(
+    api: &Api,
+    ws: &str,
+    dest: &Path,
+    version: u64,
+    changed: &[String],
+    progress: &Progress,
+) -> Result<PullReport> {
+    let remote = without_excluded(manifest_of(api, ws, Some(version))?, progress);
+    let mut writes = Vec::new();
+    let mut removals = Vec::new();
+    for path in changed {
+        validate_path(path).map_err(|why| {
+            Failure::new(
+                Exit::Server,
+                "bad_answer",
+                format!("changed file {path}: {why}"),
+            )
+        })?;
+        match remote.find(path) {
+            Some(entry) => writes.push(entry),
+            None if tree::excluded(path) => {}
+            None => removals.push(path),
+        }
+    }
+    let total: u64 = writes.iter().map(|f| f.size).sum();
+    let bar = progress.bar("downloading", total, true);
+    let written = parallel_map(&writes, PARALLEL, |f| {
+        let r = write_one(api, ws, dest, f).map_err(|e| e.context(&f.path));
+        bar.inc(f.size);
+        r
+    });
+    written.into_iter().collect::<Result<Vec<()>>>()?;
+    bar.finish();
+    let mut deleted = 0;
+    for path in removals {
+        match fs::remove_file(dest.join(path)) {
+            Ok(()) => deleted += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Failure::usage(format!("removing {path}: {e}"))),
         }
     }
     Ok(PullReport {
@@ -264,12 +354,14 @@ fn write_one(api: &Api, ws: &str, dest: &Path, f: &FileEntry) -> Result<()> {
     let tmp = parent.join(tree::pull_temp_name(&name, &random_suffix()));
     let io = |e: std::io::Error| Failure::usage(e.to_string());
     let result = (|| {
-        let mut body = api.get_stream(&ws_path(ws, &format!("/blobs/{}", f.sha256)))?;
+        let body = api.get_stream(&ws_path(ws, &format!("/blobs/{}", f.sha256)))?;
         let mut file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&tmp)
             .map_err(io)?;
+        // No more than the manifest says (one byte over shows a mismatch).
+        let mut body = body.take(f.size.saturating_add(1));
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 256 * 1024];
         loop {
@@ -287,9 +379,16 @@ fn write_one(api: &Api, ws: &str, dest: &Path, f: &FileEntry) -> Result<()> {
                 "the downloaded bytes do not match their hash",
             ));
         }
-        file.set_permissions(fs::Permissions::from_mode(f.mode))
+        // Only the two manifest modes, whatever the server says.
+        let mode = if f.mode & 0o111 != 0 {
+            MODE_EXECUTABLE
+        } else {
+            MODE_FILE
+        };
+        file.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(io)?;
-        file.sync_all().map_err(io)?;
+        // The rename is what makes a file appear whole; no fsync per file
+        // (a killed pull is covered, a power cut is the filesystem's).
         fs::rename(&tmp, &target).map_err(io)
     })();
     if result.is_err() {

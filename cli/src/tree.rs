@@ -19,6 +19,14 @@ use crate::exit::{Exit, Failure, Result};
 pub const OWN_DIR: &str = ".cloudbox";
 pub const IGNORE_FILE: &str = ".cloudboxignore";
 
+/// Whether a workspace path is outside what the CLI syncs: `.git/` at any
+/// depth, the CLI's own `.cloudbox/` at the top, pull's temporary files.
+/// Push never sends them; pull never writes them, whatever a version holds.
+pub fn excluded(path: &str) -> bool {
+    let own = path.split_once('/').is_some_and(|(top, _)| top == OWN_DIR);
+    own || path.split('/').any(|p| p == ".git" || is_pull_temp(p))
+}
+
 /// Whether a name is one of pull's temporary files
 /// (`.NAME.cloudbox-XXXXXXXX.tmp`, left only by a killed pull): never
 /// sent, never taken for a file of the folder.
@@ -92,8 +100,12 @@ pub fn list(root: &Path, skipped: &mut Vec<String>) -> Result<Vec<Found>> {
                 skipped.push(format!("{path}: broken symlink, skipped"));
                 continue;
             };
-            if !target.starts_with(&real_root) {
+            let Ok(inside) = target.strip_prefix(&real_root) else {
                 return Err(bad(&path, "a symlink pointing outside the folder".into()));
+            };
+            if excluded(&inside.to_string_lossy()) {
+                skipped.push(format!("{path}: symlink into .git/ or .cloudbox/, skipped"));
+                continue;
             }
             if !target.is_file() {
                 skipped.push(format!("{path}: symlink to a folder, not followed"));
@@ -136,7 +148,8 @@ pub fn mode_of(meta: &fs::Metadata) -> u32 {
     }
 }
 
-/// The manifest entry of one found file; a file over `max_bytes` is refused.
+/// The manifest entry of one found file; a file over `max_bytes` is
+/// refused before it is read.
 pub fn entry(found: &Found, max_bytes: u64) -> Result<FileEntry> {
     let io = |e: std::io::Error| Failure::usage(format!("{}: {e}", found.path));
     let meta = fs::metadata(&found.abs).map_err(io)?;
@@ -201,6 +214,27 @@ mod tests {
                 "sub/.hidden"
             ]
         );
+    }
+
+    #[test]
+    fn git_own_dir_and_temporaries_are_excluded() {
+        for p in [
+            ".git/HEAD",
+            "sub/.git/config",
+            ".cloudbox/workspace",
+            "a/.x.cloudbox-0123abcd.tmp",
+        ] {
+            assert!(excluded(p), "{p}");
+        }
+        for p in [
+            "a.txt",
+            "sub/.cloudbox/kept",
+            ".gitignore",
+            ".cloudbox",
+            "git/x",
+        ] {
+            assert!(!excluded(p), "{p}");
+        }
     }
 
     #[test]

@@ -247,9 +247,18 @@ fn cutting_proxy(upstream: &str, cut: usize, marker: &'static str) -> CuttingPro
 
 #[test]
 fn usage_errors_exit_2_without_any_request() {
+    // A server that counts connections and closes each at once (so a
+    // request made by mistake fails the test quickly instead of hanging).
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    listener.set_nonblocking(true).unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let seen = requests.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            seen.fetch_add(1, Ordering::SeqCst);
+            drop(conn);
+        }
+    });
     let user = User::at(&url);
     let dir = tempfile::tempdir().unwrap();
     let outside = tempfile::tempdir().unwrap();
@@ -288,7 +297,17 @@ fn usage_errors_exit_2_without_any_request() {
         err["message"].as_str().unwrap().starts_with("link: "),
         "{err}"
     );
-    assert!(listener.accept().is_err(), "a usage error made a request");
+    // Completions and help need no server either.
+    let bash = user.ok(&["completions", "bash"]).stdout;
+    assert!(bash.contains("cloudbox") && bash.contains("push"), "{bash}");
+    let help = user.ok(&["help", "exec"]).stdout;
+    assert!(help.contains("Idempotency-Key"), "{help}");
+    assert!(user.ok(&["--version"]).stdout.starts_with("cloudbox "));
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        0,
+        "a usage error made a request"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -400,6 +419,35 @@ fn push_then_pull_is_byte_identical_and_moves_only_what_differs() {
     assert!(!d.join("local-only.txt").exists());
     assert!(d.join("notes.log").exists() && d.join(".git/config").exists());
     assert_eq!(fs::read(d.join("README.md")).unwrap(), b"# hello, again\n");
+
+    // Pull never writes under .git/ or .cloudbox/, whatever a version holds.
+    let hook = b"#!/bin/sh\necho pwned\n";
+    let sha = cloudbox::workspaces::manifest::sha256_hex(hook);
+    let auth = format!("Bearer {}", key.key);
+    let put = send(
+        "PUT",
+        &format!("/workspaces/tree/blobs/{sha}"),
+        &[("authorization", &auth)],
+        Some(hook),
+    );
+    assert!([200, 201].contains(&put.status), "{}", put.text);
+    let mut files = get("/workspaces/tree/manifest", Some(&key.key)).json()["files"].clone();
+    for path in [".git/hooks/pre-commit", ".cloudbox/workspace", "ok/hook.sh"] {
+        files
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"path": path, "sha256": sha, "size": hook.len(), "mode": 0o755}));
+    }
+    let commit = post_json(
+        "/workspaces/tree/commits",
+        Some(&key.key),
+        &json!({"baseVersion": 2, "files": files}),
+    );
+    assert_eq!(commit.status, 201, "{}", commit.text);
+    let hostile = user.ok(&["--json", "pull", "tree", dp]).json();
+    assert_eq!(hostile["written"], 1, "{hostile}");
+    assert!(d.join("ok/hook.sh").exists());
+    assert!(!d.join(".git/hooks/pre-commit").exists() && !d.join(".cloudbox").exists());
 
     // An older version on request.
     let old = user
@@ -682,14 +730,11 @@ fn runs_events_follow_survives_a_dropped_connection() {
     let proxy = cutting_proxy(&current().base, 2, "event: receipt");
     let mut via_proxy = User::new(Some(&key));
     via_proxy.url = proxy.url.clone();
-    // The argv of a running CLI has no key.
     let mut child = via_proxy
         .command(&["--json", "runs", "events", &id, "--follow"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let cmdline = fs::read(format!("/proc/{}/cmdline", child.id())).unwrap_or_default();
-    assert!(!String::from_utf8_lossy(&cmdline).contains(&key.key));
     let mut stdout = String::new();
     child
         .stdout
@@ -944,5 +989,104 @@ fn ctrl_c_and_the_timeout_cancel_the_execute_and_say_what_was_charged() {
         ran.stderr.contains("the execute was cancelled; charged $"),
         "{}",
         ran.stderr
+    );
+}
+
+// ---------------------------------------------------------------------------
+// computers
+
+#[test]
+fn a_computer_from_the_command_line_is_graded_from_its_receipts() {
+    let key = internal_key();
+    let user = User::new(Some(&key));
+    let dir = tempfile::tempdir().unwrap();
+    let spec = json!({
+        "name": "cli triage",
+        "profile": {"role": "on-call engineer"},
+        "filesystem": [
+            {"path": "README.md", "kind": "doc", "content": "Start with the incident."},
+            {"path": "incident.md", "kind": "incident", "content": "Latency spiked."}
+        ],
+        "collaborators": [{"id": "alice", "role": "SRE",
+            "privateFiles": [{"path": "private/notes.md", "kind": "notes", "content": "The index was dropped."}]}],
+        "objectives": [{"id": "fix", "title": "Restore latency"}],
+        "rubric": [
+            {"id": "readme-first", "weight": 2, "must": "README first", "mustEvent": {"type": "readBefore", "before": "README.md", "after": "incident.md"}},
+            {"id": "asked-alice", "must": "Ask the SRE", "mustEvent": {"type": "asked", "who": "alice"}},
+            {"id": "report", "weight": 3, "must": "Write a report", "mustEvent": {"type": "wrote", "path": "REPORT.md"}},
+            {"id": "decided", "must": "Restore the index", "mustEvent": {"type": "submitted", "objective": "fix", "decision": "restore-index"}}
+        ]
+    });
+    let spec_file = dir.path().join("spec.json");
+    fs::write(&spec_file, spec.to_string()).unwrap();
+    let made = user
+        .ok(&["--json", "computer", "create", spec_file.to_str().unwrap()])
+        .json();
+    let id = made["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("cb_"), "{made}");
+    // The same spec is the same computer.
+    let again = user.ok(&["computer", "create", spec_file.to_str().unwrap()]);
+    assert_eq!(again.stdout.trim(), id);
+
+    let files = user.ok(&["--json", "computer", "files", &id]).json();
+    assert_eq!(files["files"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        user.ok(&["computer", "read", &id, "README.md"])
+            .stdout
+            .trim(),
+        "Start with the incident."
+    );
+    user.ok(&["computer", "read", &id, "incident.md"]);
+    let asked = user
+        .ok(&["--json", "computer", "ask", &id, "alice", "what changed?"])
+        .json();
+    assert_eq!(asked["revealed"], json!(["private/notes.md"]));
+    let report = dir.path().join("report.md");
+    fs::write(&report, "Restore the index.\n").unwrap();
+    let wrote = user
+        .ok(&[
+            "--json",
+            "computer",
+            "write",
+            &id,
+            "REPORT.md",
+            report.to_str().unwrap(),
+        ])
+        .json();
+    assert_eq!(wrote["written"], 19);
+    user.ok(&[
+        "computer",
+        "submit",
+        &id,
+        "fix",
+        "--decision",
+        "restore-index",
+    ]);
+    let ran = user.run(&["computer", "read", &id, "nope.md"]);
+    assert_eq!(ran.code, 4, "{}", ran.stderr);
+
+    // grade: a table, and the score from the receipts.
+    let table = user.ok(&["computer", "grade", &id]).stdout;
+    assert!(table.starts_with("criterion"), "{table}");
+    assert!(
+        table.contains("readme-first") && table.contains("passed"),
+        "{table}"
+    );
+    let grade = user.ok(&["--json", "computer", "grade", &id]).json();
+    assert_eq!(
+        (grade["score"].as_f64(), grade["max"].as_f64()),
+        (Some(7.0), Some(7.0)),
+        "{grade}"
+    );
+    let receipts = user.ok(&["--json", "computer", "receipts", &id]).json();
+    let kinds: Vec<&str> = receipts["receipts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["read", "read", "ask", "write", "submit", "grade", "grade"]
     );
 }
