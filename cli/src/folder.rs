@@ -283,13 +283,14 @@ fn exec_text(body: &Value, pulled: Option<&PullReport>) -> String {
         .map(|a| a.len())
         .unwrap_or(0);
     lines.push(format!(
-        "{} · {} · {changed} files changed · {} tokens · cost {}",
+        "{} · {} · {changed} {} changed · {} tokens · cost {}",
         if body["ok"].as_bool() == Some(true) {
             "ok"
         } else {
             "failed"
         },
         body["status"].as_str().unwrap_or("?"),
+        if changed == 1 { "file" } else { "files" },
         body["usage"]["totalTokens"],
         usd(&body["usage"]["totalCost"]),
     ));
