@@ -267,7 +267,7 @@ fn pull_result(
         (Some(v), Some(changed))
             if v == pushed.version + 1 || (v == pushed.version && changed.is_empty()) =>
         {
-            sync::pull_changes(api, ws, dir, v, &changed, &progress)
+            sync::pull_changes(api, ws, dir, v, &changed, &pushed.entries, &progress)
         }
         _ => sync::pull(api, ws, dir, version, true, &progress),
     }

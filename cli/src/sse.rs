@@ -189,6 +189,65 @@ mod tests {
     }
 
     #[test]
+    fn follow_reopens_after_the_last_event_and_sends_each_event_once() {
+        let calls = std::sync::Mutex::new(Vec::new());
+        let open = |last: Option<u64>| -> Result<ureq::Response> {
+            calls.lock().unwrap().push(last);
+            let body = match last {
+                // The first connection drops after two events.
+                None => "id: 1\nevent: receipt\ndata: {}\n\nid: 2\nevent: output\ndata: {}\n\n",
+                // The server may repeat what was seen; the follower drops it.
+                Some(_) => "id: 2\nevent: output\ndata: {}\n\nid: 3\nevent: result\ndata: {\"ok\":true}\n\n",
+            };
+            Ok(format!("HTTP/1.1 200 OK\r\nx-run-id: run_1\r\n\r\n{body}")
+                .parse()
+                .unwrap())
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        follow(&open, &tx);
+        let (mut ids, mut opened, mut reconnects, mut done) = (vec![], vec![], vec![], None);
+        for msg in rx.try_iter() {
+            match msg {
+                Msg::Opened(id) => opened.push(id),
+                Msg::Event(e) => ids.push(e.id),
+                Msg::Reconnecting(last) => reconnects.push(last),
+                Msg::Done(r) => done = Some(r),
+                Msg::Interrupt => unreachable!(),
+            }
+        }
+        assert_eq!(*calls.lock().unwrap(), [None, Some(2)]);
+        assert_eq!(ids, [Some(1), Some(2), Some(3)]);
+        assert_eq!(reconnects, [Some(2)]);
+        assert_eq!(
+            opened,
+            [Some("run_1".to_string()), Some("run_1".to_string())]
+        );
+        assert_eq!(done.unwrap().unwrap(), serde_json::json!({"ok": true}));
+    }
+
+    #[test]
+    fn follow_gives_up_on_a_refusal_but_retries_in_flight() {
+        let calls = std::sync::Mutex::new(0);
+        let open = |_: Option<u64>| -> Result<ureq::Response> {
+            let mut n = calls.lock().unwrap();
+            *n += 1;
+            if *n == 1 {
+                Err(Failure::from_answer(409, "in_flight", "wait"))
+            } else {
+                Err(Failure::from_answer(402, "insufficient_credits", "top up"))
+            }
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        follow(&open, &tx);
+        let done = rx.try_iter().find_map(|m| match m {
+            Msg::Done(r) => Some(r),
+            _ => None,
+        });
+        assert_eq!(done.unwrap().unwrap_err().code, "insufficient_credits");
+        assert_eq!(*calls.lock().unwrap(), 2);
+    }
+
+    #[test]
     fn carriage_returns_and_bare_fields() {
         let events = parse("id: 7\r\nevent: result\r\ndata\r\n\r\n");
         assert_eq!(events[0].id, Some(7));

@@ -57,6 +57,9 @@ pub struct PushReport {
     pub uploaded_bytes: u64,
     /// False when the folder already equals the workspace's version.
     pub committed: bool,
+    /// The folder as pushed (what an exec's pull compares against).
+    #[serde(skip)]
+    pub entries: Vec<FileEntry>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -184,6 +187,7 @@ pub fn push(api: &Api, ws: &str, root: &Path, progress: &Progress) -> Result<Pus
         uploaded_blobs: todo.len(),
         uploaded_bytes,
         committed,
+        entries,
     })
 }
 
@@ -220,15 +224,7 @@ pub fn pull(
         .chain(&plan.modified)
         .filter_map(|p| by_path.get(p.as_str()).copied())
         .collect();
-    let total: u64 = writes.iter().map(|f| f.size).sum();
-    let bar = progress.bar("downloading", total, true);
-    let written = parallel_map(&writes, PARALLEL, |f| {
-        let r = write_one(api, ws, dest, f).map_err(|e| e.context(&f.path));
-        bar.inc(f.size);
-        r
-    });
-    written.into_iter().collect::<Result<Vec<()>>>()?;
-    bar.finish();
+    // Removals first, so a file the version turned into a folder makes room.
     let mut deleted = 0;
     if delete {
         for path in &plan.deleted {
@@ -238,6 +234,15 @@ pub fn pull(
             deleted += 1;
         }
     }
+    let total: u64 = writes.iter().map(|f| f.size).sum();
+    let bar = progress.bar("downloading", total, true);
+    let written = parallel_map(&writes, PARALLEL, |f| {
+        let r = write_one(api, ws, dest, f).map_err(|e| e.context(&f.path));
+        bar.inc(f.size);
+        r
+    });
+    written.into_iter().collect::<Result<Vec<()>>>()?;
+    bar.finish();
     Ok(PullReport {
         workspace_id: ws.to_string(),
         version: remote.version,
@@ -265,18 +270,22 @@ fn joined<T>(r: std::thread::Result<Result<T>>) -> Result<T> {
     r.unwrap_or_else(|_| Err(Failure::network("a request thread failed")))
 }
 
-/// After an execute on a folder just pushed: brings in only the paths the
-/// execute changed (`changed`), written or removed as the version has them.
-/// The rest of the folder is the version the execute started from.
+/// After an execute on a folder just pushed (`pushed`): brings in only the
+/// paths the execute changed (`changed`), written or removed as the version
+/// has them. The rest of the folder is the version the execute started
+/// from. A changed path the user also changed locally meanwhile is kept as
+/// the user left it, and said so (a plain `pull` takes the agent's).
 pub fn pull_changes(
     api: &Api,
     ws: &str,
     dest: &Path,
     version: u64,
     changed: &[String],
+    pushed: &[FileEntry],
     progress: &Progress,
 ) -> Result<PullReport> {
     let remote = without_excluded(manifest_of(api, ws, Some(version))?, progress);
+    let base: HashMap<&str, &FileEntry> = pushed.iter().map(|f| (f.path.as_str(), f)).collect();
     let mut writes = Vec::new();
     let mut removals = Vec::new();
     for path in changed {
@@ -287,6 +296,13 @@ pub fn pull_changes(
                 format!("changed file {path}: {why}"),
             )
         })?;
+        let now = local_hash(&dest.join(path));
+        if now.as_deref() != base.get(path.as_str()).map(|f| f.sha256.as_str()) {
+            progress.note(&format!(
+                "{path}: changed here during the execute; kept (the agent's is in version {version})"
+            ));
+            continue;
+        }
         match remote.find(path) {
             Some(entry) => writes.push(entry),
             None if tree::excluded(path) => {}
@@ -319,11 +335,33 @@ pub fn pull_changes(
     })
 }
 
+/// The hash of a regular file (not through a symlink), if there is one.
+fn local_hash(path: &Path) -> Option<String> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() => tree::hash_file(path).ok().map(|(sha, _)| sha),
+        _ => None,
+    }
+}
+
 /// The local files as manifest entries, hashing only those that could
 /// equal a file of `remote` (same path and size); the others get an empty
 /// hash, which differs from every real one.
 fn local_entries(dest: &Path, remote: &Manifest) -> Result<Vec<FileEntry>> {
-    let found = tree::list(dest, &mut Vec::new())?;
+    let mut found = tree::list(dest, &mut Vec::new())?;
+    // Files of the version that are ignored here are still compared, so an
+    // unchanged one is not written again.
+    let listed: HashSet<&str> = found.iter().map(|f| f.path.as_str()).collect();
+    let ignored: Vec<tree::Found> = remote
+        .files
+        .iter()
+        .filter(|f| !listed.contains(f.path.as_str()))
+        .map(|f| tree::Found {
+            path: f.path.clone(),
+            abs: dest.join(&f.path),
+        })
+        .filter(|f| fs::symlink_metadata(&f.abs).is_ok_and(|m| m.is_file()))
+        .collect();
+    found.extend(ignored);
     let entries = parallel_map(&found, PARALLEL, |f| {
         let io = |e: std::io::Error| Failure::usage(format!("{}: {e}", f.path));
         let meta = fs::metadata(&f.abs).map_err(io)?;

@@ -194,23 +194,23 @@ fn snapshot(root: &Path) -> BTreeMap<String, (Vec<u8>, u32)> {
 
 struct CuttingProxy {
     url: String,
-    /// Connections accepted so far.
-    connections: Arc<AtomicUsize>,
+    /// Connections cut so far.
+    cuts: Arc<AtomicUsize>,
 }
 
-/// Forwards to `upstream`; the first `cut` connections are closed once the
-/// answer has carried `marker` (so the client has seen some events).
+/// Forwards to `upstream`; the first `cut` answers that carry `marker` (an
+/// event, so the client has seen some) have their connection closed there.
 fn cutting_proxy(upstream: &str, cut: usize, marker: &'static str) -> CuttingProxy {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let upstream = upstream.trim_start_matches("http://").to_string();
-    let connections = Arc::new(AtomicUsize::new(0));
-    let count = connections.clone();
+    let cuts = Arc::new(AtomicUsize::new(0));
+    let cuts_made = cuts.clone();
     std::thread::spawn(move || {
         for client in listener.incoming() {
             let Ok(client) = client else { continue };
-            let n = count.fetch_add(1, Ordering::SeqCst);
             let upstream = upstream.clone();
+            let cuts_made = cuts_made.clone();
             std::thread::spawn(move || {
                 let Ok(server) = TcpStream::connect(&upstream) else {
                     return;
@@ -227,11 +227,16 @@ fn cutting_proxy(upstream: &str, cut: usize, marker: &'static str) -> CuttingPro
                     if got == 0 || c_write.write_all(&buf[..got]).is_err() {
                         break;
                     }
-                    if n < cut {
-                        seen.extend_from_slice(&buf[..got]);
-                        if String::from_utf8_lossy(&seen).contains(marker) {
+                    seen.extend_from_slice(&buf[..got]);
+                    if String::from_utf8_lossy(&seen).contains(marker) {
+                        let take = |n: usize| (n < cut).then_some(n + 1);
+                        if cuts_made
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, take)
+                            .is_ok()
+                        {
                             break;
                         }
+                        seen.clear();
                     }
                 }
                 let _ = c_write.shutdown(std::net::Shutdown::Both);
@@ -239,7 +244,7 @@ fn cutting_proxy(upstream: &str, cut: usize, marker: &'static str) -> CuttingPro
             });
         }
     });
-    CuttingProxy { url, connections }
+    CuttingProxy { url, cuts }
 }
 
 // ---------------------------------------------------------------------------
@@ -595,6 +600,40 @@ fn exec_pushes_runs_the_agent_pulls_and_charges_what_it_prints() {
     );
 }
 
+#[test]
+fn an_exec_whose_connection_drops_reattaches_and_runs_once() {
+    let key = funded_key(5.0);
+    let proxy = cutting_proxy(&current().base, 1, "event: ");
+    let mut user = User::new(Some(&key));
+    user.url = proxy.url.clone();
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "seed.txt", b"seed", 0o644);
+    let before = balance(&key);
+    let ran = user.run(&[
+        "--json",
+        "exec",
+        "nap",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
+    assert_eq!(
+        proxy.cuts.load(Ordering::SeqCst),
+        1,
+        "the connection was never cut"
+    );
+    let body = ran.json();
+    assert_eq!(body["ok"], true, "{body}");
+    // One execute: its usage charged once, one new version on top of the push.
+    let cost = body["usage"]["totalCost"].as_f64().unwrap();
+    assert!(((before - balance(&key)) - cost).abs() < 1e-9);
+    let ws = body["workspaceId"].as_str().unwrap();
+    let usage = get("/billing/usage", Some(&key.key)).json();
+    assert_eq!(usage["totals"]["executions"], 1, "{usage}");
+    let info = get(&format!("/workspaces/{ws}"), Some(&key.key)).json();
+    assert_eq!(info["version"], body["version"]);
+}
+
 // ---------------------------------------------------------------------------
 // runs
 
@@ -684,7 +723,7 @@ fn a_run_whose_connection_drops_reattaches_and_runs_once() {
     ]);
     assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
     assert!(
-        proxy.connections.load(Ordering::SeqCst) >= 2,
+        proxy.cuts.load(Ordering::SeqCst) >= 1,
         "the connection was never cut"
     );
     assert!(
@@ -755,7 +794,7 @@ fn runs_events_follow_survives_a_dropped_connection() {
     );
     assert_eq!(events.last().unwrap()["event"], "result");
     assert!(
-        proxy.connections.load(Ordering::SeqCst) >= 2,
+        proxy.cuts.load(Ordering::SeqCst) >= 1,
         "the connection was never cut"
     );
     assert_eq!(runs_of(&key).len(), 1);

@@ -108,10 +108,15 @@ pub fn decide(
 
 /// An attach found no such run: the first request recorded the id but its
 /// start has not reached the run's Durable Object yet (or failed there, and
-/// its answer is stored), or the run was deleted since. Never a take-over:
-/// the first request is alive.
-pub fn when_run_missing(record: &Record) -> Decision {
-    stored(record).unwrap_or(Decision::InFlight)
+/// its answer is stored), or the run was deleted since. In flight until the
+/// record is stale: then the first request died between naming the run and
+/// handing it over, no run exists, and the retry takes the record over.
+pub fn when_run_missing(record: &Record, now_ms: i64, stale_after_ms: i64) -> Decision {
+    match stored(record) {
+        Some(replay) => replay,
+        None if now_ms - record.created_at_ms >= stale_after_ms => Decision::TakeOver,
+        None => Decision::InFlight,
+    }
 }
 
 /// The stored answer, once there is one.
@@ -157,9 +162,10 @@ pub const READ: &str = "SELECT fingerprint, state, response_status, response_bod
      run_id FROM idempotency_records WHERE account_id = ?1 AND scope = ?2 AND idem_key = ?3";
 
 /// Names the run the claim started (once: a claim starts one run).
+/// No row back: the claim was taken over meanwhile, so it must start nothing.
 pub const STARTED: &str = "UPDATE idempotency_records SET run_id = ?4 \
      WHERE account_id = ?1 AND scope = ?2 AND idem_key = ?3 AND state = 'in_flight' \
-       AND created_at = ?5 AND run_id IS NULL";
+       AND created_at = ?5 AND run_id IS NULL RETURNING run_id";
 
 pub const FINISH: &str = "UPDATE idempotency_records \
      SET state = 'done', response_status = ?4, response_body = ?5 \
@@ -354,10 +360,15 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_run_is_in_flight_until_its_answer_is_stored() {
-        assert_eq!(when_run_missing(&started("f", false)), Decision::InFlight);
+    fn a_missing_run_is_in_flight_until_its_answer_is_stored_or_it_is_stale() {
+        let r = started("f", false);
+        assert_eq!(when_run_missing(&r, 2_000, 60_000), Decision::InFlight);
+        assert_eq!(
+            when_run_missing(&r, r.created_at_ms + 60_000, 60_000),
+            Decision::TakeOver
+        );
         assert!(matches!(
-            when_run_missing(&started("f", true)),
+            when_run_missing(&started("f", true), 99_000, 60_000),
             Decision::Replay { status: 200, .. }
         ));
     }
@@ -397,9 +408,12 @@ mod tests {
             rows.next().unwrap().map(|r| r.get(0).unwrap_or(0))
         }
 
+        /// Rows changed (a `RETURNING` statement's rows are drained first).
         fn changes(db: &Connection, stmt: &Stmt) -> usize {
-            db.execute(stmt.sql, rusqlite::params_from_iter(args(stmt)))
-                .unwrap()
+            let mut st = db.prepare(stmt.sql).unwrap();
+            let mut rows = st.query(rusqlite::params_from_iter(args(stmt))).unwrap();
+            while rows.next().unwrap().is_some() {}
+            db.changes() as usize
         }
 
         fn run_id(db: &Connection, slot: &Slot) -> Option<String> {

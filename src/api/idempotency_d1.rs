@@ -59,6 +59,7 @@ pub enum Begin {
     Attach {
         run_id: String,
         record: Record,
+        slot: Slot,
     },
 }
 
@@ -109,7 +110,11 @@ pub async fn begin(
             Decision::Attach { run_id } => {
                 let record =
                     record.ok_or_else(|| ApiError::Internal("attach: no record".into()))?;
-                return Ok(Begin::Attach { run_id, record });
+                return Ok(Begin::Attach {
+                    run_id,
+                    record,
+                    slot,
+                });
             }
             Decision::Reused => return Err(ApiError::IdempotencyKeyReused),
             Decision::InFlight => return Err(ApiError::InFlight),
@@ -138,10 +143,20 @@ fn replay(status: u16, body: &str) -> Result<Response, ApiError> {
 
 /// Names the run `claim` starts, before it is handed to its Durable
 /// Object: from then on an SSE retry attaches to it.
+/// A claim taken over meanwhile (its request was thought dead) starts
+/// nothing: 409 `in_flight`.
 pub async fn started(db: &D1Database, claim: &Claim, run_id: &str) -> Result<(), ApiError> {
     let stmt = claim.slot.started(run_id, claim.claimed_at);
-    crate::billing::ledger_d1::bind(db, &stmt)?.run().await?;
-    Ok(())
+    match first::<Named>(db, &stmt).await? {
+        Some(_) => Ok(()),
+        None => Err(ApiError::InFlight),
+    }
+}
+
+#[derive(Deserialize)]
+struct Named {
+    #[allow(dead_code)] // only its presence matters
+    run_id: Option<String>,
 }
 
 /// Stores the outcome for replay (or frees the key when the outcome is
@@ -217,10 +232,27 @@ where
     };
     let claim = match begin(db, slot, fingerprint, form, now_ms, stale_after_ms).await? {
         Begin::Replay(resp) => return with_run_id_header(resp).await,
-        Begin::Attach { run_id, record } => {
+        Begin::Attach {
+            run_id,
+            record,
+            slot,
+        } => {
             let follow =
                 follow.ok_or_else(|| ApiError::Internal("attach without events".into()))?;
-            return attach(follow, run_id, &record).await;
+            match attach(follow, run_id, &record, now_ms, stale_after_ms).await? {
+                Attached::Answer(resp) => return Ok(resp),
+                // The first request died before its run existed: this one runs it.
+                Attached::TakeOver => {
+                    let stmt = slot.take_over(record.created_at_ms, now_ms);
+                    match first::<Claimed>(db, &stmt).await? {
+                        Some(c) => Claim {
+                            slot,
+                            claimed_at: c.created_at,
+                        },
+                        None => return Err(ApiError::InFlight),
+                    }
+                }
+            }
         }
         Begin::Proceed(claim) => claim,
     };
@@ -243,7 +275,18 @@ where
 /// immutable) marked as a replay. A run not found yet (its start is still
 /// on its way to the DO) is 409 `in_flight`, or, once the key has its
 /// answer (the start was refused, or the run deleted), that answer.
-async fn attach<F, FFut>(follow: F, run_id: String, record: &Record) -> Result<Response, ApiError>
+enum Attached {
+    Answer(Response),
+    TakeOver,
+}
+
+async fn attach<F, FFut>(
+    follow: F,
+    run_id: String,
+    record: &Record,
+    now_ms: i64,
+    stale_after_ms: i64,
+) -> Result<Attached, ApiError>
 where
     F: FnOnce(String) -> FFut,
     FFut: std::future::Future<Output = Result<Response, ApiError>>,
@@ -251,10 +294,11 @@ where
     let mut resp = match follow(run_id.clone()).await {
         Ok(resp) if resp.status_code() != 404 => resp,
         Ok(_) | Err(ApiError::RunNotFound) => {
-            return match idempotency::when_run_missing(record) {
-                Decision::Replay { status, body } => {
-                    with_run_id_header(replay(status, &body)?).await
-                }
+            return match idempotency::when_run_missing(record, now_ms, stale_after_ms) {
+                Decision::Replay { status, body } => Ok(Attached::Answer(
+                    with_run_id_header(replay(status, &body)?).await?,
+                )),
+                Decision::TakeOver => Ok(Attached::TakeOver),
                 _ => Err(ApiError::InFlight),
             };
         }
@@ -271,7 +315,7 @@ where
     };
     fresh.headers_mut().set("x-run-id", &run_id)?;
     fresh.headers_mut().set("idempotent-replayed", "true")?;
-    Ok(fresh)
+    Ok(Attached::Answer(fresh))
 }
 
 /// A 200 SSE answer (a start's or a follow's), not a JSON one.
