@@ -37,6 +37,10 @@ while IFS='=' read -r name value; do export "$name=$value"; done <<< "$images"
 export CLOUDBOX_IMAGES_READY=1
 bash scripts/image-size.sh "$CLOUDBOX_RUNNER_IMAGE"
 
+step "a headless browser (the proof page tests)"
+export CLOUDBOX_CHROMIUM=$(bash scripts/browser.sh)
+echo "$CLOUDBOX_CHROMIUM"
+
 step "tests: unit, runner, integration (wrangler dev)"
 cargo test --workspace --quiet
 

@@ -902,6 +902,7 @@ mod runs {
                 deadline_ms,
                 claim: None,
                 billing: Some((KEY, &billing)),
+                public: false,
             });
             run(&db, &created);
             self.runs.push(Run {

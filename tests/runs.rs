@@ -651,3 +651,281 @@ fn at_the_default_price_a_run_records_its_container_time_uncharged() {
     assert_eq!(account["creditsBalance"], 0.0);
     assert_eq!(account["heldCredits"], 0.0);
 }
+
+/// Printed by a step of the public runs: must show as text, never run.
+const HOSTILE: &str = r#"<script>document.title="pwned"</script><img src=x onerror="alert(1)">"#;
+
+/// A finished public run (of the fixture repo `name`) whose output holds
+/// `HOSTILE` and whose env holds a secret; (its id, its body).
+fn hostile_public_run(key: &str, name: &str) -> (String, Value) {
+    let repo = demo_repo(name);
+    let resp = post_json(
+        "/api/runs",
+        Some(key),
+        &json!({
+            "repo": repo,
+            "commands": [format!("printf '%s\\n' '{HOSTILE}'"), "echo v2 > src/app.txt"],
+            "verify": ["grep -q v2 src/app.txt"],
+            "env": {"SECRET_TOKEN": "s3cr3t-value"},
+            "public": true,
+        }),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text);
+    let body = resp.json();
+    (body["runId"].as_str().unwrap().to_string(), body)
+}
+
+#[test]
+fn a_public_run_has_a_proof_page_and_a_body_for_anyone_and_a_private_one_is_404() {
+    let key = key();
+    let (id, body) = hostile_public_run(&key, "public");
+    assert_eq!(body["publicUrl"], format!("/runs/{id}"));
+    assert!(body["receipts"][1]["stdout"]
+        .as_str()
+        .unwrap()
+        .contains(HOSTILE));
+    // The runner's git reads no per-user file: nothing to complain of.
+    assert!(
+        !body["receipts"][0]["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("Permission denied"),
+        "{}",
+        body["receipts"][0]["stderr"]
+    );
+
+    // The JSON, without a key, and without the env's values.
+    let public = get(&format!("/api/runs/{id}/public"), None);
+    assert_eq!(public.status, 200, "{}", public.text);
+    assert_eq!(public.json()["receipts"], body["receipts"]);
+    assert!(!public.text.contains("s3cr3t-value"));
+
+    // The page: every receipt, the chain checked, hostile text escaped.
+    let page = get(&format!("/runs/{id}"), None);
+    assert_eq!(page.status, 200, "{}", page.text);
+    assert!(page
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    let html = &page.text;
+    for r in body["receipts"].as_array().unwrap() {
+        assert!(
+            html.contains(&format!("#{}</span>", r["seq"])),
+            "receipt {} missing",
+            r["seq"]
+        );
+    }
+    let verified = get(&format!("/api/runs/{id}/verify"), Some(&key)).json();
+    assert_eq!(verified["valid"], true);
+    assert!(html.contains("valid: every receipt"));
+    assert!(html.contains(verified["head"].as_str().unwrap()));
+    assert!(
+        !html.contains("<script") && !html.contains("<img"),
+        "unescaped output"
+    );
+    assert!(html.contains("&lt;script&gt;document.title=&quot;pwned&quot;&lt;/script&gt;"));
+    assert!(
+        html.contains("<span class=\"add\">+v2</span>"),
+        "the diff is not coloured"
+    );
+    assert!(!html.contains("s3cr3t-value"));
+
+    // A private run: 404 on both, with or without a key (its owner's too).
+    let private = post_json(
+        "/api/runs",
+        Some(&key),
+        &json!({"repo": demo_repo("private"), "commands": ["true"]}),
+    );
+    assert_eq!(private.status, 200, "{}", private.text);
+    let pid = private.json()["runId"].as_str().unwrap().to_string();
+    assert!(private.json().get("publicUrl").is_none());
+    for k in [None, Some(key.as_str())] {
+        assert_eq!(get(&format!("/api/runs/{pid}/public"), k).status, 404);
+        assert_eq!(get(&format!("/runs/{pid}"), k).status, 404);
+    }
+    // Made public later by its owner, private again: the page follows.
+    let toggle = |public: bool, k: &str| {
+        post_json(
+            &format!("/api/runs/{pid}/public"),
+            Some(k),
+            &json!({"public": public}),
+        )
+    };
+    let other = key_with(&["execute", "read", "write"]).0;
+    assert_eq!(
+        toggle(true, &other).status,
+        404,
+        "another account made it public"
+    );
+    let made = toggle(true, &key);
+    assert_eq!(made.status, 200, "{}", made.text);
+    assert_eq!(made.json()["publicUrl"], format!("/runs/{pid}"));
+    assert_eq!(get(&format!("/runs/{pid}"), None).status, 200);
+    let unmade = toggle(false, &key);
+    assert_eq!(unmade.status, 200, "{}", unmade.text);
+    assert!(unmade.json().get("publicUrl").is_none());
+    assert_eq!(get(&format!("/runs/{pid}"), None).status, 404);
+    assert_eq!(get(&format!("/api/runs/{pid}/public"), None).status, 404);
+    let bad = post_json(
+        &format!("/api/runs/{pid}/public"),
+        Some(&key),
+        &json!({"public": "yes"}),
+    );
+    assert_eq!(bad.status, 400, "{}", bad.text);
+    assert_eq!(get("/runs/run_000000000000000000000000", None).status, 404);
+    assert_eq!(get("/runs/not-a-run", None).status, 404);
+}
+
+/// Headless Chromium (Debian's; `scripts/browser.sh` finds or installs it).
+fn chromium() -> String {
+    if let Ok(path) = std::env::var("CLOUDBOX_CHROMIUM") {
+        if !path.is_empty() {
+            return path;
+        }
+    }
+    let out = std::process::Command::new("bash")
+        .arg(repo_root().join("scripts/browser.sh"))
+        .output()
+        .expect("scripts/browser.sh");
+    assert!(
+        out.status.success(),
+        "no Chromium: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Runs Chromium headless on `url` with `args`, killed after 90 s.
+fn browse(url: &str, args: &[String]) -> std::process::Output {
+    let profile = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(chromium())
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-extensions",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start chromium");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("chromium did not finish within 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn the_proof_page_in_a_real_browser_fetches_nothing_else_and_runs_no_script() {
+    let key = key();
+    let (id, body) = hostile_public_run(&key, "public-browser");
+    let url = format!("{}/runs/{id}", current().base);
+    let work = tempfile::tempdir().unwrap();
+    let netlog = work.path().join("netlog.json");
+    // The DOM after load, and every URL the browser asked for.
+    let out = browse(
+        &url,
+        &[
+            "--dump-dom".into(),
+            format!("--log-net-log={}", netlog.display()),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "chromium: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dom = String::from_utf8_lossy(&out.stdout);
+    // The script never ran: the title is the page's, no element came from
+    // the run's output, and its text is on the page as text.
+    assert!(
+        dom.contains(&format!("<title>Run {id} · Cloudbox</title>")),
+        "{dom}"
+    );
+    assert!(!dom.contains("pwned</title>"));
+    assert!(!dom.contains("<script") && !dom.contains("<img"), "{dom}");
+    assert!(
+        dom.contains("&lt;script&gt;document.title=\"pwned\"&lt;/script&gt;"),
+        "{dom}"
+    );
+    for r in body["receipts"].as_array().unwrap() {
+        assert!(dom.contains(&format!("#{}</span>", r["seq"])));
+    }
+    assert!(dom.contains("valid: every receipt"));
+    // Every request the page made: the net log's URL requests whose
+    // initiator is the page's origin (the browser's own background traffic
+    // has none), and every request to the stack at all.
+    let log: Value = serde_json::from_str(&std::fs::read_to_string(&netlog).expect("the net log"))
+        .expect("the net log is JSON");
+    let start_job = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"].clone();
+    assert!(
+        start_job.is_number(),
+        "no URL_REQUEST_START_JOB in the net log"
+    );
+    let origin = current().base.clone();
+    let requests: Vec<(String, String)> = log["events"]
+        .as_array()
+        .expect("net log events")
+        .iter()
+        .filter(|e| e["type"] == start_job)
+        .map(|e| {
+            let p = &e["params"];
+            (
+                p["url"].as_str().unwrap_or("").to_string(),
+                p["initiator"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        requests.iter().any(|(u, _)| *u == url),
+        "the page itself is not in the net log: {requests:?}"
+    );
+    let favicon = format!("{origin}/favicon.ico");
+    let outside: Vec<&(String, String)> = requests
+        .iter()
+        .filter(|(u, initiator)| initiator.starts_with(&origin) || u.starts_with(&origin))
+        .filter(|(u, _)| *u != url && *u != favicon)
+        .collect();
+    assert!(outside.is_empty(), "requests outside the page: {outside:?}");
+
+    // Screenshots at a phone's width and a desktop's, for a person to look at.
+    let shots = repo_root().join("target/proof-page");
+    std::fs::create_dir_all(&shots).unwrap();
+    for width in [390, 1280] {
+        let file = shots.join(format!("run-{width}.png"));
+        let _ = std::fs::remove_file(&file);
+        let out = browse(
+            &url,
+            &[
+                format!("--screenshot={}", file.display()),
+                format!("--window-size={width},2400"),
+                "--hide-scrollbars".into(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "chromium: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let png = std::fs::read(&file).expect("the screenshot");
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "{} bytes",
+            png.len()
+        );
+    }
+}

@@ -196,6 +196,11 @@ pub enum RunsCommand {
     Delete {
         id: String,
     },
+    /// Print the public proof page's URL (and open it, on a terminal); the
+    /// run must be public (`run --public`)
+    Open {
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

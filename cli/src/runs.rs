@@ -1,5 +1,6 @@
 //! `run` and `runs …`: repo runs.
 
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
@@ -333,6 +334,27 @@ pub fn runs(ctx: &Ctx, cmd: RunsCommand) -> Result<()> {
             ctx.out.result(&body, || {
                 format!("{} {}", id, body["status"].as_str().unwrap_or("cancelled"))
             });
+        }
+        RunsCommand::Open { id } => {
+            let body = api.get(&format!("/api/runs/{}", run_id(&id)?))?;
+            let Some(page) = body["publicUrl"].as_str() else {
+                return Err(Failure::new(
+                    Exit::NotFound,
+                    "run_not_public",
+                    format!("{id} is not public: its page does not exist"),
+                ));
+            };
+            let url = format!("{}{page}", api.base);
+            ctx.out
+                .result(&json!({ "runId": id, "url": url }), || url.clone());
+            if !ctx.out.json && std::io::stdout().is_terminal() {
+                // Best effort: a desktop may have no opener.
+                let _ = std::process::Command::new("xdg-open")
+                    .arg(&url)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn();
+            }
         }
         RunsCommand::Delete { id } => {
             let answer = api.json("DELETE", &format!("/api/runs/{}", run_id(&id)?), None, &[])?;

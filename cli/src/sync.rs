@@ -234,15 +234,7 @@ pub fn pull(
             deleted += 1;
         }
     }
-    let total: u64 = writes.iter().map(|f| f.size).sum();
-    let bar = progress.bar("downloading", total, true);
-    let written = parallel_map(&writes, PARALLEL, |f| {
-        let r = write_one(api, ws, dest, f).map_err(|e| e.context(&f.path));
-        bar.inc(f.size);
-        r
-    });
-    written.into_iter().collect::<Result<Vec<()>>>()?;
-    bar.finish();
+    let total = download(api, ws, dest, &writes, progress)?;
     Ok(PullReport {
         workspace_id: ws.to_string(),
         version: remote.version,
@@ -309,15 +301,7 @@ pub fn pull_changes(
             None => removals.push(path),
         }
     }
-    let total: u64 = writes.iter().map(|f| f.size).sum();
-    let bar = progress.bar("downloading", total, true);
-    let written = parallel_map(&writes, PARALLEL, |f| {
-        let r = write_one(api, ws, dest, f).map_err(|e| e.context(&f.path));
-        bar.inc(f.size);
-        r
-    });
-    written.into_iter().collect::<Result<Vec<()>>>()?;
-    bar.finish();
+    let total = download(api, ws, dest, &writes, progress)?;
     let mut deleted = 0;
     for path in removals {
         match fs::remove_file(dest.join(path)) {
@@ -333,6 +317,27 @@ pub fn pull_changes(
         deleted,
         bytes: total,
     })
+}
+
+/// Writes `files` into `dest` from the workspace's blobs, 8 at a time;
+/// returns the bytes written.
+fn download(
+    api: &Api,
+    ws: &str,
+    dest: &Path,
+    files: &[&FileEntry],
+    progress: &Progress,
+) -> Result<u64> {
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    let bar = progress.bar("downloading", total, true);
+    let written = parallel_map(files, PARALLEL, |f| {
+        let r = write_one(api, ws, dest, f).map_err(|e| e.context(&f.path));
+        bar.inc(f.size);
+        r
+    });
+    written.into_iter().collect::<Result<Vec<()>>>()?;
+    bar.finish();
+    Ok(total)
 }
 
 /// The hash of a regular file (not through a symlink), if there is one.

@@ -141,6 +141,18 @@ impl User {
         }
     }
 
+    /// `cloudbox login` with `input` on its stdin, as a pasted key.
+    fn login_with_stdin(&self, input: &[u8]) -> std::process::Output {
+        let mut login = self.command(&["login"]);
+        login
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = login.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
     fn ok(&self, args: &[&str]) -> Ran {
         let ran = self.run(args);
         assert_eq!(
@@ -700,6 +712,21 @@ fn run_exits_0_on_a_passing_verify_and_1_on_a_failing_one() {
     assert_eq!(verified["valid"], true);
     let listed = user.ok(&["--json", "runs", "list"]).json();
     assert_eq!(listed["runs"].as_array().unwrap().len(), 2);
+    // open: a private run has no page; a public one's URL answers without a key.
+    assert_eq!(user.run(&["runs", "open", id]).code, 4);
+    let public = user
+        .ok(&["--json", "run", &repo, "--verify", "true", "--public"])
+        .json();
+    let public_id = public["runId"].as_str().unwrap();
+    let url = user
+        .ok(&["runs", "open", public_id])
+        .stdout
+        .trim()
+        .to_string();
+    assert_eq!(url, format!("{}/runs/{public_id}", current().base));
+    let page = get(&format!("/runs/{public_id}"), None);
+    assert_eq!(page.status, 200);
+    assert!(page.text.contains(public_id));
 }
 
 #[test]
@@ -892,34 +919,11 @@ fn login_keeps_the_key_in_a_private_file_and_never_prints_it() {
     let key = funded_key(1.0);
     let mut user = User::new(None);
     // A bad key is refused and nothing is saved.
-    let mut login = user.command(&["login"]);
-    login
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = login.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"cbx_nope\n")
-        .unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(3));
+    let out = user.login_with_stdin(b"cbx_nope\n");
+    assert_eq!(out.status.code(), Some(3));
     assert!(!user.config().exists());
     // The real key, from stdin.
-    let mut login = user.command(&["login"]);
-    login
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = login.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{}\n", key.key).as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = user.login_with_stdin(format!("{}\n", key.key).as_bytes());
     assert_eq!(
         out.status.code(),
         Some(0),

@@ -17,6 +17,9 @@ pub fn git_env(cfg: &RunnerConfig) -> Vec<(String, String)> {
     env.push(("GIT_TERMINAL_PROMPT".into(), "0".into()));
     env.push(("GIT_CONFIG_NOSYSTEM".into(), "1".into()));
     env.push(("GIT_CONFIG_GLOBAL".into(), "/dev/null".into()));
+    // Nor the runner's per-user files (`$HOME/.config/git/…`, which the
+    // step user may not read: git would warn on every clone and diff).
+    env.push(("XDG_CONFIG_HOME".into(), "/dev/null".into()));
     let mut config: Vec<(String, String)> = vec![
         ("core.hooksPath".into(), "/dev/null".into()),
         ("advice.detachedHead".into(), "false".into()),

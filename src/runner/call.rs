@@ -37,6 +37,11 @@ pub enum RunnerCall {
     DeleteRun {
         run_id: String,
     },
+    /// Makes the run public (`publicUrl` in its body) or private again.
+    SetRunPublic {
+        run_id: String,
+        public: bool,
+    },
     StartExecute {
         start: ExecStart,
         respond: Respond,
@@ -77,6 +82,9 @@ pub struct StartRun {
     /// The claimed `Idempotency-Key` and its claim time: the DO records
     /// the run's answer for it when the run ends.
     pub idempotency: Option<(String, i64)>,
+    /// `public: true`: the run's body names its page (`publicUrl`).
+    #[serde(default)]
+    pub public: bool,
 }
 
 #[cfg(test)]

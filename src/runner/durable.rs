@@ -122,7 +122,8 @@ impl CloudboxRunner {
             | RunnerCall::RunEvents { .. }
             | RunnerCall::VerifyRun { .. }
             | RunnerCall::CancelRun { .. }
-            | RunnerCall::DeleteRun { .. } => {
+            | RunnerCall::DeleteRun { .. }
+            | RunnerCall::SetRunPublic { .. } => {
                 runs::handle(self.run_ctx()?, &self.state, &account, call).await
             }
             RunnerCall::StartExecute { .. }

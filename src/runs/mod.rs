@@ -3,6 +3,8 @@
 
 pub mod billing;
 pub mod life;
+/// The public proof page of a run (server-rendered HTML).
+pub mod proof_page;
 pub mod rows;
 pub mod spec;
 

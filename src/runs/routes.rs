@@ -1,6 +1,7 @@
 //! Repo runs: `POST /api/runs`, `GET /api/runs`, `GET /api/runs/:id`,
 //! `GET /api/runs/:id/events`, `GET /api/runs/:id/verify`,
-//! `POST /api/runs/:id/cancel`, `DELETE /api/runs/:id`.
+//! `POST /api/runs/:id/cancel`, `DELETE /api/runs/:id`; without a key,
+//! `GET /api/runs/:id/public` and the proof page `GET /runs/:id`.
 //!
 //! The Worker authenticates and validates; each run is one CloudboxRunner
 //! DO (named by the run id) that owns its state and checks the account.
@@ -123,6 +124,7 @@ async fn start_run(
         ctx.now_ms,
     )
     .await?;
+    let public = spec.public;
     let start = RunStart {
         run_id: run_id.clone(),
         repo: spec.repo,
@@ -141,6 +143,7 @@ async fn start_run(
             deadline_ms: deadline_ms.max(0) as u64,
             billing: Some(billing.clone()),
             idempotency: claim.as_ref().map(idempotency_d1::Claim::key_and_time),
+            public,
         },
         respond: if sse {
             Respond::Events
@@ -324,4 +327,106 @@ pub async fn list(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
         200,
         &json!({"runs": runs, "nextCursor": next, "limit": limit}),
     )
+}
+
+// ---------------------------------------------------------------------------
+// Public runs: `GET /api/runs/:id/public` and the proof page `GET /runs/:id`,
+// without a key.
+
+/// The account of a run that is public; none for a private or unknown run.
+const PUBLIC_RUN: &str = "SELECT account_id FROM runs WHERE id = ?1 AND public = 1";
+
+#[derive(Deserialize)]
+struct PublicRow {
+    account_id: String,
+}
+
+/// The body of a public run, for anyone. The D1 index says whether the run
+/// is public and whose it is; the run's DO answers for that account as for
+/// its owner. A private or unknown run is 404, as if it did not exist.
+async fn public_body(ctx: &Ctx<'_>) -> Result<Value, ApiError> {
+    let id = run_id(ctx)?;
+    let db = bindings::db(ctx.env)?;
+    let query = crate::common::sql::stmt(PUBLIC_RUN, vec![id.into()]);
+    let Some(row) = crate::billing::ledger_d1::first::<PublicRow>(&db, &query).await? else {
+        return Err(ApiError::RunNotFound);
+    };
+    let call = RunnerCall::GetRun {
+        run_id: id.to_string(),
+    };
+    let name = format!("run:{id}");
+    let mut resp =
+        crate::runner::durable::call(ctx.env, &name, &row.account_id, ctx.request_id, &call)
+            .await?;
+    if resp.status_code() != 200 {
+        return Err(ApiError::RunNotFound);
+    }
+    Ok(resp.json().await?)
+}
+
+pub async fn public(_req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    http::json(200, &public_body(ctx).await?)
+}
+
+/// The proof page: HTML rendered here, with a policy that lets nothing but
+/// its own inline styles load or run.
+pub async fn page(_req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    let body = public_body(ctx).await?;
+    let mut resp = Response::from_html(crate::runs::proof_page::render(&body))?;
+    let headers = resp.headers_mut();
+    headers.set(
+        "content-security-policy",
+        crate::runs::proof_page::CONTENT_SECURITY_POLICY,
+    )?;
+    headers.set("x-content-type-options", "nosniff")?;
+    headers.set("referrer-policy", "no-referrer")?;
+    headers.set("cache-control", "no-store")?;
+    Ok(resp)
+}
+
+/// Turns a run public or private again (D1 first: with the account in its
+/// condition it is the ownership check, and the page follows it at once).
+const SET_PUBLIC: &str =
+    "UPDATE runs SET public = ?3 WHERE id = ?1 AND account_id = ?2 RETURNING id";
+
+#[derive(Deserialize)]
+struct Updated {
+    #[allow(dead_code)] // only its presence matters
+    id: String,
+}
+
+/// `POST /api/runs/:id/public {public}` → the run's body.
+pub async fn set_public(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    let caller = caller(&req, ctx, Permission::Execute).await?;
+    let id = run_id(ctx)?;
+    let body = http::parse_json_value(&http::read_body(&mut req, http::MAX_JSON_BYTES).await?)?;
+    let public = match body.as_object() {
+        Some(obj) if obj.keys().all(|k| k == "public") => {
+            obj.get("public").and_then(Value::as_bool)
+        }
+        _ => None,
+    };
+    let Some(public) = public else {
+        return Err(ApiError::ValidationFailed(vec![FieldError::new(
+            "public",
+            "the body is {\"public\": true|false}",
+        )]));
+    };
+    let db = bindings::db(ctx.env)?;
+    let flag: i64 = if public { 1 } else { 0 };
+    let update = crate::common::sql::stmt(
+        SET_PUBLIC,
+        vec![id.into(), caller.account_id.as_str().into(), flag.into()],
+    );
+    if crate::billing::ledger_d1::first::<Updated>(&db, &update)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::RunNotFound);
+    }
+    let call = RunnerCall::SetRunPublic {
+        run_id: id.to_string(),
+        public,
+    };
+    to_run_do(ctx, &caller, id, &call).await
 }

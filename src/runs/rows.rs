@@ -38,6 +38,11 @@ pub const SCHEMA: &[&str] = &[
         key_id TEXT NOT NULL,
         billing TEXT NOT NULL
     )",
+    // A row when the run is public (a table of its own: older runs' DOs
+    // gain it without a migration).
+    "CREATE TABLE IF NOT EXISTS run_public (
+        since_ms INTEGER NOT NULL
+    )",
 ];
 
 pub const LOAD: &str = "SELECT * FROM run LIMIT 1";
@@ -52,6 +57,10 @@ pub const CLAIM_OF: &str = "SELECT key, claimed_at FROM run_idempotency LIMIT 1"
 pub const BILLING: &str = "INSERT INTO run_billing (key_id, billing) VALUES (?, ?)";
 
 pub const BILLING_OF: &str = "SELECT key_id, billing FROM run_billing LIMIT 1";
+
+pub const PUBLIC: &str = "INSERT INTO run_public (since_ms) VALUES (?)";
+
+pub const IS_PUBLIC: &str = "SELECT since_ms FROM run_public LIMIT 1";
 
 /// The run is sent to the runner (once: a pump after an eviction follows it).
 pub const DISPATCHED: &str = "UPDATE run SET dispatched = 1, status = 'running' \
@@ -84,6 +93,7 @@ pub struct NewRun<'a> {
     pub claim: Option<(&'a str, i64)>,
     /// The key and its `RunBilling` JSON.
     pub billing: Option<(&'a str, &'a str)>,
+    pub public: bool,
 }
 
 /// The run with its claim and billing, in one plan.
@@ -103,6 +113,24 @@ pub fn create(run: &NewRun) -> Vec<Stmt> {
     }
     if let Some((key_id, billing_json)) = run.billing {
         plan.push(stmt(BILLING, vec![key_id.into(), billing_json.into()]));
+    }
+    if run.public {
+        plan.push(stmt(PUBLIC, vec![Arg::Int(run.now_ms)]));
+    }
+    plan
+}
+
+pub fn is_public() -> Stmt {
+    stmt(IS_PUBLIC, Vec::new())
+}
+
+pub const NOT_PUBLIC: &str = "DELETE FROM run_public";
+
+/// Makes the run public (once) or private.
+pub fn set_public(public: bool, now_ms: i64) -> Vec<Stmt> {
+    let mut plan = vec![stmt(NOT_PUBLIC, Vec::new())];
+    if public {
+        plan.push(stmt(PUBLIC, vec![Arg::Int(now_ms)]));
     }
     plan
 }
@@ -193,12 +221,14 @@ mod tests {
             deadline_ms: 2,
             claim: Some(("key", 1)),
             billing: Some(("key_1", "{}")),
+            public: true,
         };
         let mut plans = create(&run);
         plans.extend([
             load(),
             claim_of(),
             billing_of(),
+            is_public(),
             dispatched(),
             runner_seq(3),
             cancel_requested(),
@@ -214,7 +244,8 @@ mod tests {
             }),
         ]);
         plans.extend(delete("run_1"));
-        assert_eq!(create(&run).len(), 3);
+        plans.extend(set_public(true, 9));
+        assert_eq!(create(&run).len(), 4);
         for s in plans {
             assert_eq!(s.sql.matches('?').count(), s.args.len(), "{}", s.sql);
         }

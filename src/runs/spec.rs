@@ -33,6 +33,8 @@ pub struct RunSpec {
     pub artifact: Option<String>,
     pub timeout_ms: u64,
     pub env: BTreeMap<String, String>,
+    /// Anyone may read the run (`/api/runs/:id/public`, the page `/runs/:id`).
+    pub public: bool,
 }
 
 impl RunSpec {
@@ -69,15 +71,16 @@ pub fn validate(body: &Value) -> Result<RunSpec, ApiError> {
     if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(bad(format!("unknown field {unknown:?}")));
     }
-    for flag in ["live", "public"] {
-        match obj.get(flag) {
-            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
-            Some(Value::Bool(true)) => {
-                return Err(bad(format!("{flag}: {flag} runs are not available yet")))
-            }
-            Some(_) => return Err(bad(format!("{flag} must be a boolean"))),
-        }
+    match obj.get("live") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+        Some(Value::Bool(true)) => return Err(bad("live: live runs are not available yet")),
+        Some(_) => return Err(bad("live must be a boolean")),
     }
+    let public = match obj.get("public") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(bad("public must be a boolean")),
+    };
     let repo = match obj.get("repo") {
         Some(Value::String(s)) => normalize_repo(s).map_err(|why| bad(format!("repo: {why}")))?,
         Some(_) => return Err(bad("repo must be a string")),
@@ -121,6 +124,7 @@ pub fn validate(body: &Value) -> Result<RunSpec, ApiError> {
         artifact,
         timeout_ms,
         env,
+        public,
     })
 }
 
@@ -428,6 +432,12 @@ mod tests {
             "bad_run"
         );
         assert!(validate(&json!({"repo": repo, "commands": ["x"], "live": false})).is_ok());
+        let public = validate(&json!({"repo": repo, "commands": ["x"], "public": true}));
+        assert!(public.is_ok_and(|s| s.public));
+        assert_eq!(
+            code(json!({"repo": repo, "commands": ["x"], "public": "yes"})),
+            "bad_run"
+        );
         assert_eq!(code(json!(["not an object"])), "bad_run");
     }
 }

@@ -81,6 +81,13 @@ pub async fn handle(
             let row = ctx.owned(&run_id, account)?;
             http::json(200, &ctx.body(&row)?)
         }
+        RunnerCall::SetRunPublic { run_id, public } => {
+            let row = ctx.owned(&run_id, account)?;
+            for s in rows::set_public(public, time::now_ms()) {
+                storage::exec(&ctx.sql, &s)?;
+            }
+            http::json(200, &ctx.body(&row)?)
+        }
         RunnerCall::RunEvents { run_id, after } => {
             ctx.owned(&run_id, account)?;
             sse_response(ctx, &run_id, after)
@@ -140,8 +147,8 @@ async fn start(
     let indexed = async {
         bindings::db(&ctx.env)?
             .prepare(
-                "INSERT INTO runs (id, account_id, key_id, repo, git_ref, status, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?6)",
+                "INSERT INTO runs (id, account_id, key_id, repo, git_ref, status, created_at, updated_at, public) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?6, ?7)",
             )
             .bind(&[
                 spec.run_id.as_str().into(),
@@ -150,6 +157,7 @@ async fn start(
                 spec.repo.as_str().into(),
                 spec.git_ref.as_deref().map(Into::into).unwrap_or(worker::wasm_bindgen::JsValue::NULL),
                 (now as f64).into(),
+                (if body.public { 1.0 } else { 0.0 }).into(),
             ])?
             .run()
             .await?;
@@ -173,6 +181,7 @@ async fn start(
         deadline_ms: body.deadline_ms as i64,
         claim: body.idempotency.as_ref().map(|(k, at)| (k.as_str(), *at)),
         billing: billing_json.as_deref().map(|b| (body.key_id.as_str(), b)),
+        public: body.public,
     });
     storage::exec_plan(&ctx.sql, &created)?;
     for receipt in &ready {

@@ -104,7 +104,8 @@ impl RunCtx {
             None => Value::Null,
         };
         let status = row.status();
-        Ok(json!({
+        let public: Option<Value> = storage::first(&self.sql, &rows::is_public())?;
+        let mut body = json!({
             "runId": row.id,
             "ok": if status.is_terminal() { json!(row.ok.unwrap_or(0.0) != 0.0) } else { Value::Null },
             "status": status,
@@ -117,7 +118,11 @@ impl RunCtx {
             "runnerReceipts": self.runner_receipts(&row.id)?,
             "artifact": artifact,
             "diff": row.diff,
-        }))
+        });
+        if public.is_some() {
+            body["publicUrl"] = json!(format!("/runs/{}", row.id));
+        }
+        Ok(body)
     }
 
     pub(super) async fn wait_terminal(&self, limit_ms: Option<i64>) -> Result<RunRow, ApiError> {
