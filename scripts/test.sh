@@ -38,7 +38,8 @@ export CLOUDBOX_IMAGES_READY=1
 bash scripts/image-size.sh "$CLOUDBOX_RUNNER_IMAGE"
 
 step "a headless browser (the proof page tests)"
-export CLOUDBOX_CHROMIUM=$(bash scripts/browser.sh)
+CLOUDBOX_CHROMIUM=$(bash scripts/browser.sh)
+export CLOUDBOX_CHROMIUM
 echo "$CLOUDBOX_CHROMIUM"
 
 step "tests: unit, runner, integration (wrangler dev)"
