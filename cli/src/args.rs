@@ -87,28 +87,12 @@ broken symlinks are skipped with a note; a symlink out of DIR is refused (exit 2
     #[command(
         after_help = "The workspace id: --workspace, else the one remembered in DIR/.cloudbox/workspace, \
 else DIR's name, '-' and 8 hex characters of a hash of its absolute path (then remembered). \
-After an ok execute the new version is pulled into DIR: files the agent changed are written, files it deleted are removed \
+After an ok execute the new version is pulled into DIR: files the agent changed are written, files it deleted are removed, a file you changed meanwhile is kept \
 (ignored files, .git/ and .cloudbox/ are never touched). Nothing is pulled when the execute is not ok (exit 1). \
 A dropped connection is resumed (the same Idempotency-Key, then Last-Event-ID): the task never runs twice. \
 Ctrl-C cancels the execute and says what was charged (exit 130)."
     )]
-    Exec {
-        task: String,
-        #[arg(long)]
-        workspace: Option<String>,
-        #[arg(long, default_value = ".")]
-        dir: PathBuf,
-        #[arg(long, value_name = "USD")]
-        max_cost: Option<f64>,
-        #[arg(long, conflicts_with = "new_session")]
-        session: Option<String>,
-        /// Forget the workspace's agent session first
-        #[arg(long)]
-        new_session: bool,
-        /// The client's deadline in seconds (exit 124; the execute is cancelled)
-        #[arg(long, value_name = "S")]
-        timeout: Option<u64>,
-    },
+    Exec(ExecArgs),
     /// A repo run, streamed: one line per receipt, live output, the verdict
     #[command(
         after_help = "Exit 0 when every verify step passed, else 1. --json prints the run's body once it ends. \
@@ -126,6 +110,25 @@ Ctrl-C cancels the execute and says what was charged (exit 130)."
     Admin(AdminCommand),
     /// Print a shell completion script
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ExecArgs {
+    pub task: String,
+    #[arg(long)]
+    pub workspace: Option<String>,
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    #[arg(long, value_name = "USD")]
+    pub max_cost: Option<f64>,
+    #[arg(long, conflicts_with = "new_session")]
+    pub session: Option<String>,
+    /// Forget the workspace's agent session first
+    #[arg(long)]
+    pub new_session: bool,
+    /// The client's deadline in seconds (exit 124; the execute is cancelled)
+    #[arg(long, value_name = "S")]
+    pub timeout: Option<u64>,
 }
 
 #[derive(Args, Debug, Clone)]

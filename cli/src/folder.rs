@@ -1,12 +1,13 @@
 //! `push`, `pull` and `exec`: a local folder and its workspace.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::args::ExecArgs;
 use crate::exit::{Exit, Failure, Result};
 use crate::output::usd;
 use crate::stream::{self, Ending, Work};
@@ -114,16 +115,6 @@ fn workspace_for(dir: &Path, flag: Option<&str>) -> Result<String> {
         .and_then(|_| fs::write(&file, format!("{ws}\n")))
         .map_err(|e| Failure::usage(format!("{}: {e}", file.display())))?;
     Ok(ws)
-}
-
-pub struct ExecArgs {
-    pub task: String,
-    pub workspace: Option<String>,
-    pub dir: PathBuf,
-    pub max_cost: Option<f64>,
-    pub session: Option<String>,
-    pub new_session: bool,
-    pub timeout: Option<u64>,
 }
 
 /// Push, execute with live progress, pull: the whole agent loop.
