@@ -143,7 +143,11 @@ fn a_step_cannot_drive_the_runner_read_its_environment_or_write_its_cache() {
     );
     let receipts = body["receipts"].as_array().unwrap();
     let step = |i: usize| &receipts[i + 1]; // after the clone
-    assert_eq!(step(0)["stdout"], "1000\n", "steps run as the agent user");
+    assert_eq!(
+        step(0)["stdout"],
+        "1000\n",
+        "steps run as the agent user: {body}"
+    );
     // The runner's port answers, but not without its secret.
     assert_eq!(step(1)["stdout"], "401", "{}", step(1));
     assert_eq!(step(2)["stdout"], "401", "{}", step(2));

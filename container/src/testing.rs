@@ -86,6 +86,7 @@ pub fn spec(id: &str, commands: &[&str], verify: &[&str]) -> RunStart {
         artifact: None,
         timeout_ms: 20_000,
         env: Default::default(),
+        live: false,
     }
 }
 

@@ -134,6 +134,7 @@ async fn start_run(
         artifact: spec.artifact,
         timeout_ms: spec.timeout_ms,
         env: spec.env,
+        live: false,
     };
     let call = RunnerCall::StartRun {
         start: StartRun {

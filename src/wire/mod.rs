@@ -70,6 +70,9 @@ pub struct RunStart {
     pub timeout_ms: u64,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Keep the checkout after the result (a live run).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub live: bool,
 }
 
 /// One NDJSON line. `seq` counts from 1 per run; heartbeats carry 0 and are
@@ -119,12 +122,22 @@ named_enum! {
         Cancelled = "cancelled",
         TimedOut = "timed_out",
         ContainerLost = "container_lost",
+        Live = "live",
+        Stopped = "stopped",
+        Expired = "expired",
     }
 }
 
 impl RunStatus {
+    /// The steps are over (a live run's later states included).
     pub fn is_terminal(self) -> bool {
         !matches!(self, RunStatus::Queued | RunStatus::Running)
+    }
+
+    /// The run's container is kept for it (a live run between its steps
+    /// and its stop or expiry).
+    pub fn holds_container(self) -> bool {
+        self == RunStatus::Live
     }
 }
 
@@ -183,6 +196,64 @@ pub struct RunResult {
 }
 
 /// Why the runner refused a call: the `error` of every error it answers.
+// ---------------------------------------------------------------------------
+// Live runs: a run started with `live: true` keeps its checkout
+// (`<work_dir>/<run_id>/repo`) after its result, and then:
+// `POST /runs/{id}/exec` (an `LiveExec`) → NDJSON of `WireEvent`s for the
+// job `exec_id` (output chunks, one `exec` receipt, a `result`), resumable at
+// `GET /runs/{exec_id}/events?after=N`, cancelled at
+// `POST /runs/{exec_id}/cancel`;
+// `GET /runs/{id}/file?path=P` → the file's bytes (`FILE_MODE_HEADER`:
+// its mode in octal); `PUT /runs/{id}/file?path=P&mode=644` (the bytes) →
+// a `FileWritten`; `POST /runs/{id}/snapshot` → a `Snapshot` of the checkout
+// (its files added to the blob cache); `POST /runs/{id}/restore` (a
+// `Restore`, its blobs pushed first) → a `Restored` checkout.
+
+/// Largest file `GET /runs/{id}/file` returns (and `PUT` accepts).
+pub const MAX_LIVE_FILE_BYTES: u64 = 8 * 1024 * 1024;
+/// The mode of a file read from a live checkout, in octal (e.g. `644`).
+pub const FILE_MODE_HEADER: &str = "x-cloudbox-mode";
+
+/// One command in a live run's checkout, as its own job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LiveExec {
+    /// The job's id in the runner's registry (runs, tasks and execs share it).
+    pub exec_id: String,
+    pub command: String,
+    pub timeout_ms: u64,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileWritten {
+    pub path: String,
+    pub written: u64,
+}
+
+/// The checkout of a live run, entry by entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    pub entries: Vec<crate::runs::tree::TreeEntry>,
+}
+
+/// A checkout to write for `run_id` (the run becomes live on this runner).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Restore {
+    pub entries: Vec<crate::runs::tree::TreeEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Restored {
+    pub files: u64,
+    pub bytes: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunnerErrorCode {
@@ -201,6 +272,14 @@ pub enum RunnerErrorCode {
     RunExists,
     /// The runner has no such run or task: it restarted since.
     RunNotFound,
+    /// No live checkout of that run on this runner.
+    NotLive,
+    FileNotFound,
+    FileTooLarge,
+    BadPath,
+    BadMode,
+    /// A `Restore` whose entries fail `runs::tree::validate`.
+    BadTree,
     Internal,
 }
 
@@ -228,8 +307,9 @@ impl RunnerError {
         use RunnerErrorCode::*;
         match self.error {
             RunnerSecret => 401,
-            BadBlob | HashMismatch | BadTask | BadRun => 400,
-            BlobNotFound | RunNotFound => 404,
+            BadBlob | HashMismatch | BadTask | BadRun | BadPath | BadMode | BadTree => 400,
+            BlobNotFound | RunNotFound | NotLive | FileNotFound => 404,
+            FileTooLarge => 413,
             MissingBlobs | TaskExists | RunExists => 409,
             Internal => 500,
         }
@@ -316,6 +396,9 @@ mod tests {
             "cancelled",
             "timed_out",
             "container_lost",
+            "live",
+            "stopped",
+            "expired",
         ] {
             let st = RunStatus::parse(s).unwrap();
             assert_eq!(st.as_str(), s);

@@ -27,6 +27,12 @@ pub enum ReceiptKind {
     Diff,
     Exec,
     Cancel,
+    /// A live run's checkout saved (`stop`, expiry, a fork of a live run).
+    Snapshot,
+    /// A snapshot written into a fresh container (`resume`, a live fork).
+    Restore,
+    /// The first receipt of a forked run: its parent and snapshot.
+    Fork,
 }
 
 impl ReceiptKind {
@@ -39,6 +45,9 @@ impl ReceiptKind {
             ReceiptKind::Diff => "diff",
             ReceiptKind::Exec => "exec",
             ReceiptKind::Cancel => "cancel",
+            ReceiptKind::Snapshot => "snapshot",
+            ReceiptKind::Restore => "restore",
+            ReceiptKind::Fork => "fork",
         }
     }
 }
