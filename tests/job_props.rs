@@ -781,7 +781,7 @@ fn a_settle_repeated_after_an_eviction_records_the_usage_once() {
 
 mod runs {
     use super::*;
-    use cloudbox::runs::billing::{record_run_plan, settle_run_plan, EntryIds};
+    use cloudbox::runs::billing::{period_event_id, record_run_plan, settle_run_plan, EntryIds};
     use cloudbox::runs::{life, rows};
     use cloudbox::wire::RunStatus;
 
@@ -903,6 +903,7 @@ mod runs {
                 claim: None,
                 billing: Some((KEY, &billing)),
                 public: false,
+                live_terms: None,
             });
             run(&db, &created);
             self.runs.push(Run {
@@ -1008,9 +1009,11 @@ mod runs {
                 usage_entry_id: &usage_entry,
                 release_entry_id: &release_entry,
             };
-            let plan = settle_run_plan(&r.hold_id, &r.id, &ids, container_ms, cost, self.now);
+            let event_id = period_event_id(&r.id, 1);
+            let plan = settle_run_plan(&r.hold_id, &event_id, &ids, container_ms, cost, self.now);
             if int(run(&self.d1, &plan)) != 1 {
-                let record = record_run_plan(ACCOUNT, KEY, &r.id, container_ms, cost, self.now);
+                let record =
+                    record_run_plan(ACCOUNT, KEY, &r.id, &event_id, container_ms, cost, self.now);
                 run(&self.d1, &record);
             }
         }

@@ -5,6 +5,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -94,16 +95,51 @@ impl BlobCache {
     /// Adds a file's bytes to the cache (used when scanning a tree the agent
     /// changed); returns its hash.
     pub fn insert_file(&self, src: &Path) -> io::Result<(String, u64)> {
-        let bytes = std::fs::read(src)?;
-        let sha = hex::encode(Sha256::digest(&bytes));
+        self.insert_reader(std::fs::File::open(src)?)
+    }
+
+    /// Adds the bytes of `reader` to the cache, hashing them while they are
+    /// copied (a large file is never held in memory); returns their hash and
+    /// size. The hash is of the bytes copied, so a file that changes while it
+    /// is read still gives a blob that matches its name.
+    pub fn insert_reader(&self, mut reader: impl io::Read) -> io::Result<(String, u64)> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .dir
+            .join("tmp")
+            .join(format!("scan.{}.{n}", std::process::id()));
+        let copied = (|| {
+            let mut out = std::fs::File::create(&tmp)?;
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut size = 0u64;
+            loop {
+                let read = reader.read(&mut buf)?;
+                if read == 0 {
+                    break;
+                }
+                hasher.update(&buf[..read]);
+                io::Write::write_all(&mut out, &buf[..read])?;
+                size += read as u64;
+            }
+            Ok::<_, io::Error>((hex::encode(hasher.finalize()), size))
+        })();
+        let (sha, size) = match copied {
+            Ok(done) => done,
+            Err(err) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(err);
+            }
+        };
         let dest = self.dir.join(&sha[..2]).join(&sha);
-        if !dest.is_file() {
+        if dest.is_file() {
+            std::fs::remove_file(&tmp)?;
+        } else {
             std::fs::create_dir_all(self.dir.join(&sha[..2]))?;
-            let tmp = self.dir.join("tmp").join(format!("{sha}.scan"));
-            std::fs::write(&tmp, &bytes)?;
             std::fs::rename(&tmp, &dest)?;
         }
-        Ok((sha, bytes.len() as u64))
+        Ok((sha, size))
     }
 }
 

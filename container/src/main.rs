@@ -14,6 +14,7 @@ mod blob_cache;
 mod capture;
 mod config;
 mod git;
+mod live;
 mod model_proxy;
 mod process;
 mod run;

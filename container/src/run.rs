@@ -67,6 +67,11 @@ impl RunHandle {
         self.latest.send_modify(|_| {});
     }
 
+    /// The job has emitted its last event.
+    pub fn is_done(&self) -> bool {
+        self.done.load(Ordering::SeqCst)
+    }
+
     fn lines_after(&self, after: u64) -> Vec<Arc<str>> {
         match self.lines.lock() {
             Ok(lines) => lines.iter().skip(after as usize).cloned().collect(),
@@ -152,6 +157,10 @@ impl Registry {
         })
     }
 
+    pub fn config(&self) -> Arc<RunnerConfig> {
+        self.cfg.clone()
+    }
+
     pub fn get(&self, id: &str) -> Option<Arc<RunHandle>> {
         self.runs.lock().ok()?.get(id).cloned()
     }
@@ -206,14 +215,25 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// The state of one executing run.
-struct Exec<'a> {
+/// The state of one executing run (or live exec).
+pub(crate) struct Exec<'a> {
     handle: &'a RunHandle,
     chain: Chain,
     cancel: watch::Receiver<bool>,
+    /// The step number output chunks carry; `None`: the receipt's own.
+    output_step: Option<u64>,
 }
 
-impl Exec<'_> {
+impl<'a> Exec<'a> {
+    pub(crate) fn new(handle: &'a RunHandle, chain: Chain, output_step: Option<u64>) -> Self {
+        Self {
+            handle,
+            chain,
+            cancel: handle.cancel.subscribe(),
+            output_step,
+        }
+    }
+
     fn cancelled(&self) -> bool {
         *self.cancel.borrow()
     }
@@ -224,10 +244,15 @@ impl Exec<'_> {
     }
 
     /// Runs one process as a step and emits its receipt.
-    async fn step(&mut self, kind: ReceiptKind, cmd: String, spec: process::Spec<'_>) -> Finished {
+    pub(crate) async fn step(
+        &mut self,
+        kind: ReceiptKind,
+        cmd: String,
+        spec: process::Spec<'_>,
+    ) -> Finished {
         let started_ms = now_ms();
         let started = Instant::now();
-        let step_no = self.chain.next_seq;
+        let step_no = self.output_step.unwrap_or(self.chain.next_seq);
         let handle = self.handle;
         let finished = process::run(spec, &mut self.cancel, |stream, text| {
             handle.emit(RunEvent::Output(OutputChunk {
@@ -268,20 +293,37 @@ impl Exec<'_> {
     }
 }
 
-/// Executes a run to its end, emitting every event, and removes its directory.
+/// Executes a run to its end, emitting every event, and removes its
+/// directory — unless the run is live: then its checkout and home stay for
+/// the execs, file calls and snapshot that follow (`crate::live`).
 pub async fn execute(cfg: &RunnerConfig, spec: RunStart, handle: &RunHandle) {
     let started = Instant::now();
     let run_dir = cfg.work_dir.join(&spec.run_id);
     let result = execute_in(cfg, &spec, handle, &run_dir, started).await;
-    if let Err(err) = tokio::fs::remove_dir_all(&run_dir).await {
-        if err.kind() != std::io::ErrorKind::NotFound {
-            eprintln!(
-                "cloudbox-runner: cannot remove {}: {err}",
-                run_dir.display()
-            );
+    if !spec.live {
+        if let Err(err) = tokio::fs::remove_dir_all(&run_dir).await {
+            if err.kind() != std::io::ErrorKind::NotFound {
+                eprintln!(
+                    "cloudbox-runner: cannot remove {}: {err}",
+                    run_dir.display()
+                );
+            }
         }
     }
     handle.emit(RunEvent::Result(result));
+}
+
+/// The environment of a run's steps (and of a live run's execs): the clean
+/// base with the run's own HOME, `extra` laid over it.
+pub(crate) fn step_env(
+    cfg: &RunnerConfig,
+    home: &Path,
+    extra: &std::collections::BTreeMap<String, String>,
+) -> Vec<(String, String)> {
+    let mut env = cfg.base_env_with_home(home);
+    env.retain(|(k, _)| !extra.contains_key(k));
+    env.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env
 }
 
 async fn execute_in(
@@ -291,11 +333,7 @@ async fn execute_in(
     run_dir: &Path,
     started: Instant,
 ) -> RunResult {
-    let mut exec = Exec {
-        handle,
-        chain: Chain::default(),
-        cancel: handle.cancel.subscribe(),
-    };
+    let mut exec = Exec::new(handle, Chain::default(), None);
     let timeout = Duration::from_millis(spec.timeout_ms);
     let checkout = run_dir.join("repo");
     let container_ms = |started: Instant| started.elapsed().as_millis() as u64;
@@ -367,9 +405,7 @@ async fn execute_in(
     if let Err(err) = made {
         eprintln!("cloudbox-runner: cannot create {}: {err}", home.display());
     }
-    let mut env = cfg.base_env_with_home(&home);
-    env.retain(|(k, _)| !spec.env.contains_key(k));
-    env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let env = step_env(cfg, &home, &spec.env);
     let mut verify_ok = true;
     let steps = spec
         .commands

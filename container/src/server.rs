@@ -2,8 +2,16 @@
 //! `GET /health`; `POST /runs` (a `RunStart`) → NDJSON events;
 //! `GET /runs/{id}/events?after=N` → the rest of them; `POST /runs/{id}/cancel`.
 //! Workspace tasks: `POST /blobs/missing`, `PUT|GET /blobs/{sha}`,
+//! `POST /blobs/pack` and `POST /blobs/unpack` (many blobs at once, `wire::pack`),
 //! `POST /tasks` (a `TaskStart`) → NDJSON, `GET /tasks/{id}/events?after=N`,
-//! `POST /tasks/{id}/cancel`. Runs and tasks share one registry of ids.
+//! `POST /tasks/{id}/cancel`.
+//! Live runs (`crate::live`; 404 `not_live` without a kept checkout):
+//! `POST /runs/{id}/exec` (a `LiveExec`) → NDJSON of the job `execId`,
+//! resumed and cancelled as a run; `GET /runs/{id}/file?path=P` → the bytes
+//! (`FILE_MODE_HEADER`: their mode); `PUT /runs/{id}/file?path=P&mode=644`
+//! (the bytes) → a `FileWritten`; `POST /runs/{id}/snapshot` → a `Snapshot`
+//! (its blobs in the cache); `POST /runs/{id}/restore` (a `Restore`) → a
+//! `Restored`. Runs, tasks and execs share one registry of ids.
 
 use std::sync::Arc;
 
@@ -13,8 +21,10 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use cloudbox::wire::pack;
 use cloudbox::wire::{
-    BlobList, RunStart, RunnerError, RunnerErrorCode, RunnerHealth, TaskStart, RUNNER_SECRET_HEADER,
+    BlobList, FileWritten, LiveExec, Restore, Restored, RunStart, RunnerError, RunnerErrorCode,
+    RunnerHealth, Snapshot, TaskStart, FILE_MODE_HEADER, MAX_LIVE_FILE_BYTES, RUNNER_SECRET_HEADER,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -22,6 +32,7 @@ use subtle::ConstantTimeEq;
 
 use crate::blob_cache::{BlobCache, PutError};
 use crate::config::RunnerConfig;
+use crate::live;
 use crate::run::{Registry, RunHandle, StartError};
 
 /// Largest blob the runner accepts in one PUT.
@@ -54,7 +65,13 @@ pub fn router(cfg: RunnerConfig) -> std::io::Result<Router> {
         .route("/runs", post(start_run))
         .route("/runs/{id}/events", get(run_events))
         .route("/runs/{id}/cancel", post(cancel_run))
+        .route("/runs/{id}/exec", post(live_exec))
+        .route("/runs/{id}/file", get(file_get).put(file_put))
+        .route("/runs/{id}/snapshot", post(snapshot))
+        .route("/runs/{id}/restore", post(restore))
         .route("/blobs/missing", post(blobs_missing))
+        .route("/blobs/pack", post(blobs_pack))
+        .route("/blobs/unpack", post(blobs_unpack))
         .route("/blobs/{sha}", axum::routing::put(blob_put).get(blob_get))
         .route("/tasks", post(start_task))
         .route("/tasks/{id}/events", get(run_events))
@@ -107,6 +124,94 @@ async fn blobs_missing(
     })
 }
 
+/// Many blobs in one answer (`wire::pack` frames), for the DO to store:
+/// all of them are checked first, so a pack is whole or refused.
+async fn blobs_pack(State(state): State<AppState>, Json(list): Json<BlobList>) -> Response {
+    use futures_util::StreamExt;
+    let mut files: Vec<(String, u64, std::path::PathBuf)> = Vec::with_capacity(list.sha256.len());
+    let mut total = 0u64;
+    for sha in &list.sha256 {
+        let Some(path) = state.blobs.path(sha) else {
+            return error(RunnerError::new(RunnerErrorCode::BadBlob, "not a sha256"));
+        };
+        let size = match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => meta.len(),
+            _ => {
+                return error(RunnerError::new(
+                    RunnerErrorCode::BlobNotFound,
+                    format!("this runner has no blob {sha}"),
+                ))
+            }
+        };
+        total += size + pack::frame_header(sha, size).len() as u64;
+        if size > pack::MAX_PACKED_BLOB_BYTES || total > pack::MAX_PACK_BYTES {
+            return error(RunnerError::new(
+                RunnerErrorCode::BadBlob,
+                "the pack is over its limits (wire::pack)",
+            ));
+        }
+        files.push((sha.clone(), size, path));
+    }
+    let frames = futures_util::stream::iter(files).then(|(sha, size, path)| async move {
+        let mut frame = pack::frame_header(&sha, size).into_bytes();
+        let bytes = tokio::fs::read(&path).await?;
+        if bytes.len() as u64 != size {
+            return Err(std::io::Error::other(format!("blob {sha} changed size")));
+        }
+        frame.extend_from_slice(&bytes);
+        Ok::<_, std::io::Error>(bytes::Bytes::from(frame))
+    });
+    let body = Body::from_stream(frames);
+    ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response()
+}
+
+/// Stores every blob of a pack (`wire::pack` frames), each checked against
+/// its name; answers how many were new.
+async fn blobs_unpack(State(state): State<AppState>, body: Body) -> Response {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut unpacker = pack::Unpacker::default();
+    let mut stored = 0u64;
+    let mut received = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(err) => return error(RunnerError::new(RunnerErrorCode::BadBlob, err.to_string())),
+        };
+        received += chunk.len() as u64;
+        if received > pack::MAX_PACK_BYTES {
+            return error(RunnerError::new(
+                RunnerErrorCode::BadBlob,
+                "the pack is too large",
+            ));
+        }
+        let blobs = match unpacker.push(&chunk) {
+            Ok(blobs) => blobs,
+            Err(why) => return error(RunnerError::new(RunnerErrorCode::HashMismatch, why)),
+        };
+        for (sha, bytes) in blobs {
+            let one =
+                futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(bytes))]);
+            match state.blobs.put_stream(&sha, one).await {
+                Ok(new) => stored += new as u64,
+                Err(PutError::Io(err)) => {
+                    return error(RunnerError::new(RunnerErrorCode::Internal, err.to_string()))
+                }
+                Err(_) => {
+                    return error(RunnerError::new(
+                        RunnerErrorCode::BadBlob,
+                        "bad blob in pack",
+                    ))
+                }
+            }
+        }
+    }
+    if let Err(why) = unpacker.finish() {
+        return error(RunnerError::new(RunnerErrorCode::BadBlob, why));
+    }
+    Json(json!({"stored": stored})).into_response()
+}
+
 async fn blob_put(State(state): State<AppState>, Path(sha): Path<String>, body: Body) -> Response {
     match state.blobs.put_stream(&sha, body.into_data_stream()).await {
         Ok(true) => (StatusCode::CREATED, Json(json!({"stored": true}))).into_response(),
@@ -147,14 +252,10 @@ async fn start_task(State(state): State<AppState>, Json(start): Json<TaskStart>)
         .collect();
     let missing = state.blobs.missing(&wanted);
     if !missing.is_empty() {
-        return (
-            StatusCode::CONFLICT,
-            Json(RunnerError {
-                missing,
-                ..RunnerError::new(RunnerErrorCode::MissingBlobs, "push these blobs first")
-            }),
-        )
-            .into_response();
+        return error(RunnerError {
+            missing,
+            ..RunnerError::new(RunnerErrorCode::MissingBlobs, "push these blobs first")
+        });
     }
     let blobs = state.blobs.clone();
     let id = start.task_id.clone();
@@ -234,18 +335,165 @@ async fn cancel_run(State(runs): State<Arc<Registry>>, Path(id): Path<String>) -
     }
 }
 
+/// Runs file-system work of a live checkout off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, RunnerError> + Send + 'static,
+) -> Result<T, RunnerError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|err| {
+            Err(RunnerError::new(
+                RunnerErrorCode::Internal,
+                format!("the runner's worker failed: {err}"),
+            ))
+        })
+}
+
+async fn live_exec(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(exec): Json<LiveExec>,
+) -> Response {
+    let checkout = match live::checkout(&state.runs.config(), &id) {
+        Ok(checkout) => checkout,
+        Err(err) => return error(err),
+    };
+    let exec_id = exec.exec_id.clone();
+    let started = state.runs.spawn(&exec_id, move |cfg, handle| async move {
+        live::exec(&cfg, &checkout.run_dir, exec, &handle).await;
+    });
+    match started {
+        Ok(handle) => ndjson(handle, 0),
+        Err(StartError::BadId) => error(RunnerError::new(RunnerErrorCode::BadRun, "bad exec id")),
+        Err(StartError::Exists) => error(RunnerError::new(
+            RunnerErrorCode::RunExists,
+            "this exec was already started; resume with GET /runs/{execId}/events?after=N",
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+struct FileQuery {
+    #[serde(default)]
+    path: String,
+    mode: Option<String>,
+}
+
+async fn file_get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<FileQuery>,
+) -> Response {
+    let checkout = match live::checkout(&state.runs.config(), &id) {
+        Ok(checkout) => checkout,
+        Err(err) => return error(err),
+    };
+    match blocking(move || live::read_file(&checkout.repo, &q.path)).await {
+        Ok(read) => (
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            [(FILE_MODE_HEADER, format!("{:03o}", read.mode))],
+            read.bytes,
+        )
+            .into_response(),
+        Err(err) => error(err),
+    }
+}
+
+async fn file_put(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<FileQuery>,
+    body: Body,
+) -> Response {
+    let cfg = state.runs.config();
+    let checkout = match live::checkout(&cfg, &id) {
+        Ok(checkout) => checkout,
+        Err(err) => return error(err),
+    };
+    let mode = match q.mode.as_deref().map(live::parse_mode).transpose() {
+        Ok(mode) => mode,
+        Err(err) => return error(err),
+    };
+    let bytes = match read_body(body, MAX_LIVE_FILE_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(err) => return error(err),
+    };
+    let path = q.path.clone();
+    let user = cfg.step_user;
+    match blocking(move || live::write_file(&checkout.repo, &path, &bytes, mode, user)).await {
+        Ok(written) => Json(FileWritten {
+            path: q.path,
+            written,
+        })
+        .into_response(),
+        Err(err) => error(err),
+    }
+}
+
+/// The whole body, refused once it grows past `limit`.
+async fn read_body(body: Body, limit: u64) -> Result<Vec<u8>, RunnerError> {
+    use futures_util::StreamExt;
+    let mut chunks = body.into_data_stream();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|err| {
+            RunnerError::new(
+                RunnerErrorCode::Internal,
+                format!("cannot read the body: {err}"),
+            )
+        })?;
+        if (bytes.len() + chunk.len()) as u64 > limit {
+            return Err(RunnerError::new(
+                RunnerErrorCode::FileTooLarge,
+                format!("a file is at most {limit} bytes"),
+            ));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+async fn snapshot(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let checkout = match live::checkout(&state.runs.config(), &id) {
+        Ok(checkout) => checkout,
+        Err(err) => return error(err),
+    };
+    let blobs = state.blobs.clone();
+    match blocking(move || live::snapshot(&checkout.repo, &blobs)).await {
+        Ok(entries) => Json(Snapshot { entries }).into_response(),
+        Err(err) => error(err),
+    }
+}
+
+async fn restore(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(restore): Json<Restore>,
+) -> Response {
+    // A run still executing keeps the checkout its steps work in.
+    if state.runs.get(&id).is_some_and(|run| !run.is_done()) {
+        return error(RunnerError::new(
+            RunnerErrorCode::RunExists,
+            "this run is still executing; its checkout is not replaced",
+        ));
+    }
+    let cfg = state.runs.config();
+    let blobs = state.blobs.clone();
+    match blocking(move || live::restore(&cfg, &blobs, &id, &restore.entries)).await {
+        Ok(totals) => Json(Restored {
+            files: totals.files,
+            bytes: totals.bytes,
+        })
+        .into_response(),
+        Err(err) => error(err),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::serve;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    async fn serve(cfg: RunnerConfig) -> std::net::SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = router(cfg).unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        addr
-    }
 
     async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> String {
         http_with(addr, method, path, body, RunnerConfig::TEST_SECRET).await
@@ -267,6 +515,52 @@ mod tests {
         let mut response = String::new();
         stream.read_to_string(&mut response).await.unwrap();
         response
+    }
+
+    #[tokio::test]
+    async fn blobs_travel_in_packs_both_ways_and_bad_packs_store_nothing() {
+        use sha2::{Digest, Sha256};
+        let dir = tempfile::tempdir().unwrap();
+        let addr = serve(RunnerConfig::for_tests(dir.path())).await;
+        let blobs = ["first blob\n", "", "second"];
+        let mut body = String::new();
+        let mut hashes = Vec::new();
+        for b in blobs {
+            let sha = hex::encode(Sha256::digest(b.as_bytes()));
+            body.push_str(&pack::frame_header(&sha, b.len() as u64));
+            body.push_str(b);
+            hashes.push(sha);
+        }
+        let stored = http(addr, "POST", "/blobs/unpack", &body).await;
+        assert!(stored.starts_with("HTTP/1.1 200"), "{stored}");
+        assert!(stored.contains(r#"{"stored":3}"#), "{stored}");
+        let list = serde_json::to_string(&BlobList {
+            sha256: hashes.clone(),
+        })
+        .unwrap();
+        let packed = http(addr, "POST", "/blobs/pack", &list).await;
+        assert!(packed.starts_with("HTTP/1.1 200"), "{packed}");
+        // The frames come back as they went (chunked transfer around them).
+        for (sha, b) in hashes.iter().zip(blobs) {
+            assert!(
+                packed.contains(&format!("{}{b}", pack::frame_header(sha, b.len() as u64))),
+                "{packed}"
+            );
+        }
+        let unknown = serde_json::to_string(&BlobList {
+            sha256: vec!["0".repeat(64)],
+        })
+        .unwrap();
+        let missing = http(addr, "POST", "/blobs/pack", &unknown).await;
+        assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+        // A frame whose bytes do not hash to its name is refused, not stored.
+        let lie = format!("{}tampered", pack::frame_header(&"1".repeat(64), 8));
+        let refused = http(addr, "POST", "/blobs/unpack", &lie).await;
+        assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
+        let cut = format!("{}short", pack::frame_header(&hashes[0], 11));
+        let refused = http(addr, "POST", "/blobs/unpack", &cut).await;
+        assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
+        assert!(!dir.path().join("blobs").join("11").exists());
     }
 
     #[tokio::test]
@@ -293,6 +587,11 @@ mod tests {
             ("POST", "/blobs/missing"),
             ("GET", "/runs/x/events"),
             ("POST", "/runs/x/cancel"),
+            ("POST", "/runs/x/exec"),
+            ("GET", "/runs/x/file?path=a"),
+            ("PUT", "/runs/x/file?path=a"),
+            ("POST", "/runs/x/snapshot"),
+            ("POST", "/runs/x/restore"),
             ("GET", "/nope"),
         ] {
             for secret in ["", "wrong", "test-runner-secre"] {

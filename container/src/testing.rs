@@ -90,6 +90,15 @@ pub fn spec(id: &str, commands: &[&str], verify: &[&str]) -> RunStart {
     }
 }
 
+/// Serves the runner's routes on a loopback port.
+pub async fn serve(cfg: RunnerConfig) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = crate::server::router(cfg).unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
 pub struct Ran {
     pub events: Vec<WireEvent>,
     pub receipts: Vec<Receipt>,

@@ -145,6 +145,12 @@ async fn dispatch(route: Route, req: Request, ctx: Ctx<'_>) -> Result<Response, 
         Route::RunVerify => runs::verify(req, &ctx).await,
         Route::RunCancel => runs::cancel(req, &ctx).await,
         Route::RunDelete => runs::delete(req, &ctx).await,
+        Route::RunExec => runs::exec(req, &ctx).await,
+        Route::RunRead => runs::read(req, &ctx).await,
+        Route::RunWrite => runs::write(req, &ctx).await,
+        Route::RunStop => runs::stop(req, &ctx).await,
+        Route::RunResume => runs::resume(req, &ctx).await,
+        Route::RunFork => runs::fork(req, &ctx).await,
         Route::Computers(op) => computers::handle(op, req, &ctx).await,
     }
 }

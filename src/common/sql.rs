@@ -31,6 +31,12 @@ impl From<String> for Arg {
         Arg::Text(s)
     }
 }
+impl From<Option<i64>> for Arg {
+    fn from(v: Option<i64>) -> Self {
+        v.map_or(Arg::Null, Arg::Int)
+    }
+}
+
 impl From<Option<&str>> for Arg {
     fn from(s: Option<&str>) -> Self {
         s.map(Arg::from).unwrap_or(Arg::Null)

@@ -8,6 +8,7 @@ use crate::api::ratelimit::Limits;
 use crate::billing::rules::{self, Pricing};
 use crate::runner::events::SSE_HEARTBEAT_MS;
 use crate::runner::lifecycle::DEFAULT_WORKSPACE_IDLE_SECONDS;
+use crate::runs::live;
 
 /// The largest blob one upload may carry, unless `MAX_BLOB_BYTES` says.
 pub const DEFAULT_MAX_BLOB_BYTES: u64 = 100 * 1024 * 1024;
@@ -39,6 +40,12 @@ pub struct Config {
     pub run_usd_per_minute: i64,
     /// `RATE_LIMIT_WINDOW_SECONDS`, `RATE_LIMIT_REQUESTS`, `RATE_LIMIT_RUNS`.
     pub rate_limits: Limits,
+    /// `LIVE_TTL_MIN_SECONDS`: the floor of a live run's `ttlSeconds`
+    /// (default 60; tests lower it to wait seconds).
+    pub live_ttl_min_seconds: u64,
+    /// `SNAPSHOT_RETENTION_SECONDS`: how long an expired run stays
+    /// resumable (default 7 days).
+    pub snapshot_retention_seconds: u64,
     pub agent: AgentVars,
     /// The model for computers' text; `None` without `OPENAI_BASE_URL`.
     pub model: Option<ModelConfig>,
@@ -158,6 +165,11 @@ impl Config {
                 var("RATE_LIMIT_REQUESTS").as_deref(),
                 var("RATE_LIMIT_RUNS").as_deref(),
             ),
+            live_ttl_min_seconds: number("LIVE_TTL_MIN_SECONDS")
+                .filter(|&s| (1..=live::MIN_TTL_SECONDS).contains(&s))
+                .unwrap_or(live::MIN_TTL_SECONDS),
+            snapshot_retention_seconds: number("SNAPSHOT_RETENTION_SECONDS")
+                .unwrap_or(live::DEFAULT_SNAPSHOT_RETENTION_SECONDS),
             agent: AgentVars {
                 command: var("AGENT_COMMAND"),
                 model: var("AGENT_MODEL").unwrap_or_else(|| AgentVars::DEFAULT_MODEL.into()),
@@ -228,6 +240,11 @@ mod tests {
         assert_eq!(c.agent.model, AgentVars::DEFAULT_MODEL);
         assert_eq!(c.agent.model_base_url, AgentVars::DEFAULT_BASE_URL);
         assert!(c.model.is_none());
+        assert_eq!(c.live_ttl_min_seconds, live::MIN_TTL_SECONDS);
+        assert_eq!(
+            c.snapshot_retention_seconds,
+            live::DEFAULT_SNAPSHOT_RETENTION_SECONDS
+        );
     }
 
     #[test]
@@ -243,7 +260,11 @@ mod tests {
             ("OPENAI_BASE_URL", "http://model.test/v1/"),
             ("OPENAI_API_KEY", "sk-test"),
             ("MODEL_TIMEOUT_MS", "900"),
+            ("LIVE_TTL_MIN_SECONDS", "2"),
+            ("SNAPSHOT_RETENTION_SECONDS", "5"),
         ]);
+        assert_eq!(c.live_ttl_min_seconds, 2);
+        assert_eq!(c.snapshot_retention_seconds, 5);
         assert_eq!(c.workspace_idle_seconds, 2);
         assert_eq!(c.sse_heartbeat_ms, 250);
         assert_eq!(c.max_blob_bytes, 1024);
@@ -269,7 +290,10 @@ mod tests {
             ("MODEL_TIMEOUT_MS", "0"),
             ("OPENAI_BASE_URL", "http://model.test"),
             ("ADMIN_API_KEY", "   "),
+            ("LIVE_TTL_MIN_SECONDS", "600"),
         ]);
+        // The floor can be lowered, never raised above the contract's.
+        assert_eq!(c.live_ttl_min_seconds, live::MIN_TTL_SECONDS);
         assert_eq!(c.workspace_idle_seconds, DEFAULT_WORKSPACE_IDLE_SECONDS);
         assert_eq!(c.sse_heartbeat_ms, SSE_HEARTBEAT_MS);
         assert_eq!(c.max_blob_bytes, DEFAULT_MAX_BLOB_BYTES);

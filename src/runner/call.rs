@@ -42,6 +42,43 @@ pub enum RunnerCall {
         run_id: String,
         public: bool,
     },
+    /// A live run: one command in its checkout.
+    ExecRun {
+        run_id: String,
+        exec: ExecRequest,
+        respond: Respond,
+    },
+    /// A live run: one file of its checkout.
+    ReadRunFile {
+        run_id: String,
+        path: String,
+    },
+    /// A live run: writes one file of its checkout.
+    WriteRunFile {
+        run_id: String,
+        path: String,
+        content_base64: String,
+        mode: Option<u32>,
+    },
+    /// A live run: snapshot, release the container, `stopped`.
+    StopRun {
+        run_id: String,
+    },
+    /// A stopped or expired run: a fresh container with its snapshot, `live`
+    /// again for `terms`.
+    ResumeRun {
+        run_id: String,
+        terms: LiveTerms,
+        billing: Option<RunBilling>,
+    },
+    /// The parent of a fork: its latest snapshot (one taken now if live).
+    ForkSource {
+        run_id: String,
+    },
+    /// A new run from another run's snapshot.
+    StartFork {
+        fork: StartFork,
+    },
     StartExecute {
         start: ExecStart,
         respond: Respond,
@@ -84,6 +121,64 @@ pub struct StartRun {
     pub idempotency: Option<(String, i64)>,
     /// `public: true`: the run's body names its page (`publicUrl`).
     #[serde(default)]
+    pub public: bool,
+    /// `live: true`: its TTL and what its hold pays for.
+    #[serde(default)]
+    pub live: Option<LiveTerms>,
+}
+
+/// A live run's TTL, and until when its hold pays for its container
+/// (`None`: unbilled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LiveTerms {
+    pub ttl_seconds: u64,
+    pub paid_until_ms: Option<i64>,
+}
+
+/// `POST /api/runs/:id/exec`, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecRequest {
+    pub command: String,
+    pub timeout_ms: u64,
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+/// A snapshot as another run may start from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotRef {
+    pub id: String,
+    pub taken_ms: i64,
+    pub files: u64,
+    pub bytes: u64,
+    pub tree_key: String,
+}
+
+/// What a fork's parent answers: its snapshot and what the child copies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ForkSource {
+    pub snapshot: SnapshotRef,
+    pub spec: RunStart,
+    pub ttl_seconds: u64,
+}
+
+/// What the Worker hands a fork's DO.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StartFork {
+    pub account_id: String,
+    pub key_id: String,
+    pub run_id: String,
+    pub parent_run_id: String,
+    pub source: ForkSource,
+    /// Live at once (`live: true`), else created `stopped`.
+    pub live: bool,
+    pub terms: LiveTerms,
+    pub billing: Option<RunBilling>,
     pub public: bool,
 }
 

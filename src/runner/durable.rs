@@ -93,13 +93,16 @@ impl DurableObject for CloudboxRunner {
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
-        // A DO serves either one repo run or one workspace; each watchdog
-        // finds nothing to do in the other kind.
-        if let Ok(ctx) = self.run_ctx() {
-            runs::watchdog(ctx, &self.state).await;
-        }
-        if let Ok(ctx) = self.exec_ctx() {
-            executions::watchdog(ctx, &self.state).await;
+        // A DO serves either one repo run or one workspace: only that
+        // kind's watchdog runs (the workspace's would release a live
+        // run's container as idle).
+        match self.run_ctx() {
+            Ok(ctx) if runs::holds_run(&ctx) => runs::watchdog(ctx, &self.state).await,
+            _ => {
+                if let Ok(ctx) = self.exec_ctx() {
+                    executions::watchdog(ctx, &self.state).await;
+                }
+            }
         }
         Response::ok("ok")
     }
@@ -123,7 +126,14 @@ impl CloudboxRunner {
             | RunnerCall::VerifyRun { .. }
             | RunnerCall::CancelRun { .. }
             | RunnerCall::DeleteRun { .. }
-            | RunnerCall::SetRunPublic { .. } => {
+            | RunnerCall::SetRunPublic { .. }
+            | RunnerCall::ExecRun { .. }
+            | RunnerCall::ReadRunFile { .. }
+            | RunnerCall::WriteRunFile { .. }
+            | RunnerCall::StopRun { .. }
+            | RunnerCall::ResumeRun { .. }
+            | RunnerCall::ForkSource { .. }
+            | RunnerCall::StartFork { .. } => {
                 runs::handle(self.run_ctx()?, &self.state, &account, call).await
             }
             RunnerCall::StartExecute { .. }

@@ -50,6 +50,13 @@ pub const EVENTS_OF_KIND: &str = "SELECT data FROM job_events \
 
 pub const FORGET_EVENTS: &str = "DELETE FROM job_events WHERE job_id = ?";
 
+/// The seq of a job's last event (`NULL` before the first).
+pub const LAST_EVENT_SEQ: &str = "SELECT MAX(seq) AS seq FROM job_events WHERE job_id = ?";
+
+pub fn last_event_seq(job_id: &str) -> Stmt {
+    stmt(LAST_EVENT_SEQ, vec![job_id.into()])
+}
+
 pub fn append_event(job_id: &str, kind: &str, data: &str) -> Stmt {
     stmt(APPEND_EVENT, vec![job_id.into(), kind.into(), data.into()])
 }

@@ -119,6 +119,42 @@ impl Link {
         LinkGuard(&self.shared.readying)
     }
 
+    /// The DO's container was started and is no longer up (a native dev
+    /// runner is never gone).
+    pub(crate) fn container_gone(&self) -> bool {
+        match &self.target {
+            Target::Container(c) => !c.running() || self.shared.exited.borrow().is_some(),
+            Target::Dev(_) => false,
+        }
+    }
+
+    /// Keeps the container up for `ms` even while nothing calls this DO
+    /// (the runtime otherwise stops a container whose Durable Object is
+    /// idle): a live run's container must last until its expiry. Best
+    /// effort: a runtime without the method keeps its own rule.
+    pub(crate) async fn keep_up_for(&self, ms: i64) {
+        let Target::Container(container) = &self.target else {
+            return;
+        };
+        let inner: &JsValue = container.as_ref();
+        let Ok(method) = Reflect::get(inner, &JsValue::from_str("setInactivityTimeout")) else {
+            return;
+        };
+        let Some(method) = method.dyn_ref::<worker::js_sys::Function>() else {
+            return;
+        };
+        match method.call1(inner, &JsValue::from_f64(ms.max(0) as f64)) {
+            Ok(promise) => {
+                if let Ok(promise) = promise.dyn_into::<worker::js_sys::Promise>() {
+                    if let Err(err) = worker::wasm_bindgen_futures::JsFuture::from(promise).await {
+                        worker::console_error!("runner_do: setInactivityTimeout: {err:?}");
+                    }
+                }
+            }
+            Err(err) => worker::console_error!("runner_do: setInactivityTimeout: {err:?}"),
+        }
+    }
+
     /// A container of this DO is up (a native dev runner never counts).
     pub(crate) fn container_running(&self) -> bool {
         matches!(&self.target, Target::Container(c) if c.running())

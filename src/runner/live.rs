@@ -34,6 +34,18 @@ pub struct Live {
     pub drive_gen: Cell<u64>,
     /// Executes whose `end` is in progress in this instance.
     pub ending: RefCell<HashSet<String>>,
+    /// A live run's stop, resume, expiry or snapshot is under way: another
+    /// waits for it (`op_lock`).
+    pub live_op: Cell<bool>,
+}
+
+/// Held while one live-run operation changes the run's container or state.
+pub struct OpGuard<'a>(&'a Cell<bool>);
+
+impl Drop for OpGuard<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
 }
 
 impl Live {
@@ -43,6 +55,16 @@ impl Live {
         for waker in wakers {
             waker.wake();
         }
+    }
+
+    /// Waits until no other live-run operation of this instance is under
+    /// way, then holds them off until the guard drops.
+    pub async fn op_lock(&self) -> OpGuard<'_> {
+        while self.live_op.get() {
+            Delay::from(Duration::from_millis(20)).await;
+        }
+        self.live_op.set(true);
+        OpGuard(&self.live_op)
     }
 
     /// The change counter; pass it to `changed_or_timeout`.

@@ -9,6 +9,8 @@ pub mod job;
 pub mod lifecycle;
 
 #[cfg(feature = "worker-runtime")]
+pub(crate) mod blobs;
+#[cfg(feature = "worker-runtime")]
 pub(crate) mod durable;
 #[cfg(feature = "worker-runtime")]
 pub(crate) mod follow;

@@ -32,6 +32,18 @@ pub const RECORD_RUN_USAGE: &str = "INSERT OR IGNORE INTO usage_events \
 pub const APPLIED_USAGE: &str =
     "SELECT EXISTS (SELECT 1 FROM usage_events WHERE id = ?1) AS applied";
 
+/// The usage event of a run's billing period: period 1 (the steps, and a
+/// live run's first live period) is named after the run; each resume's
+/// period after the run and its number. So each period is recorded once.
+pub fn period_event_id(run_id: &str, period: i64) -> String {
+    let id = sql::usage_event_id(run_id);
+    if period <= 1 {
+        id
+    } else {
+        format!("{id}_{period}")
+    }
+}
+
 /// Fresh ids for one settlement's ledger entries.
 pub struct EntryIds<'a> {
     pub usage_entry_id: &'a str,
@@ -44,18 +56,17 @@ pub struct EntryIds<'a> {
 /// ledger's guard on `holds.status = 'held'`.
 pub fn settle_run_plan(
     hold_id: &str,
-    run_id: &str,
+    event_id: &str,
     ids: &EntryIds,
     container_ms: i64,
     cost_micros: i64,
     now_ms: i64,
 ) -> Vec<Stmt> {
-    let event_id = sql::usage_event_id(run_id);
     let mut plan = sql::settle_plan(&sql::Settle {
         hold_id,
         usage_entry_id: ids.usage_entry_id,
         release_entry_id: ids.release_entry_id,
-        usage_event_id: &event_id,
+        usage_event_id: event_id,
         usage: Usage {
             input_tokens: 0,
             output_tokens: 0,
@@ -66,7 +77,7 @@ pub fn settle_run_plan(
     });
     // Before the final `applied` row: the container time of the event.
     let at = plan.len().saturating_sub(1);
-    plan.insert(at, set_container_ms(&event_id, container_ms));
+    plan.insert(at, set_container_ms(event_id, container_ms));
     plan
 }
 
@@ -76,16 +87,16 @@ pub fn record_run_plan(
     account_id: &str,
     key_id: &str,
     run_id: &str,
+    event_id: &str,
     container_ms: i64,
     cost_micros: i64,
     now_ms: i64,
 ) -> Vec<Stmt> {
-    let event_id = sql::usage_event_id(run_id);
     vec![
         Stmt {
             sql: RECORD_RUN_USAGE,
             args: vec![
-                Arg::Text(event_id.clone()),
+                Arg::Text(event_id.to_string()),
                 account_id.into(),
                 key_id.into(),
                 run_id.into(),
@@ -94,10 +105,10 @@ pub fn record_run_plan(
                 Arg::Int(now_ms),
             ],
         },
-        set_container_ms(&event_id, container_ms),
+        set_container_ms(event_id, container_ms),
         Stmt {
             sql: APPLIED_USAGE,
-            args: vec![Arg::Text(event_id)],
+            args: vec![Arg::Text(event_id.to_string())],
         },
     ]
 }
@@ -120,8 +131,8 @@ mod tests {
             release_entry_id: "r",
         };
         let plans = [
-            settle_run_plan("h", "run_1", &ids, 5, 6, 0),
-            record_run_plan("a", "k", "run_1", 5, 6, 0),
+            settle_run_plan("h", "use_run_1", &ids, 5, 6, 0),
+            record_run_plan("a", "k", "run_1", "use_run_1", 5, 6, 0),
         ];
         for s in plans.iter().flatten() {
             let highest = (1..=20)
@@ -139,13 +150,15 @@ mod tests {
             usage_entry_id: "u",
             release_entry_id: "r",
         };
-        let settle = settle_run_plan("h", "run_ab", &ids, 5, 6, 0);
+        assert_eq!(period_event_id("run_ab", 1), "use_run_ab");
+        assert_eq!(period_event_id("run_ab", 3), "use_run_ab_3");
+        let settle = settle_run_plan("h", &period_event_id("run_ab", 1), &ids, 5, 6, 0);
         assert!(settle.last().unwrap().sql.contains("AS applied"));
         assert_eq!(settle[settle.len() - 2].sql, SET_CONTAINER_MS);
         assert!(settle
             .iter()
             .any(|s| s.args.contains(&Arg::Text("use_run_ab".into()))));
-        let record = record_run_plan("a", "k", "run_ab", 5, 6, 0);
+        let record = record_run_plan("a", "k", "run_ab", "use_run_ab", 5, 6, 0);
         assert_eq!(record.last().unwrap().sql, APPLIED_USAGE);
     }
 }

@@ -75,16 +75,19 @@ pub async fn release(db: &D1Database, b: &RunBilling, now_ms: i64) -> Result<(),
 /// internal key) or with one already resolved, records the usage
 /// uncharged. Safe to call again: the hold settles once, and the usage
 /// event is named after the run. Returns the amount charged.
+#[allow(clippy::too_many_arguments)]
 pub async fn settle(
     db: &D1Database,
     account_id: &str,
     key_id: &str,
     run_id: &str,
+    period: i64,
     b: &RunBilling,
     container_ms: i64,
     now_ms: i64,
 ) -> Result<i64, ApiError> {
     let cost = rules::run_cost_micros(container_ms, b.usd_per_minute_micros);
+    let event_id = billing::period_event_id(run_id, period);
     if let Some(hold_id) = &b.hold_id {
         let usage_entry_id = ids::new_id("txn_")?;
         let release_entry_id = ids::new_id("txn_")?;
@@ -92,12 +95,20 @@ pub async fn settle(
             usage_entry_id: &usage_entry_id,
             release_entry_id: &release_entry_id,
         };
-        let plan = billing::settle_run_plan(hold_id, run_id, &ids, container_ms, cost, now_ms);
+        let plan = billing::settle_run_plan(hold_id, &event_id, &ids, container_ms, cost, now_ms);
         if run_plan(db, &plan).await? {
             return Ok(rules::settle_charge(b.hold_micros, cost));
         }
     }
-    let plan = billing::record_run_plan(account_id, key_id, run_id, container_ms, cost, now_ms);
+    let plan = billing::record_run_plan(
+        account_id,
+        key_id,
+        run_id,
+        &event_id,
+        container_ms,
+        cost,
+        now_ms,
+    );
     run_plan(db, &plan).await?;
     Ok(0)
 }

@@ -17,7 +17,7 @@ use crate::api::idempotency::{self, Slot};
 use crate::api::idempotency_d1;
 use crate::keys::api_key::Permission;
 use crate::platform::bindings;
-use crate::runner::call::{Respond, RunnerCall, StartRun};
+use crate::runner::call::{ForkSource, LiveTerms, Respond, RunnerCall, StartFork, StartRun};
 use crate::runner::events::{parse_limit, ListCursor};
 use crate::wire::RunStart;
 use crate::{common::ids, platform::http, runs::billing_d1, runs::spec};
@@ -64,7 +64,7 @@ pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiErro
     let sse = http::wants_sse(&req);
     let after = http::last_event_id(&req)?;
     let bytes = http::read_body(&mut req, http::MAX_JSON_BYTES).await?;
-    let spec = parse_spec(&bytes);
+    let spec = parse_spec(&bytes, ctx.cfg.live_ttl_min_seconds);
     let Some(idem) = idem_key else {
         return start_run(ctx, &caller, spec?, sse, None).await;
     };
@@ -95,9 +95,9 @@ pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiErro
     .await
 }
 
-fn parse_spec(bytes: &[u8]) -> Result<spec::RunSpec, ApiError> {
+fn parse_spec(bytes: &[u8], min_ttl_seconds: u64) -> Result<spec::RunSpec, ApiError> {
     let body = http::parse_json_value(bytes)?;
-    spec::validate(&body)
+    spec::validate_with(&body, min_ttl_seconds)
 }
 
 /// Billing first (budget checks, the hold: a refusal starts nothing), then
@@ -115,15 +115,16 @@ async fn start_run(
     if let Some(claim) = &claim {
         idempotency_d1::started(&db, claim, &run_id).await?;
     }
-    let (billing, deadline_ms) = billing_d1::begin(
-        &db,
-        ctx.env,
-        caller,
-        &run_id,
-        spec.deadline_ms() as i64,
-        ctx.now_ms,
-    )
-    .await?;
+    // A live run's hold pays for its steps and its first live period.
+    let steps_ms = spec.deadline_ms() as i64;
+    let ttl_ms = spec.live_ttl_seconds.map_or(0, |s| s as i64 * 1000);
+    let (billing, paid_ms) =
+        billing_d1::begin(&db, ctx.env, caller, &run_id, steps_ms + ttl_ms, ctx.now_ms).await?;
+    let deadline_ms = paid_ms.min(steps_ms);
+    let live = spec.live_ttl_seconds.map(|ttl_seconds| LiveTerms {
+        ttl_seconds,
+        paid_until_ms: billing.hold_id.as_ref().map(|_| ctx.now_ms + paid_ms),
+    });
     let public = spec.public;
     let start = RunStart {
         run_id: run_id.clone(),
@@ -134,7 +135,7 @@ async fn start_run(
         artifact: spec.artifact,
         timeout_ms: spec.timeout_ms,
         env: spec.env,
-        live: false,
+        live: live.is_some(),
     };
     let call = RunnerCall::StartRun {
         start: StartRun {
@@ -145,6 +146,7 @@ async fn start_run(
             billing: Some(billing.clone()),
             idempotency: claim.as_ref().map(idempotency_d1::Claim::key_and_time),
             public,
+            live,
         },
         respond: if sse {
             Respond::Events
@@ -247,6 +249,208 @@ pub async fn delete(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
         RunnerCall::DeleteRun { run_id }
     })
     .await
+}
+
+// ---------------------------------------------------------------------------
+// Live runs: exec, read, write, stop, resume, fork (their rules in
+// `runs::live`, their work in the run's DO).
+
+/// `POST /api/runs/:id/exec` → the `exec` receipt (SSE with `accept:
+/// text/event-stream`).
+pub async fn exec(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    let caller = caller(&req, ctx, Permission::Execute).await?;
+    let id = run_id(ctx)?;
+    let sse = http::wants_sse(&req);
+    let body = http::parse_json_value(&http::read_body(&mut req, http::MAX_JSON_BYTES).await?)?;
+    let call = RunnerCall::ExecRun {
+        run_id: id.to_string(),
+        exec: spec::validate_exec(&body)?,
+        respond: if sse {
+            Respond::Events
+        } else {
+            Respond::Result
+        },
+    };
+    to_run_do(ctx, &caller, id, &call).await
+}
+
+/// `GET /api/runs/:id/read?path=`.
+pub async fn read(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    let caller = caller(&req, ctx, Permission::Read).await?;
+    let id = run_id(ctx)?;
+    let path = http::query(&req, "path")?
+        .ok_or_else(|| ApiError::BadPath("path is required (?path=)".into()))?;
+    crate::common::paths::check_path("path", &path)?;
+    let call = RunnerCall::ReadRunFile {
+        run_id: id.to_string(),
+        path,
+    };
+    to_run_do(ctx, &caller, id, &call).await
+}
+
+/// `POST /api/runs/:id/write {path, content | contentBase64, mode?}`.
+pub async fn write(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    let caller = caller(&req, ctx, Permission::Execute).await?;
+    let id = run_id(ctx)?;
+    let body = http::parse_json_value(&http::read_body(&mut req, http::MAX_JSON_BYTES).await?)?;
+    let write = spec::validate_write(&body)?;
+    let call = RunnerCall::WriteRunFile {
+        run_id: id.to_string(),
+        path: write.path,
+        content_base64: write.content_base64,
+        mode: write.mode,
+    };
+    to_run_do(ctx, &caller, id, &call).await
+}
+
+pub async fn stop(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    forward(&req, ctx, Permission::Execute, |run_id| {
+        RunnerCall::StopRun { run_id }
+    })
+    .await
+}
+
+/// The run's body as its DO answers it for its owner.
+async fn run_body(ctx: &Ctx<'_>, caller: &Caller, id: &str) -> Result<Value, ApiError> {
+    let call = RunnerCall::GetRun {
+        run_id: id.to_string(),
+    };
+    let mut resp = to_run_do(ctx, caller, id, &call).await?;
+    if resp.status_code() != 200 {
+        return Err(ApiError::RunNotFound);
+    }
+    Ok(resp.json().await?)
+}
+
+/// A new live period's hold (`ttl` of container time at the price), and
+/// its terms: the TTL, cut to what the hold pays for.
+async fn begin_period(
+    ctx: &Ctx<'_>,
+    caller: &Caller,
+    run_id: &str,
+    ttl_seconds: u64,
+) -> Result<(LiveTerms, crate::runs::billing::RunBilling), ApiError> {
+    let db = bindings::db(ctx.env)?;
+    let ttl_ms = ttl_seconds as i64 * 1000;
+    let (billing, paid_ms) =
+        billing_d1::begin(&db, ctx.env, caller, run_id, ttl_ms, ctx.now_ms).await?;
+    let terms = LiveTerms {
+        ttl_seconds,
+        paid_until_ms: billing.hold_id.as_ref().map(|_| ctx.now_ms + paid_ms),
+    };
+    Ok((terms, billing))
+}
+
+/// Gives a period's hold back when the DO did not open the period.
+async fn give_back_if_failed(
+    ctx: &Ctx<'_>,
+    sent: &Result<Response, ApiError>,
+    billing: &crate::runs::billing::RunBilling,
+) {
+    let failed = match sent {
+        Ok(resp) => resp.status_code() >= 300,
+        Err(_) => true,
+    };
+    if failed && billing.hold_id.is_some() {
+        if let Ok(db) = bindings::db(ctx.env) {
+            if let Err(err) = billing_d1::release(&db, billing, ctx.now_ms).await {
+                worker::console_error!("runs: release of a live period's hold: {err}");
+            }
+        }
+    }
+}
+
+fn ttl_of(body: &Value) -> Option<u64> {
+    body["live"]["ttlSeconds"].as_u64()
+}
+
+/// `POST /api/runs/:id/resume`: the period's hold first (402 / 429 start
+/// nothing), then the DO restores the snapshot; a failure gives it back.
+pub async fn resume(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    let caller = caller(&req, ctx, Permission::Execute).await?;
+    let id = run_id(ctx)?;
+    let body = run_body(ctx, &caller, id).await?;
+    let Some(ttl_seconds) = ttl_of(&body) else {
+        return Err(ApiError::RunNotRunning);
+    };
+    let resumable = matches!(
+        body["status"].as_str(),
+        Some("stopped" | "expired" | "container_lost")
+    );
+    if !resumable {
+        // The DO's guard says which code (running, live, gone).
+        let call = RunnerCall::ResumeRun {
+            run_id: id.to_string(),
+            terms: LiveTerms {
+                ttl_seconds,
+                paid_until_ms: Some(ctx.now_ms),
+            },
+            billing: None,
+        };
+        return to_run_do(ctx, &caller, id, &call).await;
+    }
+    let (terms, billing) = begin_period(ctx, &caller, id, ttl_seconds).await?;
+    let call = RunnerCall::ResumeRun {
+        run_id: id.to_string(),
+        terms,
+        billing: Some(billing.clone()),
+    };
+    let sent = to_run_do(ctx, &caller, id, &call).await;
+    give_back_if_failed(ctx, &sent, &billing).await;
+    sent
+}
+
+/// `POST /api/runs/:id/fork {live?, ttlSeconds?, public?}` → 201 the new run.
+pub async fn fork(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    let caller = caller(&req, ctx, Permission::Execute).await?;
+    let id = run_id(ctx)?;
+    let body = http::read_body(&mut req, http::MAX_JSON_BYTES).await?;
+    let body = if body.is_empty() {
+        json!({})
+    } else {
+        http::parse_json_value(&body)?
+    };
+    let request = spec::validate_fork(&body, ctx.cfg.live_ttl_min_seconds)?;
+    let source_call = RunnerCall::ForkSource {
+        run_id: id.to_string(),
+    };
+    let mut resp = to_run_do(ctx, &caller, id, &source_call).await?;
+    if resp.status_code() != 200 {
+        return Ok(resp);
+    }
+    let source: ForkSource = resp.json().await?;
+    let child_id = ids::new_id("run_")?;
+    let ttl_seconds = request.ttl_seconds.unwrap_or(source.ttl_seconds);
+    let (terms, billing) = if request.live {
+        let (terms, billing) = begin_period(ctx, &caller, &child_id, ttl_seconds).await?;
+        (terms, Some(billing))
+    } else {
+        (
+            LiveTerms {
+                ttl_seconds,
+                paid_until_ms: None,
+            },
+            None,
+        )
+    };
+    let call = RunnerCall::StartFork {
+        fork: StartFork {
+            account_id: caller.account_id.clone(),
+            key_id: caller.key_id.clone(),
+            run_id: child_id.clone(),
+            parent_run_id: id.to_string(),
+            source,
+            live: request.live,
+            terms,
+            billing: billing.clone(),
+            public: request.public,
+        },
+    };
+    let sent = to_run_do(ctx, &caller, &child_id, &call).await;
+    if let Some(billing) = &billing {
+        give_back_if_failed(ctx, &sent, billing).await;
+    }
+    sent
 }
 
 #[derive(Deserialize)]

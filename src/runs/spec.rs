@@ -11,6 +11,7 @@ pub const IDEMPOTENCY_SCOPE: &str = "runs.create";
 use serde_json::Value;
 
 use crate::api::error::ApiError;
+use crate::runner::call::ExecRequest;
 
 pub const MAX_STEPS: usize = 32;
 pub const MAX_COMMAND_CHARS: usize = 4000;
@@ -35,6 +36,8 @@ pub struct RunSpec {
     pub env: BTreeMap<String, String>,
     /// Anyone may read the run (`/api/runs/:id/public`, the page `/runs/:id`).
     pub public: bool,
+    /// `live: true`: the TTL in seconds of the run's live period.
+    pub live_ttl_seconds: Option<u64>,
 }
 
 impl RunSpec {
@@ -64,18 +67,40 @@ fn bad(msg: impl Into<String>) -> ApiError {
     ApiError::BadRun(msg.into())
 }
 
+/// `validate_with` at the contract's TTL floor.
 pub fn validate(body: &Value) -> Result<RunSpec, ApiError> {
+    validate_with(body, crate::runs::live::MIN_TTL_SECONDS)
+}
+
+/// Validates a run body; `min_ttl_seconds` is the floor of `ttlSeconds`
+/// (`LIVE_TTL_MIN_SECONDS`).
+pub fn validate_with(body: &Value, min_ttl_seconds: u64) -> Result<RunSpec, ApiError> {
     let obj = body
         .as_object()
         .ok_or_else(|| bad("the body must be a JSON object"))?;
     if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(bad(format!("unknown field {unknown:?}")));
     }
-    match obj.get("live") {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => {}
-        Some(Value::Bool(true)) => return Err(bad("live: live runs are not available yet")),
+    let live = match obj.get("live") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
         Some(_) => return Err(bad("live must be a boolean")),
+    };
+    let ttl = match obj.get("ttlSeconds") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(s) => Some(s),
+            None => return Err(bad("ttlSeconds must be an integer")),
+        },
+    };
+    if ttl.is_some() && !live {
+        return Err(bad("ttlSeconds needs live: true"));
     }
+    let live_ttl_seconds = if live {
+        Some(crate::runs::live::check_ttl(ttl, min_ttl_seconds).map_err(bad)?)
+    } else {
+        None
+    };
     let public = match obj.get("public") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -104,17 +129,7 @@ pub fn validate(body: &Value) -> Result<RunSpec, ApiError> {
         }
         Some(_) => return Err(bad("artifact must be a string")),
     };
-    let timeout_ms = match obj.get("timeoutMs") {
-        None | Some(Value::Null) => DEFAULT_TIMEOUT_MS,
-        Some(v) => match v.as_u64() {
-            Some(ms) if (MIN_TIMEOUT_MS..=MAX_TIMEOUT_MS).contains(&ms) => ms,
-            _ => {
-                return Err(bad(format!(
-                    "timeoutMs must be an integer from {MIN_TIMEOUT_MS} to {MAX_TIMEOUT_MS}"
-                )))
-            }
-        },
-    };
+    let timeout_ms = timeout_of(obj.get("timeoutMs"))?;
     let env = env_map(obj.get("env"))?;
     Ok(RunSpec {
         repo,
@@ -125,6 +140,7 @@ pub fn validate(body: &Value) -> Result<RunSpec, ApiError> {
         timeout_ms,
         env,
         public,
+        live_ttl_seconds,
     })
 }
 
@@ -244,6 +260,149 @@ fn env_map(value: Option<&Value>) -> Result<BTreeMap<String, String>, ApiError> 
         env.insert(name.clone(), value.to_string());
     }
     Ok(env)
+}
+
+fn timeout_of(value: Option<&Value>) -> Result<u64, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(DEFAULT_TIMEOUT_MS),
+        Some(v) => match v.as_u64() {
+            Some(ms) if (MIN_TIMEOUT_MS..=MAX_TIMEOUT_MS).contains(&ms) => Ok(ms),
+            _ => Err(bad(format!(
+                "timeoutMs must be an integer from {MIN_TIMEOUT_MS} to {MAX_TIMEOUT_MS}"
+            ))),
+        },
+    }
+}
+
+fn object<'a>(
+    body: &'a Value,
+    fields: &[&str],
+) -> Result<&'a serde_json::Map<String, Value>, ApiError> {
+    let obj = body
+        .as_object()
+        .ok_or_else(|| bad("the body must be a JSON object"))?;
+    if let Some(unknown) = obj.keys().find(|k| !fields.contains(&k.as_str())) {
+        return Err(bad(format!("unknown field {unknown:?}")));
+    }
+    Ok(obj)
+}
+
+fn flag(obj: &serde_json::Map<String, Value>, field: &str) -> Result<Option<bool>, ApiError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(bad(format!("{field} must be a boolean"))),
+    }
+}
+
+/// `POST /api/runs/:id/exec {command, timeoutMs?, env?}` (the rules of a
+/// run's commands, timeouts and env).
+pub fn validate_exec(body: &Value) -> Result<ExecRequest, ApiError> {
+    let obj = object(body, &["command", "timeoutMs", "env"])?;
+    let command = match obj.get("command") {
+        Some(Value::String(c))
+            if !c.trim().is_empty() && c.chars().count() <= MAX_COMMAND_CHARS =>
+        {
+            c.clone()
+        }
+        Some(Value::String(_)) => {
+            return Err(bad(format!("command: 1 to {MAX_COMMAND_CHARS} characters")))
+        }
+        Some(_) => return Err(bad("command must be a string")),
+        None => return Err(bad("command is required")),
+    };
+    Ok(ExecRequest {
+        command,
+        timeout_ms: timeout_of(obj.get("timeoutMs"))?,
+        env: env_map(obj.get("env"))?,
+    })
+}
+
+/// `POST /api/runs/:id/write`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteRequest {
+    pub path: String,
+    /// The bytes, base64 (`content` is encoded here).
+    pub content_base64: String,
+    /// Permission bits (`0`–`0o777`); the file's own, or 644, without.
+    pub mode: Option<u32>,
+}
+
+/// `{path, content | contentBase64, mode?}`: exactly one of the contents;
+/// `mode` an integer up to 511 (`0o777`) or an octal string (`"755"`).
+pub fn validate_write(body: &Value) -> Result<WriteRequest, ApiError> {
+    use base64::Engine;
+    let obj = object(body, &["path", "content", "contentBase64", "mode"])?;
+    let path = match obj.get("path") {
+        Some(Value::String(p)) => {
+            crate::common::paths::check_path("path", p)?;
+            p.clone()
+        }
+        Some(_) => return Err(bad("path must be a string")),
+        None => return Err(bad("path is required")),
+    };
+    let engine = base64::engine::general_purpose::STANDARD;
+    let content_base64 = match (obj.get("content"), obj.get("contentBase64")) {
+        (Some(Value::String(text)), None) => engine.encode(text.as_bytes()),
+        (None, Some(Value::String(b64))) => {
+            engine
+                .decode(b64)
+                .map_err(|_| bad("contentBase64 is not standard base64"))?;
+            b64.clone()
+        }
+        (Some(_), Some(_)) => return Err(bad("give content or contentBase64, not both")),
+        (None, None) => return Err(bad("content or contentBase64 is required")),
+        _ => return Err(bad("content and contentBase64 must be strings")),
+    };
+    let mode = match obj.get("mode") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(m) if m <= 0o777 => Some(m as u32),
+            _ => return Err(bad("mode must be 0 to 511 (0o777)")),
+        },
+        Some(Value::String(text)) => match u32::from_str_radix(text, 8) {
+            Ok(m) if m <= 0o777 && !text.is_empty() && text.len() <= 4 => Some(m),
+            _ => return Err(bad("mode must be octal digits up to 777")),
+        },
+        Some(_) => return Err(bad("mode must be a number or an octal string")),
+    };
+    Ok(WriteRequest {
+        path,
+        content_base64,
+        mode,
+    })
+}
+
+/// `POST /api/runs/:id/fork {live?, ttlSeconds?, public?}`, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForkRequest {
+    /// Default true; `false` creates the child `stopped`.
+    pub live: bool,
+    /// The child's TTL; the parent's without.
+    pub ttl_seconds: Option<u64>,
+    pub public: bool,
+}
+
+pub fn validate_fork(body: &Value, min_ttl_seconds: u64) -> Result<ForkRequest, ApiError> {
+    let obj = object(body, &["live", "ttlSeconds", "public"])?;
+    let ttl_seconds = match obj.get("ttlSeconds") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            crate::runs::live::check_ttl(
+                Some(
+                    v.as_u64()
+                        .ok_or_else(|| bad("ttlSeconds must be an integer"))?,
+                ),
+                min_ttl_seconds,
+            )
+            .map_err(bad)?,
+        ),
+    };
+    Ok(ForkRequest {
+        live: flag(obj, "live")?.unwrap_or(true),
+        ttl_seconds,
+        public: flag(obj, "public")?.unwrap_or(false),
+    })
 }
 
 #[cfg(test)]
@@ -427,11 +586,32 @@ mod tests {
             );
         }
         assert_eq!(code(json!({"repo": repo, "command": ["x"]})), "bad_run");
+        let live = validate(&json!({"repo": repo, "commands": ["x"], "live": true})).unwrap();
+        assert_eq!(live.live_ttl_seconds, Some(3_600));
+        let short = json!({"repo": repo, "commands": ["x"], "live": true, "ttlSeconds": 5});
+        assert_eq!(code(short.clone()), "bad_run");
+        assert_eq!(validate_with(&short, 2).unwrap().live_ttl_seconds, Some(5));
+        for bad_ttl in [
+            json!(59),
+            json!(2_592_001),
+            json!("60"),
+            json!(-1),
+            json!(60.5),
+        ] {
+            let body =
+                json!({"repo": repo, "commands": ["x"], "live": true, "ttlSeconds": bad_ttl});
+            assert_eq!(code(body), "bad_run", "{bad_ttl}");
+        }
         assert_eq!(
-            code(json!({"repo": repo, "commands": ["x"], "live": true})),
+            code(json!({"repo": repo, "commands": ["x"], "ttlSeconds": 60})),
             "bad_run"
         );
-        assert!(validate(&json!({"repo": repo, "commands": ["x"], "live": false})).is_ok());
+        assert_eq!(
+            code(json!({"repo": repo, "commands": ["x"], "live": "yes"})),
+            "bad_run"
+        );
+        let not_live = validate(&json!({"repo": repo, "commands": ["x"], "live": false})).unwrap();
+        assert_eq!(not_live.live_ttl_seconds, None);
         let public = validate(&json!({"repo": repo, "commands": ["x"], "public": true}));
         assert!(public.is_ok_and(|s| s.public));
         assert_eq!(
@@ -439,5 +619,108 @@ mod tests {
             "bad_run"
         );
         assert_eq!(code(json!(["not an object"])), "bad_run");
+    }
+
+    #[test]
+    fn exec_bodies_follow_the_rules_of_a_runs_commands() {
+        let ok = validate_exec(&json!({"command": "ls", "env": {"A": "b"}})).unwrap();
+        assert_eq!(ok.command, "ls");
+        assert_eq!(ok.timeout_ms, DEFAULT_TIMEOUT_MS);
+        assert_eq!(ok.env.get("A").map(String::as_str), Some("b"));
+        for bad_body in [
+            json!({}),
+            json!({"command": ""}),
+            json!({"command": "   "}),
+            json!({"command": 3}),
+            json!({"command": "x".repeat(MAX_COMMAND_CHARS + 1)}),
+            json!({"command": "ls", "timeoutMs": 10}),
+            json!({"command": "ls", "env": {"1A": "x"}}),
+            json!({"command": "ls", "extra": 1}),
+            json!("ls"),
+        ] {
+            assert_eq!(
+                validate_exec(&bad_body).unwrap_err().code(),
+                "bad_run",
+                "{bad_body}"
+            );
+        }
+    }
+
+    #[test]
+    fn write_bodies_take_text_or_base64_and_a_mode() {
+        let text = validate_write(&json!({"path": "a/b.txt", "content": "hi"})).unwrap();
+        assert_eq!(text.content_base64, "aGk=");
+        assert_eq!(text.mode, None);
+        let b64 =
+            validate_write(&json!({"path": "x", "contentBase64": "AAE=", "mode": "755"})).unwrap();
+        assert_eq!(
+            (b64.content_base64.as_str(), b64.mode),
+            ("AAE=", Some(0o755))
+        );
+        assert_eq!(
+            validate_write(&json!({"path": "x", "content": "", "mode": 420}))
+                .unwrap()
+                .mode,
+            Some(0o644)
+        );
+        assert_eq!(
+            validate_write(&json!({"path": "../x", "content": "a"}))
+                .unwrap_err()
+                .code(),
+            "bad_path"
+        );
+        for bad_body in [
+            json!({"path": "x"}),
+            json!({"path": "x", "content": "a", "contentBase64": "YQ=="}),
+            json!({"path": "x", "contentBase64": "not base64!"}),
+            json!({"path": "x", "content": "a", "mode": 512}),
+            json!({"path": "x", "content": "a", "mode": "8"}),
+            json!({"path": "x", "content": "a", "mode": "4755"}),
+            json!({"path": "x", "content": 5}),
+            json!({"content": "a"}),
+        ] {
+            assert_eq!(
+                validate_write(&bad_body).unwrap_err().code(),
+                "bad_run",
+                "{bad_body}"
+            );
+        }
+    }
+
+    #[test]
+    fn fork_bodies_default_to_live_with_the_parents_ttl() {
+        let d = validate_fork(&json!({}), 60).unwrap();
+        assert_eq!(
+            d,
+            ForkRequest {
+                live: true,
+                ttl_seconds: None,
+                public: false
+            }
+        );
+        let s = validate_fork(
+            &json!({"live": false, "ttlSeconds": 120, "public": true}),
+            60,
+        )
+        .unwrap();
+        assert_eq!(
+            s,
+            ForkRequest {
+                live: false,
+                ttl_seconds: Some(120),
+                public: true
+            }
+        );
+        for bad_body in [
+            json!({"ttlSeconds": 5}),
+            json!({"live": 1}),
+            json!({"other": true}),
+        ] {
+            assert_eq!(
+                validate_fork(&bad_body, 60).unwrap_err().code(),
+                "bad_run",
+                "{bad_body}"
+            );
+        }
     }
 }

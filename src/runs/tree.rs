@@ -112,6 +112,15 @@ pub fn unique_blobs(entries: &[TreeEntry]) -> Vec<String> {
     set.into_iter().map(str::to_string).collect()
 }
 
+/// Each distinct content hash of a tree with its size, sorted by hash.
+pub fn blob_sizes(entries: &[TreeEntry]) -> Vec<(String, u64)> {
+    let map: std::collections::BTreeMap<&str, u64> = entries
+        .iter()
+        .filter_map(|e| e.sha256.as_deref().map(|s| (s, e.size)))
+        .collect();
+    map.into_iter().map(|(s, n)| (s.to_string(), n)).collect()
+}
+
 fn is_sha256(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
@@ -209,6 +218,7 @@ mod tests {
             }
         );
         assert_eq!(unique_blobs(&tree()), vec![SHA.to_string()]);
+        assert_eq!(blob_sizes(&tree()).len(), 1);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Types that cross the wire between the CloudboxRunner Durable Object and
 //! the runner server in the container. Both sides use these definitions.
 
+pub mod pack;
 pub mod receipts;
 
 use crate::common::names::named_enum;
@@ -195,11 +196,10 @@ pub struct RunResult {
     pub container_ms: u64,
 }
 
-/// Why the runner refused a call: the `error` of every error it answers.
 // ---------------------------------------------------------------------------
 // Live runs: a run started with `live: true` keeps its checkout
 // (`<work_dir>/<run_id>/repo`) after its result, and then:
-// `POST /runs/{id}/exec` (an `LiveExec`) → NDJSON of `WireEvent`s for the
+// `POST /runs/{id}/exec` (a `LiveExec`) → NDJSON of `WireEvent`s for the
 // job `exec_id` (output chunks, one `exec` receipt, a `result`), resumable at
 // `GET /runs/{exec_id}/events?after=N`, cancelled at
 // `POST /runs/{exec_id}/cancel`;
@@ -254,6 +254,7 @@ pub struct Restored {
     pub bytes: u64,
 }
 
+/// Why the runner refused a call: the `error` of every error it answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunnerErrorCode {

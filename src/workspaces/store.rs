@@ -182,6 +182,47 @@ async fn record_blob(
     Ok(())
 }
 
+/// Stores blobs already checked against their names (a pack's) that the
+/// account lacked: each object in R2, then their index rows in one batch.
+pub async fn put_checked_blobs(
+    env: &Env,
+    account: &str,
+    blobs: Vec<(String, Vec<u8>)>,
+    now_ms: i64,
+) -> Result<(), ApiError> {
+    if blobs.is_empty() {
+        return Ok(());
+    }
+    let bucket = bindings::bucket(env)?;
+    let mut rows = Vec::with_capacity(blobs.len());
+    for (sha, bytes) in blobs {
+        let size = bytes.len() as u64;
+        bucket
+            .put(manifest::blob_key(account, &sha), bytes)
+            .execute()
+            .await?;
+        rows.push((sha, size));
+    }
+    let db = bindings::db(env)?;
+    let mut statements = Vec::with_capacity(rows.len());
+    for (sha, size) in &rows {
+        statements.push(
+            db.prepare(
+                "INSERT INTO blobs (account_id, sha256, size, created_at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (account_id, sha256) DO NOTHING",
+            )
+            .bind(&[
+                account.into(),
+                sha.as_str().into(),
+                num(*size),
+                num(now_ms as u64),
+            ])?,
+        );
+    }
+    db.batch(statements).await?;
+    Ok(())
+}
+
 /// Stores bytes already in memory as a blob; returns its hash and whether
 /// it was new. Used for small bodies (file PUTs).
 pub async fn put_blob_bytes(

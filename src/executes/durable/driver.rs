@@ -28,7 +28,7 @@ use crate::runner::lifecycle::RunnerEvent;
 use crate::runner::link::{ensure_ready, send};
 use crate::runner::live::Live;
 use crate::runner::storage;
-use crate::wire::{RunnerError, TaskResult, TaskStart};
+use crate::wire::{TaskResult, TaskStart};
 use crate::workspaces::manifest::Manifest;
 use crate::workspaces::store;
 
@@ -273,7 +273,7 @@ async fn prepare(ctx: &ExecCtx, id: &str, start: &ExecStart) -> Result<Prepared,
             if resp.status_code() == 200 {
                 Ok(Prepared::Dispatched(Some(resp)))
             } else {
-                let why = refusal(resp).await;
+                let why = crate::runner::blobs::refusal(resp).await;
                 Ok(Prepared::Fail(
                     ExecStatus::Failed,
                     format!("the runner refused the task: {why}"),
@@ -282,16 +282,6 @@ async fn prepare(ctx: &ExecCtx, id: &str, start: &ExecStart) -> Result<Prepared,
         }
         // It may have started anyway: follow its events, which also tells.
         Err(_) => Ok(Prepared::Dispatched(None)),
-    }
-}
-
-pub(super) async fn refusal(mut resp: Response) -> String {
-    let status = resp.status_code();
-    let text = resp.text().await.unwrap_or_default();
-    match RunnerError::parse(&text) {
-        Some(err) if err.missing.is_empty() => format!("{status} {}", err.message),
-        Some(err) => format!("{status} {} ({} blobs)", err.message, err.missing.len()),
-        None => format!("{status} {}", text.chars().take(500).collect::<String>()),
     }
 }
 

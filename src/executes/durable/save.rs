@@ -2,8 +2,6 @@
 //! then the new version is committed in one guarded step (replayed onto a
 //! version someone committed meanwhile).
 
-use worker::Method;
-
 use super::ending::Saved;
 use super::sync_in::read_manifest_at;
 use super::ExecCtx;
@@ -11,8 +9,6 @@ use crate::api::error::{ApiError, FieldError};
 use crate::common::time;
 use crate::executes::execution::ExecStart;
 use crate::platform::bindings;
-use crate::platform::config::Config;
-use crate::runner::link::send;
 use crate::wire::TaskResult;
 use crate::workspaces::manifest::{self, FileEntry};
 use crate::workspaces::store;
@@ -36,26 +32,8 @@ pub(super) async fn save(
         .chain(&result.session)
         .cloned()
         .collect();
-    let wanted = manifest::unique_blobs(&all);
-    let limit = Config::from_env(&ctx.env).max_blob_bytes;
-    for sha in store::missing_blobs(&db, account, &wanted).await? {
-        let mut resp = send(
-            &ctx.link,
-            Method::Get,
-            &format!("/blobs/{sha}"),
-            None,
-            30_000,
-        )
-        .await
-        .map_err(ApiError::RunnerUnavailable)?;
-        if resp.status_code() != 200 {
-            return Err(ApiError::RunnerUnavailable(format!(
-                "GET /blobs/{sha} answered {}",
-                resp.status_code()
-            )));
-        }
-        store::put_blob_stream(&ctx.env, account, &sha, resp.stream()?, limit, now).await?;
-    }
+    let wanted: Vec<(String, u64)> = all.iter().map(|f| (f.sha256.clone(), f.size)).collect();
+    crate::runner::blobs::pull_missing(&ctx.link, &ctx.env, account, &wanted, now).await?;
 
     let session_id = result.thread_id.clone();
     if let Some(sid) = &session_id {

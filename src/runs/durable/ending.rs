@@ -90,11 +90,22 @@ impl RunCtx {
         // the `result` event are done: an ending cut short after it only
         // records the answer again and is marked finished.
         let terminal = row.status().is_terminal();
+        // A live run whose steps ran to their end keeps its container; its
+        // billing moves into its first live period (settled when it ends).
+        let goes_live =
+            matches!(status, RunStatus::Passed | RunStatus::Failed) && self.terms(row)?.is_some();
         if !recorded.finished() && !terminal {
-            self.release_and_index(row, status, ending.ok, container_ms, ended_ms)
-                .await?;
+            if goes_live {
+                self.index(row, RunStatus::Live, ending.ok, container_ms, ended_ms)
+                    .await;
+            } else {
+                self.release_and_index(row, status, ending.ok, container_ms, ended_ms)
+                    .await?;
+            }
         }
-        if !recorded.settled() {
+        if !recorded.settled() && goes_live {
+            storage::exec(&self.sql, &job::mark_settled(&row.id))?;
+        } else if !recorded.settled() {
             // A failure here is retried by the watchdog (the hold, if any,
             // is released by the sweep past its expiry at the latest).
             match self
@@ -107,7 +118,10 @@ impl RunCtx {
         }
         if !recorded.finished() {
             if !terminal {
-                self.finish(status, &ending, container_ms, ended_ms)?;
+                self.finish(row, status, goes_live, &ending, container_ms, ended_ms)?;
+                if goes_live {
+                    self.keep_container_up().await;
+                }
             }
             if let Some(row) = self.load()? {
                 let body = self.body(&row)?.to_string();
@@ -149,8 +163,22 @@ impl RunCtx {
         for receipt in released {
             self.append_event("runner", &serde_json::to_string(&receipt)?)?;
         }
-        let db = bindings::db(&self.env)?;
-        let updated = db
+        self.index(row, status, ok, container_ms, ended_ms).await;
+        Ok(())
+    }
+
+    /// The run's terminal state in its D1 index row (logged if it fails:
+    /// the DO's own row is the truth).
+    async fn index(
+        &self,
+        row: &RunRow,
+        status: RunStatus,
+        ok: bool,
+        container_ms: i64,
+        ended_ms: i64,
+    ) {
+        let updated = async {
+            bindings::db(&self.env)?
             .prepare(
                 "UPDATE runs SET status = ?1, ok = ?2, container_ms = ?3, finished_at = ?4, updated_at = ?4 WHERE id = ?5",
             )
@@ -162,18 +190,22 @@ impl RunCtx {
                 row.id.as_str().into(),
             ])?
             .run()
-            .await;
+            .await?;
+            Ok::<(), ApiError>(())
+        }
+        .await;
         if let Err(err) = updated {
             worker::console_error!("runs: D1 update of {}: {err}", row.id);
         }
-        Ok(())
     }
 
     /// The terminal status with the artifact and diff, and the `result`
     /// event: with no await between, so they are written together, once.
     fn finish(
         &self,
+        row: &RunRow,
         status: RunStatus,
+        goes_live: bool,
         ending: &Ending,
         container_ms: i64,
         ended_ms: i64,
@@ -183,15 +215,19 @@ impl RunCtx {
             Some(a) => Some(serde_json::to_string(a)?),
             None => None,
         };
-        let finish = rows::finish(&rows::Finish {
+        let status = if goes_live { RunStatus::Live } else { status };
+        let mut plan = vec![rows::finish(&rows::Finish {
             status: status.as_str(),
             ok: ending.ok,
             ended_ms,
             container_ms,
             artifact_json: artifact.as_deref(),
             diff: result.and_then(|r| r.diff.as_deref()),
-        });
-        storage::exec(&self.sql, &finish)?;
+        })];
+        if goes_live {
+            plan.extend(self.go_live_plan(row, ended_ms)?);
+        }
+        storage::exec_plan(&self.sql, &plan)?;
         let Some(row) = self.load()? else {
             return Ok(());
         };
@@ -247,6 +283,7 @@ impl RunCtx {
             account_id,
             &row.key_id,
             run_id,
+            1,
             &billing,
             container_ms,
             time::now_ms(),

@@ -16,6 +16,7 @@
 //! RunEvents, VerifyRun, CancelRun, DeleteRun}` (`runner::call`).
 
 mod ending;
+mod live;
 mod pump;
 mod store;
 mod watchdog;
@@ -41,6 +42,11 @@ use crate::wire::receipts::verify_chain;
 use crate::wire::RunStatus;
 use store::RunRow;
 pub use watchdog::watchdog;
+
+/// This DO holds a repo run (else it serves a workspace, or nothing yet).
+pub fn holds_run(ctx: &RunCtx) -> bool {
+    matches!(ctx.load(), Ok(Some(_)))
+}
 
 pub fn init_schema(sql: &SqlStorage) {
     for stmt in rows::SCHEMA.iter().chain(job::SCHEMA) {
@@ -105,10 +111,56 @@ pub async fn handle(
             let row = cancel(&ctx, &row).await?;
             http::json(200, &ctx.body(&row)?)
         }
+        RunnerCall::ExecRun {
+            run_id,
+            exec,
+            respond,
+        } => {
+            let row = ctx.owned(&run_id, account)?;
+            ctx.exec(&row, exec, respond).await
+        }
+        RunnerCall::ReadRunFile { run_id, path } => {
+            let row = ctx.owned(&run_id, account)?;
+            ctx.read_file(&row, &path).await
+        }
+        RunnerCall::WriteRunFile {
+            run_id,
+            path,
+            content_base64,
+            mode,
+        } => {
+            let row = ctx.owned(&run_id, account)?;
+            ctx.write_file(&row, &path, &content_base64, mode).await
+        }
+        RunnerCall::StopRun { run_id } => {
+            let row = ctx.owned(&run_id, account)?;
+            ctx.stop(&row).await
+        }
+        RunnerCall::ResumeRun {
+            run_id,
+            terms,
+            billing,
+        } => {
+            let row = ctx.owned(&run_id, account)?;
+            ctx.resume(state, &row, terms, billing).await
+        }
+        RunnerCall::ForkSource { run_id } => {
+            let row = ctx.owned(&run_id, account)?;
+            ctx.fork_source(&row).await
+        }
+        RunnerCall::StartFork { fork } => {
+            if fork.account_id != account {
+                return Err(ApiError::Internal("fork: account mismatch".into()));
+            }
+            ctx.start_fork(state, fork).await
+        }
         RunnerCall::DeleteRun { run_id } => {
             let row = ctx.owned(&run_id, account)?;
             if !row.status().is_terminal() {
                 cancel(&ctx, &row).await?;
+            }
+            if row.status() == RunStatus::Live {
+                ctx.end_for_delete(&row).await?;
             }
             storage::exec_plan(&ctx.sql, &rows::delete(&run_id))?;
             let _ = state.storage().delete_alarm().await;
@@ -173,6 +225,10 @@ async fn start(
         Some(billing) => Some(serde_json::to_string(billing)?),
         None => None,
     };
+    let terms_json = match &body.live {
+        Some(terms) => Some(serde_json::to_string(terms)?),
+        None => None,
+    };
     let created = rows::create(&rows::NewRun {
         run_id: &spec.run_id,
         account_id: &body.account_id,
@@ -182,6 +238,7 @@ async fn start(
         claim: body.idempotency.as_ref().map(|(k, at)| (k.as_str(), *at)),
         billing: billing_json.as_deref().map(|b| (body.key_id.as_str(), b)),
         public: body.public,
+        live_terms: terms_json.as_deref(),
     });
     storage::exec_plan(&ctx.sql, &created)?;
     for receipt in &ready {

@@ -122,6 +122,7 @@ impl RunCtx {
         if public.is_some() {
             body["publicUrl"] = json!(format!("/runs/{}", row.id));
         }
+        self.live_fields(row, &mut body)?;
         Ok(body)
     }
 

@@ -25,6 +25,11 @@ pub async fn watchdog(ctx: RunCtx, state: &State) {
         ending: ending.as_ref().map(|e| (e.settled(), e.finished())),
     };
     let over = row.status().is_terminal() && ending.as_ref().is_none_or(|e| e.done());
+    if over && matches!(ctx.live_row(), Ok(Some(_))) {
+        // Past its steps, a live run's alarm keeps its expiry.
+        ctx.live_watchdog(state).await;
+        return;
+    }
     if over {
         if ctx.link.container_running() {
             crate::runner::link::release(
