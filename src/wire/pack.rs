@@ -19,14 +19,14 @@ pub fn frame_header(sha256: &str, size: u64) -> String {
 }
 
 /// A blob to move: its hash and size.
-pub type Sized = (String, u64);
+pub type BlobSize = (String, u64);
 
 /// The blobs of `blobs` split into packs of at most `MAX_PACK_BYTES` each,
 /// and those that travel alone.
-pub fn plan(blobs: &[Sized]) -> (Vec<Vec<Sized>>, Vec<Sized>) {
-    let mut packs: Vec<Vec<Sized>> = Vec::new();
+pub fn plan(blobs: &[BlobSize]) -> (Vec<Vec<BlobSize>>, Vec<BlobSize>) {
+    let mut packs: Vec<Vec<BlobSize>> = Vec::new();
     let mut alone = Vec::new();
-    let mut current: Vec<Sized> = Vec::new();
+    let mut current: Vec<BlobSize> = Vec::new();
     let mut bytes = 0u64;
     for (sha, size) in blobs {
         if *size > MAX_PACKED_BLOB_BYTES {
