@@ -204,6 +204,53 @@ pub enum RunsCommand {
     Open {
         id: String,
     },
+    /// Run one command in a live run's checkout (`run --live`); prints its
+    /// output, exit 1 when it fails
+    Exec {
+        id: String,
+        command: String,
+        /// Seconds the command may take (cut to the run's expiry)
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
+    /// Print one file of a live run's checkout, or write it to --out
+    Read {
+        id: String,
+        path: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Write one file of a live run's checkout from FILE, or stdin ('-' or
+    /// nothing)
+    Write {
+        id: String,
+        path: String,
+        file: Option<PathBuf>,
+        /// Permission bits in octal, e.g. 755
+        #[arg(long)]
+        mode: Option<String>,
+    },
+    /// Snapshot a live run and release its container (state stopped)
+    Stop {
+        id: String,
+    },
+    /// Restore a stopped, expired or lost run's snapshot into a fresh
+    /// container (state live again, its TTL renewed)
+    Resume {
+        id: String,
+    },
+    /// A new run from this run's latest snapshot (one taken now if it is
+    /// live); created stopped unless --live
+    Fork {
+        id: String,
+        #[arg(long)]
+        live: bool,
+        /// The fork's TTL in seconds (default: the parent's)
+        #[arg(long)]
+        ttl: Option<u64>,
+        #[arg(long)]
+        public: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

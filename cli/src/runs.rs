@@ -3,6 +3,8 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use serde_json::{json, Map, Value};
 
 use crate::args::{RunArgs, RunsCommand};
@@ -356,6 +358,112 @@ pub fn runs(ctx: &Ctx, cmd: RunsCommand) -> Result<()> {
                     .spawn();
             }
         }
+        RunsCommand::Exec {
+            id,
+            command,
+            timeout,
+        } => {
+            let mut body = json!({ "command": command });
+            if let Some(s) = timeout {
+                body["timeoutMs"] = json!(s.saturating_mul(1000));
+            }
+            let receipt = api.post(&format!("/api/runs/{}/exec", run_id(&id)?), &body)?;
+            if ctx.out.json {
+                ctx.out.result(&receipt, String::new);
+            } else {
+                print!("{}", receipt["stdout"].as_str().unwrap_or(""));
+                eprint!("{}", receipt["stderr"].as_str().unwrap_or(""));
+            }
+            if receipt["exitCode"].as_i64() != Some(0) {
+                return Err(Failure::new(
+                    Exit::WorkFailed,
+                    "exec_failed",
+                    format!("the command ended with {}", exit_text(&receipt)),
+                )
+                .shown());
+            }
+        }
+        RunsCommand::Read { id, path, out } => {
+            let url = format!(
+                "/api/runs/{}/read?path={}",
+                run_id(&id)?,
+                crate::client::query_escape(&path)
+            );
+            let body = api.get(&url)?;
+            let bytes = file_bytes(&body)?;
+            match out {
+                Some(file) => {
+                    std::fs::write(&file, &bytes)
+                        .map_err(|e| Failure::usage(format!("{}: {e}", file.display())))?;
+                    ctx.out.result(
+                        &json!({ "path": path, "size": bytes.len(), "out": file }),
+                        || format!("wrote {} bytes to {}", bytes.len(), file.display()),
+                    );
+                }
+                None if ctx.out.json => ctx.out.result(&body, String::new),
+                None => {
+                    use std::io::Write;
+                    std::io::stdout()
+                        .write_all(&bytes)
+                        .map_err(|e| Failure::usage(format!("stdout: {e}")))?;
+                }
+            }
+        }
+        RunsCommand::Write {
+            id,
+            path,
+            file,
+            mode,
+        } => {
+            let bytes = read_bytes(file.as_deref())?;
+            let mut body = json!({ "path": path, "contentBase64": STANDARD.encode(&bytes) });
+            if let Some(m) = mode {
+                body["mode"] = json!(m);
+            }
+            let answer = api.post(&format!("/api/runs/{}/write", run_id(&id)?), &body)?;
+            ctx.out.result(&answer, || {
+                format!("wrote {} bytes to {path}", answer["written"])
+            });
+        }
+        RunsCommand::Stop { id } => {
+            let body = api.post(&format!("/api/runs/{}/stop", run_id(&id)?), &json!({}))?;
+            ctx.out.result(&body, || {
+                format!(
+                    "{id} stopped; snapshot {} ({} files, {} bytes)",
+                    body["snapshot"]["id"].as_str().unwrap_or("-"),
+                    body["snapshot"]["files"],
+                    body["snapshot"]["bytes"]
+                )
+            });
+        }
+        RunsCommand::Resume { id } => {
+            let body = api.post(&format!("/api/runs/{}/resume", run_id(&id)?), &json!({}))?;
+            ctx.out.result(&body, || {
+                format!(
+                    "{id} live until {}",
+                    body["live"]["expiresAt"].as_str().unwrap_or("-")
+                )
+            });
+        }
+        RunsCommand::Fork {
+            id,
+            live,
+            ttl,
+            public,
+        } => {
+            let mut request = json!({ "live": live, "public": public });
+            if let Some(t) = ttl {
+                request["ttlSeconds"] = json!(t);
+            }
+            let body = api.post(&format!("/api/runs/{}/fork", run_id(&id)?), &request)?;
+            ctx.out.result(&body, || {
+                format!(
+                    "{} {} (forked from {id})",
+                    body["runId"].as_str().unwrap_or("-"),
+                    body["status"].as_str().unwrap_or("-")
+                )
+            });
+        }
         RunsCommand::Delete { id } => {
             let answer = api.json("DELETE", &format!("/api/runs/{}", run_id(&id)?), None, &[])?;
             let body = if answer.body.is_null() {
@@ -369,9 +477,62 @@ pub fn runs(ctx: &Ctx, cmd: RunsCommand) -> Result<()> {
     Ok(())
 }
 
+/// How an exec ended, for its failure message.
+fn exit_text(receipt: &Value) -> String {
+    match (receipt["exitCode"].as_i64(), receipt["signal"].as_str()) {
+        (Some(code), _) => format!("exit {code}"),
+        (None, Some(signal)) => signal.to_string(),
+        (None, None) => "no exit code".to_string(),
+    }
+}
+
+/// The bytes of a `read` answer (`content` or `contentBase64`).
+fn file_bytes(body: &Value) -> Result<Vec<u8>> {
+    if let Some(text) = body["content"].as_str() {
+        return Ok(text.as_bytes().to_vec());
+    }
+    let b64 = body["contentBase64"].as_str().unwrap_or("");
+    STANDARD
+        .decode(b64)
+        .map_err(|e| Failure::new(Exit::Server, "bad_answer", format!("contentBase64: {e}")))
+}
+
+/// FILE's bytes, or stdin's ('-' or nothing).
+fn read_bytes(file: Option<&std::path::Path>) -> Result<Vec<u8>> {
+    match file {
+        Some(p) if p != std::path::Path::new("-") => {
+            std::fs::read(p).map_err(|e| Failure::usage(format!("{}: {e}", p.display())))
+        }
+        _ => {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+                .map_err(|e| Failure::usage(format!("reading stdin: {e}")))?;
+            Ok(bytes)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_answers_give_their_bytes_text_or_base64() {
+        assert_eq!(
+            file_bytes(&json!({"content": "hé"})).unwrap(),
+            "hé".as_bytes()
+        );
+        assert_eq!(
+            file_bytes(&json!({"contentBase64": "AAEC/w=="})).unwrap(),
+            vec![0, 1, 2, 255]
+        );
+        assert!(file_bytes(&json!({"contentBase64": "!!"})).is_err());
+        assert_eq!(exit_text(&json!({"exitCode": 3})), "exit 3");
+        assert_eq!(
+            exit_text(&json!({"exitCode": null, "signal": "SIGKILL"})),
+            "SIGKILL"
+        );
+    }
 
     fn args() -> RunArgs {
         RunArgs {
