@@ -730,6 +730,87 @@ fn run_exits_0_on_a_passing_verify_and_1_on_a_failing_one() {
 }
 
 #[test]
+fn a_live_run_from_the_command_line_execs_writes_reads_stops_resumes_and_forks() {
+    model();
+    let repo = fixture_repo("cli", "live", &[("README.md", "fixture\n")]);
+    let key = internal_key();
+    let user = User::new(Some(&key));
+    let body = user
+        .ok(&[
+            "--json",
+            "run",
+            &repo,
+            "--cmd",
+            "echo made > out.txt",
+            "--live",
+            "--ttl",
+            "600",
+        ])
+        .json();
+    assert_eq!(body["status"], "live", "{body}");
+    let id = body["runId"].as_str().unwrap().to_string();
+
+    let exec = user.run(&["runs", "exec", &id, "cat out.txt; echo oops >&2"]);
+    assert_eq!(
+        (exec.code, exec.stdout.as_str()),
+        (0, "made\n"),
+        "{}",
+        exec.stderr
+    );
+    assert_eq!(exec.stderr, "oops\n");
+    let failing = user.run(&["runs", "exec", &id, "exit 3"]);
+    assert_eq!(failing.code, 1, "{}", failing.stderr);
+    assert!(failing.stderr.contains("exit 3"), "{}", failing.stderr);
+
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("blob.bin");
+    fs::write(&local, [0u8, 1, 2, 255, 10]).unwrap();
+    user.ok(&[
+        "runs",
+        "write",
+        &id,
+        "data/blob.bin",
+        local.to_str().unwrap(),
+        "--mode",
+        "755",
+    ]);
+    let back = dir.path().join("back.bin");
+    user.ok(&[
+        "runs",
+        "read",
+        &id,
+        "data/blob.bin",
+        "--out",
+        back.to_str().unwrap(),
+    ]);
+    assert_eq!(fs::read(&back).unwrap(), vec![0u8, 1, 2, 255, 10]);
+    let text = user.ok(&["runs", "read", &id, "out.txt"]);
+    assert_eq!(text.stdout, "made\n");
+    assert_eq!(user.run(&["runs", "read", &id, "missing.txt"]).code, 4);
+    assert_eq!(user.run(&["runs", "read", &id, "../etc/passwd"]).code, 2);
+
+    let stopped = user.ok(&["--json", "runs", "stop", &id]).json();
+    assert_eq!(stopped["status"], "stopped");
+    // Not live any more: exec is a conflict (exit 5).
+    assert_eq!(user.run(&["runs", "exec", &id, "true"]).code, 5);
+    let fork = user.ok(&["--json", "runs", "fork", &id]).json();
+    assert_eq!(fork["status"], "stopped", "{fork}");
+    let fork_id = fork["runId"].as_str().unwrap().to_string();
+    let resumed = user.ok(&["--json", "runs", "resume", &fork_id]).json();
+    assert_eq!(resumed["status"], "live");
+    let seen = user.ok(&[
+        "runs",
+        "exec",
+        &fork_id,
+        "cat out.txt; stat -c %a data/blob.bin",
+    ]);
+    assert_eq!(seen.stdout, "made\n755\n");
+    user.ok(&["runs", "stop", &fork_id]);
+    let verified = user.ok(&["--json", "runs", "verify", &fork_id]).json();
+    assert_eq!(verified["valid"], true);
+}
+
+#[test]
 fn a_run_whose_connection_drops_reattaches_and_runs_once() {
     model();
     let repo = fixture_repo("cli", "steps", &[("README.md", "fixture\n")]);
