@@ -39,13 +39,21 @@ bench_cli() {
   cargo test --quiet -p cloudbox-cli --test bench_cli -- --ignored --nocapture --test-threads=1
 }
 
+bench_live() {
+  # Live runs: stop + resume of a 500-file / 50 MB checkout, a second stop
+  # after a one-file change, and a fork, vs a naive tar of the tree to R2 and
+  # back (tests/bench_live.rs, an ignored test binary with real containers).
+  bash scripts/setup.sh >/dev/null
+  cargo test --quiet --test bench_live -- --ignored --nocapture --test-threads=1
+}
+
 bench_grade() {
   # Grading 100 000 receipts against a 50-criterion rubric, natively, next to
   # a deep clone of the same receipts (examples/bench_grade.rs).
   cargo run --profile bench-native --quiet --example bench_grade
 }
 
-all=(runs workspaces execute cli grade)
+all=(runs workspaces execute cli live grade)
 selected=("$@")
 [ ${#selected[@]} -eq 0 ] && selected=("${all[@]}")
 for name in "${selected[@]}"; do

@@ -24,6 +24,9 @@ pub(crate) async fn refusal(mut resp: Response) -> String {
     }
 }
 
+/// R2 reads of one pack in flight at once.
+const PARALLEL_GETS: usize = 8;
+
 /// Each hash once, with its size.
 fn distinct(wanted: &[(String, u64)]) -> Vec<(String, u64)> {
     let mut seen = std::collections::HashSet::new();
@@ -81,17 +84,23 @@ pub(crate) async fn push_missing(
     let (packs, alone) = pack::plan(&sized);
     for blobs in packs {
         let mut body = Vec::new();
-        for (sha, _) in &blobs {
-            let object = store::get_blob(env, account, sha)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("blob {sha} is missing from storage"))?;
-            let bytes = match object.body() {
-                Some(b) => b.bytes().await.map_err(|e| e.to_string())?,
-                None => Vec::new(),
-            };
-            body.extend_from_slice(pack::frame_header(sha, bytes.len() as u64).as_bytes());
-            body.extend_from_slice(&bytes);
+        // A few R2 reads at a time, framed in order.
+        for batch in blobs.chunks(PARALLEL_GETS) {
+            let reads = batch.iter().map(|(sha, _)| async move {
+                let object = store::get_blob(env, account, sha)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("blob {sha} is missing from storage"))?;
+                match object.body() {
+                    Some(b) => b.bytes().await.map_err(|e| e.to_string()),
+                    None => Ok(Vec::new()),
+                }
+            });
+            let read = futures_util::future::try_join_all(reads).await?;
+            for ((sha, _), bytes) in batch.iter().zip(read) {
+                body.extend_from_slice(pack::frame_header(sha, bytes.len() as u64).as_bytes());
+                body.extend_from_slice(&bytes);
+            }
         }
         let body = worker::js_sys::Uint8Array::from(body.as_slice());
         let resp = send_body(

@@ -182,6 +182,9 @@ async fn record_blob(
     Ok(())
 }
 
+/// R2 puts of one pack in flight at once.
+const PARALLEL_PUTS: usize = 8;
+
 /// Stores blobs already checked against their names (a pack's) that the
 /// account lacked: each object in R2, then their index rows in one batch.
 pub async fn put_checked_blobs(
@@ -194,14 +197,22 @@ pub async fn put_checked_blobs(
         return Ok(());
     }
     let bucket = bindings::bucket(env)?;
-    let mut rows = Vec::with_capacity(blobs.len());
-    for (sha, bytes) in blobs {
-        let size = bytes.len() as u64;
-        bucket
-            .put(manifest::blob_key(account, &sha), bytes)
-            .execute()
-            .await?;
-        rows.push((sha, size));
+    let rows: Vec<(String, u64)> = blobs
+        .iter()
+        .map(|(sha, bytes)| (sha.clone(), bytes.len() as u64))
+        .collect();
+    // A few puts at a time: each is a round trip to R2.
+    let mut blobs = blobs.into_iter();
+    loop {
+        let batch: Vec<(String, Vec<u8>)> = blobs.by_ref().take(PARALLEL_PUTS).collect();
+        if batch.is_empty() {
+            break;
+        }
+        let puts = batch.into_iter().map(|(sha, bytes)| {
+            let put = bucket.put(manifest::blob_key(account, &sha), bytes);
+            async move { put.execute().await }
+        });
+        futures_util::future::try_join_all(puts).await?;
     }
     let db = bindings::db(env)?;
     let mut statements = Vec::with_capacity(rows.len());
