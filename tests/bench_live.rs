@@ -12,6 +12,7 @@
 //! way; only ours skips what R2 already has on the second stop.
 
 #[path = "common/bench_tree.rs"]
+#[allow(dead_code)] // the tree generator is for the other benches
 mod bench_tree;
 mod common;
 
