@@ -247,6 +247,20 @@ fn a_live_run_execs_reads_and_writes_then_stops_and_resumes() {
     assert!(output < receipt && receipt < result, "{text}");
     assert!(text.contains("streamed"), "{text}");
 
+    // One exec at a time.
+    let slow = {
+        let (key, id) = (key.clone(), id.clone());
+        std::thread::spawn(move || exec(&key, &id, "sleep 3; echo slept"))
+    };
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_refused(
+        post(&key, &id, "exec", json!({"command": "true"})),
+        409,
+        "in_flight",
+    );
+    assert_eq!(slow.join().unwrap()["stdout"], "slept\n");
+    exec(&key, &id, "true");
+
     // stop: a snapshot receipt, the container gone, the period settled.
     let container = container_id_of(&body["runnerReceipts"]).unwrap();
     let stopped = post(&key, &id, "stop", json!({}));

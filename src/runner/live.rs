@@ -37,6 +37,8 @@ pub struct Live {
     /// A live run's stop, resume, expiry or snapshot is under way: another
     /// waits for it (`op_lock`).
     pub live_op: Cell<bool>,
+    /// A live run's exec is being driven by this instance.
+    pub exec_driving: Cell<bool>,
 }
 
 /// Held while one live-run operation changes the run's container or state.

@@ -785,10 +785,18 @@ impl RunCtx {
         respond: Respond,
     ) -> Result<Response, ApiError> {
         self.guard(row, Action::Exec)?;
-        if self.live.live_op.get()
-            || storage::first::<ExecRow>(&self.sql, &rows::exec_open())?.is_some()
-        {
+        if self.live.live_op.get() || self.live.exec_driving.get() {
             return Err(ApiError::InFlight);
+        }
+        // An exec left open by an instance that is gone (evicted mid-exec)
+        // has no driver any more: it is closed, so it blocks nothing.
+        #[derive(Deserialize)]
+        struct Open {
+            id: String,
+        }
+        if let Some(orphan) = storage::first::<Open>(&self.sql, &rows::exec_open())? {
+            let why = "the run's Durable Object restarted during the exec";
+            storage::exec(&self.sql, &rows::exec_done(&orphan.id, None, Some(why)))?;
         }
         let now = time::now_ms();
         let expires = self
@@ -809,6 +817,8 @@ impl RunCtx {
             timeout_ms: request.timeout_ms.min(left),
             env: request.env,
         };
+        // Set before the driver starts, so no second exec slips in between.
+        self.live.exec_driving.set(true);
         worker::wasm_bindgen_futures::spawn_local(drive_exec(self.clone(), row.id.clone(), start));
         match respond {
             Respond::Events => {
@@ -988,6 +998,7 @@ async fn file_refusal(mut resp: Response) -> ApiError {
 /// the run's log, its receipt sealed into the run's chain), then mark it
 /// done — with a receipt the DO seals itself when the runner could not.
 async fn drive_exec(ctx: RunCtx, run_id: String, start: LiveExec) {
+    let _driving = ExecDriving::new(&ctx);
     let exec_id = start.exec_id.clone();
     let started = time::now_ms();
     let deadline = started + start.timeout_ms as i64 + 30_000;
@@ -1048,6 +1059,22 @@ async fn drive_exec(ctx: RunCtx, run_id: String, start: LiveExec) {
     }
     if let Err(err) = ctx.announce() {
         worker::console_error!("runs: exec {exec_id}: {err}");
+    }
+}
+
+/// Marks this instance as driving an exec until it drops.
+struct ExecDriving(std::rc::Rc<crate::runner::live::Live>);
+
+impl ExecDriving {
+    fn new(ctx: &RunCtx) -> Self {
+        ctx.live.exec_driving.set(true);
+        ExecDriving(ctx.live.clone())
+    }
+}
+
+impl Drop for ExecDriving {
+    fn drop(&mut self) {
+        self.0.exec_driving.set(false);
     }
 }
 
