@@ -68,6 +68,31 @@ pub struct Step {
     pub duration_ms: u64,
 }
 
+impl Step {
+    /// A step the DO records itself that succeeded (a snapshot, a restore,
+    /// a fork): exit 0, no signal, nothing on stderr.
+    pub fn done(
+        kind: ReceiptKind,
+        cmd: String,
+        stdout: String,
+        started_ms: i64,
+        now_ms: i64,
+    ) -> Self {
+        Step {
+            kind,
+            cmd,
+            exit_code: Some(0),
+            signal: None,
+            stdout,
+            stderr: String::new(),
+            truncated: false,
+            timed_out: false,
+            started_ms,
+            duration_ms: (now_ms - started_ms).max(0) as u64,
+        }
+    }
+}
+
 /// One receipt as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -213,6 +238,21 @@ pub fn verify_chain(receipts: &[Receipt]) -> ChainCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_done_step_exits_0_and_lasts_from_its_start_to_now() {
+        let step = Step::done(
+            ReceiptKind::Restore,
+            "restore s".into(),
+            "2 files".into(),
+            1_000,
+            1_250,
+        );
+        assert_eq!((step.exit_code, step.duration_ms), (Some(0), 250));
+        assert!(step.signal.is_none() && step.stderr.is_empty() && !step.timed_out);
+        let clock_back = Step::done(ReceiptKind::Fork, "f".into(), String::new(), 5, 1);
+        assert_eq!(clock_back.duration_ms, 0);
+    }
     use sha2::{Digest, Sha256};
 
     fn step(kind: ReceiptKind, cmd: &str, exit: i32) -> Step {

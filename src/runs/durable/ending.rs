@@ -151,18 +151,7 @@ impl RunCtx {
             },
         )?;
         // A finished run's container is not left idle.
-        let mut released = Vec::new();
-        crate::runner::link::release(
-            &self.sql,
-            &self.link,
-            &row.id,
-            "the run ended",
-            &mut released,
-        )
-        .await;
-        for receipt in released {
-            self.append_event("runner", &serde_json::to_string(&receipt)?)?;
-        }
+        self.release_container(row, "the run ended").await?;
         self.index(row, status, ok, container_ms, ended_ms).await;
         Ok(())
     }

@@ -335,23 +335,18 @@ impl RunCtx {
             &rows::snapshot_add(&id, started, totals.files, totals.bytes, &key),
         )?;
         if receipt {
-            self.seal(Step {
-                kind: ReceiptKind::Snapshot,
-                cmd: format!("snapshot {id}"),
-                exit_code: Some(0),
-                signal: None,
-                stdout: format!(
+            self.seal(Step::done(
+                ReceiptKind::Snapshot,
+                format!("snapshot {id}"),
+                format!(
                     "{} files, {} bytes; {moved} of {} blobs uploaded",
                     totals.files,
                     totals.bytes,
                     blobs.len()
                 ),
-                stderr: String::new(),
-                truncated: false,
-                timed_out: false,
-                started_ms: started,
-                duration_ms: (time::now_ms() - started).max(0) as u64,
-            })?;
+                started,
+                time::now_ms(),
+            ))?;
         }
         Ok(SnapshotRef {
             id,
@@ -379,6 +374,35 @@ impl RunCtx {
             .bytes()
             .await?;
         let tree_object: TreeObject = serde_json::from_slice(&bytes)?;
+        // A container that went away under the first try (the runtime may
+        // still be tearing down the one a stop released) is replaced once:
+        // a restore writes the whole checkout, so doing it again is safe.
+        let restored = match self.restore_into_container(row, &tree_object).await {
+            Err(ApiError::RunnerUnavailable(why)) => {
+                worker::console_log!("runs: restore of {} retried: {why}", row.id);
+                self.release_container(row, "the restore lost its container")
+                    .await?;
+                self.restore_into_container(row, &tree_object).await?
+            }
+            other => other?,
+        };
+        self.seal(Step::done(
+            ReceiptKind::Restore,
+            format!("restore {}", snapshot.id),
+            format!("{} files, {} bytes", restored.files, restored.bytes),
+            started,
+            time::now_ms(),
+        ))?;
+        Ok(())
+    }
+
+    /// A ready container, the tree's blobs in its cache, the checkout
+    /// written out.
+    async fn restore_into_container(
+        &self,
+        row: &RunRow,
+        tree_object: &TreeObject,
+    ) -> Result<Restored, ApiError> {
         let mut ready = Vec::new();
         let readied = link::ensure_ready(&self.sql, &self.link, &row.id, &mut ready).await;
         for receipt in &ready {
@@ -394,7 +418,7 @@ impl RunCtx {
         .await
         .map_err(ApiError::RunnerUnavailable)?;
         let body = serde_json::to_string(&Restore {
-            entries: tree_object.entries,
+            entries: tree_object.entries.clone(),
         })?;
         let mut resp = send(
             &self.link,
@@ -409,24 +433,15 @@ impl RunCtx {
             let why = crate::runner::blobs::refusal(resp).await;
             return Err(ApiError::RunnerUnavailable(format!("restore: {why}")));
         }
-        let restored: Restored = resp.json().await?;
-        self.seal(Step {
-            kind: ReceiptKind::Restore,
-            cmd: format!("restore {}", snapshot.id),
-            exit_code: Some(0),
-            signal: None,
-            stdout: format!("{} files, {} bytes", restored.files, restored.bytes),
-            stderr: String::new(),
-            truncated: false,
-            timed_out: false,
-            started_ms: started,
-            duration_ms: (time::now_ms() - started).max(0) as u64,
-        })?;
-        Ok(())
+        Ok(resp.json().await?)
     }
 
     /// Releases the container and records it.
-    async fn release_container(&self, row: &RunRow, reason: &str) -> Result<(), ApiError> {
+    pub(super) async fn release_container(
+        &self,
+        row: &RunRow,
+        reason: &str,
+    ) -> Result<(), ApiError> {
         let mut released = Vec::new();
         link::release(&self.sql, &self.link, &row.id, reason, &mut released).await;
         for receipt in released {
@@ -730,24 +745,19 @@ impl RunCtx {
         ));
         plan.push(rows::finished_at(now));
         storage::exec_plan(&self.sql, &plan)?;
-        self.seal(Step {
-            kind: ReceiptKind::Fork,
-            cmd: format!("fork {}@{}", fork.parent_run_id, snap.id),
-            exit_code: Some(0),
-            signal: None,
-            stdout: json!({
+        self.seal(Step::done(
+            ReceiptKind::Fork,
+            format!("fork {}@{}", fork.parent_run_id, snap.id),
+            json!({
                 "parentRunId": fork.parent_run_id,
                 "snapshotId": snap.id,
                 "files": snap.files,
                 "bytes": snap.bytes,
             })
             .to_string(),
-            stderr: String::new(),
-            truncated: false,
-            timed_out: false,
-            started_ms: now,
-            duration_ms: 0,
-        })?;
+            now,
+            now,
+        ))?;
         if fork.live {
             let row = self.load()?.ok_or(ApiError::RunNotFound)?;
             let _alone = self.live.op_lock().await;
