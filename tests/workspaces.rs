@@ -8,6 +8,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use cloudbox::wire::pack;
 use cloudbox::workspaces::manifest::sha256_hex;
 use cloudbox::workspaces::sync::{self, Transport};
 use common::*;
@@ -112,7 +113,14 @@ fn a_300_file_tree_round_trips_and_resyncs_incrementally() {
     let src = tempfile::tempdir().unwrap();
     make_tree(src.path());
 
+    api.sync.take_requests();
     let first = sync::push(&api.sync, "tree", src.path()).unwrap();
+    // manifest, missing, health, one pack, commit.
+    assert_eq!(
+        api.sync.take_requests(),
+        5,
+        "a first push moves its blobs in one pack"
+    );
     assert_eq!(first.version, 1);
     assert!(first.committed);
     assert_eq!(first.missing, 299, "two files share content");
@@ -132,6 +140,12 @@ fn a_300_file_tree_round_trips_and_resyncs_incrementally() {
 
     let dest = tempfile::tempdir().unwrap();
     let pulled = sync::pull(&api.sync, "tree", dest.path(), None).unwrap();
+    // manifest, health, one fetched pack.
+    assert_eq!(
+        api.sync.take_requests(),
+        3,
+        "a pull fetches its blobs in one pack"
+    );
     assert_eq!(pulled.version, 1);
     assert_same_tree(src.path(), dest.path());
 
@@ -228,6 +242,177 @@ fn parallel_commits_on_one_base_let_exactly_one_win() {
     let current = api.manifest("contended");
     assert_eq!(current["version"], 1);
     assert_eq!(current["files"], json!([entry("f", &blobs[winners[0]])]));
+}
+
+/// A pack of `blobs` (`wire::pack`), each named by its hash.
+fn pack_of(blobs: &[&[u8]]) -> Vec<u8> {
+    let hashes: Vec<String> = blobs.iter().map(|b| sha256_hex(b)).collect();
+    pack::encode(hashes.iter().map(String::as_str).zip(blobs.iter().copied())).unwrap()
+}
+
+fn post_pack(api: &Api, body: &[u8]) -> (u16, Value) {
+    let (status, answer) = api
+        .sync
+        .send(
+            "POST",
+            "/workspaces/p/blobs/pack",
+            Some(pack::CONTENT_TYPE),
+            Some(body),
+        )
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&answer).unwrap_or(Value::Null),
+    )
+}
+
+fn fetch(api: &Api, hashes: &[String]) -> (u16, Vec<u8>) {
+    let body = json!({ "sha256": hashes }).to_string();
+    api.sync
+        .send(
+            "POST",
+            "/workspaces/p/blobs/fetch",
+            Some("application/json"),
+            Some(body.as_bytes()),
+        )
+        .unwrap()
+}
+
+#[test]
+fn packs_store_and_fetch_many_blobs_in_one_request_each() {
+    let health = get("/health", None).json();
+    assert_eq!(health["limits"]["maxPackBytes"], pack::MAX_PACK_BYTES);
+    let api = Api::new(&account_key());
+    let owned: Vec<Vec<u8>> = (0..40u32)
+        .map(|i| format!("blob {i} ").repeat(i as usize * 50).into_bytes())
+        .collect();
+    let mut blobs: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
+    blobs.push(b"\x00\xffbinary");
+    blobs.push(owned[3].as_slice()); // the same blob twice: stored once
+    let unique: Vec<String> = {
+        let mut seen = std::collections::HashSet::new();
+        blobs
+            .iter()
+            .map(|b| sha256_hex(b))
+            .filter(|h| seen.insert(h.clone()))
+            .collect()
+    };
+    let (status, answer) = post_pack(&api, &pack_of(&blobs));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["stored"], json!(unique));
+    assert_eq!(answer["existing"], json!([]));
+    let (status, again) = post_pack(&api, &pack_of(&blobs));
+    assert_eq!(status, 200);
+    assert_eq!(
+        (again["stored"].clone(), again["existing"].clone()),
+        (json!([]), json!(unique))
+    );
+    assert!(sync::ask_missing(&api.sync, "p", &unique)
+        .unwrap()
+        .is_empty());
+    // A single blob from the pack reads back like any other.
+    let one = api.req("GET", &format!("/workspaces/p/blobs/{}", unique[5]), None);
+    assert_eq!((one.status, one.text.as_bytes()), (200, blobs[5]));
+
+    // Fetch: in the order asked, every record checked by the unpacker.
+    let asked: Vec<String> = unique.iter().rev().cloned().collect();
+    let (status, body) = fetch(&api, &asked);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let mut unpacker = pack::Unpacker::default();
+    let records = unpacker.push(&body).unwrap();
+    unpacker.finish().unwrap();
+    let names: Vec<String> = records.iter().map(|(sha, _)| sha.clone()).collect();
+    assert_eq!(names, asked);
+    for (sha, bytes) in &records {
+        assert_eq!(&sha256_hex(bytes), sha);
+    }
+
+    // Unknown blobs: 404 listing exactly them; nothing is sent.
+    let unknown = sha256_hex(b"never uploaded");
+    let (status, body) = fetch(&api, &[unique[0].clone(), unknown.clone()]);
+    let err: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (404, Some("blob_not_found"))
+    );
+    assert_eq!(err["details"]["missing"], json!([unknown]));
+    // Another account has none of them.
+    let other = Api::new(&account_key());
+    let (status, body) = fetch(&other, &unique[..2]);
+    let err: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, 404);
+    assert_eq!(err["details"]["missing"], json!(unique[..2]));
+
+    // A record whose bytes lie: 400 naming it; it is not stored.
+    let fresh: [&[u8]; 3] = [b"fresh one", b"fresh two", b"fresh three"];
+    let mut lie = pack_of(&fresh);
+    let at = lie.len() - 1;
+    lie[at] ^= 1;
+    let (status, err) = post_pack(&other, &lie);
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (400, Some("hash_mismatch")),
+        "{err}"
+    );
+    assert_eq!(err["details"]["record"], 2);
+    let third = sha256_hex(fresh[2]);
+    assert_eq!(
+        sync::ask_missing(&other.sync, "p", std::slice::from_ref(&third)).unwrap(),
+        vec![third]
+    );
+    // Cut short: 400 bad_pack naming the record it ends in.
+    let whole = pack_of(&fresh);
+    let (status, err) = post_pack(&other, &whole[..whole.len() - 3]);
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (400, Some("bad_pack")),
+        "{err}"
+    );
+    assert_eq!(err["details"]["record"], 2);
+    // A record over the per-blob limit is refused from its header alone.
+    let header = pack::record_header(&unique[0], MAX_BLOB + 1).unwrap();
+    let (status, err) = post_pack(&other, &header);
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (413, Some("body_too_large")),
+        "{err}"
+    );
+    // Not JSON and not a list of hashes: 400 before any storage work.
+    let (status, _) = api
+        .sync
+        .send(
+            "POST",
+            "/workspaces/p/blobs/fetch",
+            Some("application/json"),
+            Some(b"{\"sha256\":[\"x\"]}"),
+        )
+        .unwrap();
+    assert_eq!(status, 400);
+}
+
+#[test]
+fn a_fetch_larger_than_one_pack_is_413_and_sends_nothing() {
+    let api = Api::new(&account_key());
+    let big: Vec<Vec<u8>> = (0..3)
+        .map(|seed| big_blob(seed + 40, 12 * 1024 * 1024))
+        .collect();
+    let mut hashes = Vec::new();
+    for blob in &big {
+        let resp = api.put_blob("p", blob);
+        assert_eq!(resp.status, 201, "{}", resp.text);
+        hashes.push(sha256_hex(blob));
+    }
+    let (status, body) = fetch(&api, &hashes);
+    let err: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (413, Some("body_too_large")),
+        "{err}"
+    );
+    // Two of them fit (24 MiB and two headers).
+    let (status, body) = fetch(&api, &hashes[..2]);
+    assert_eq!(status, 200);
+    assert_eq!(body.len(), 2 * (12 * 1024 * 1024 + pack::HEADER_BYTES));
 }
 
 #[test]

@@ -164,6 +164,20 @@ impl Api {
         Ok(resp.status())
     }
 
+    /// Sends a body held in memory (a pack); the answer's body parsed.
+    pub fn post_bytes(&self, path: &str, content_type: &str, body: &[u8]) -> Result<Value> {
+        let resp = self.exchange(&self.agent, "POST", path, &[], &|req| {
+            req.set("content-type", content_type).send_bytes(body)
+        })?;
+        Ok(answer(resp)?.body)
+    }
+
+    /// A JSON request whose answer is read as a stream (a fetched pack).
+    pub fn post_for_stream(&self, path: &str, body: &Value) -> Result<Box<dyn Read + Send + Sync>> {
+        let resp = self.exchange(&self.agent, "POST", path, &[], &|req| req.send_json(body))?;
+        Ok(resp.into_reader())
+    }
+
     /// A download, as a reader of the body.
     pub fn get_stream(&self, path: &str) -> Result<Box<dyn Read + Send + Sync>> {
         let resp = self.exchange(&self.agent, "GET", path, &[], &|req| req.call())?;

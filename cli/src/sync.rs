@@ -11,6 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use cloudbox::common::paths::validate_path;
+use cloudbox::wire::pack;
 use cloudbox::workspaces::manifest::{
     self, FileEntry, Manifest, MAX_MISSING_QUERY, MODE_EXECUTABLE, MODE_FILE,
 };
@@ -29,10 +30,15 @@ const PARALLEL: usize = 8;
 /// Without `/health` limits: the API's default blob limit.
 const DEFAULT_MAX_BLOB_BYTES: u64 = 100 * 1024 * 1024;
 
+/// Packs in flight at once (each up to 32 MiB in memory).
+const PARALLEL_PACKS: usize = 4;
+
 /// What the server announces in `GET /health` (`limits`).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_blob_bytes: u64,
+    /// `None`: a server without the pack routes (one request per blob).
+    pub max_pack_bytes: Option<u64>,
 }
 
 impl Limits {
@@ -42,7 +48,18 @@ impl Limits {
             max_blob_bytes: health["limits"]["maxBlobBytes"]
                 .as_u64()
                 .unwrap_or(DEFAULT_MAX_BLOB_BYTES),
+            max_pack_bytes: health["limits"]["maxPackBytes"]
+                .as_u64()
+                .map(|limit| limit.min(pack::MAX_PACK_BYTES)),
         })
+    }
+
+    /// The blobs of `blobs` as packs and those that go one by one.
+    fn plan(&self, blobs: Vec<pack::BlobSize>) -> (Vec<Vec<pack::BlobSize>>, Vec<pack::BlobSize>) {
+        match self.max_pack_bytes {
+            Some(limit) => pack::plan(&blobs, limit),
+            None => (Vec::new(), blobs),
+        }
     }
 }
 
@@ -130,16 +147,36 @@ pub fn push(api: &Api, ws: &str, root: &Path, progress: &Progress) -> Result<Pus
             .map_err(|e| Failure::new(Exit::Server, "bad_answer", format!("missing: {e}")))?;
         missing.extend(list);
     }
-    // One upload per missing blob, from the first file that has it.
+    // One upload per missing blob, from the first file that has it: in
+    // packs, the large ones alone.
     let mut seen = HashSet::new();
     let todo: Vec<(&tree::Found, &FileEntry)> = found
         .iter()
         .zip(&entries)
         .filter(|(_, e)| missing.contains(&e.sha256) && seen.insert(e.sha256.clone()))
         .collect();
+    let source: HashMap<&str, (&tree::Found, &FileEntry)> = todo
+        .iter()
+        .map(|(f, e)| (e.sha256.as_str(), (*f, *e)))
+        .collect();
     let total: u64 = todo.iter().map(|(_, e)| e.size).sum();
     let bar = progress.bar("uploading", total, true);
-    let sent = parallel_map(&todo, PARALLEL, |(f, e)| {
+    let (packs, alone) = limits.plan(
+        todo.iter()
+            .map(|(_, e)| (e.sha256.clone(), e.size))
+            .collect(),
+    );
+    let packed = parallel_map(&packs, PARALLEL_PACKS, |blobs| {
+        let body = pack_body(blobs, &source)?;
+        // The bytes were checked against their hashes as the pack was made.
+        api.post_bytes(&ws_path(ws, "/blobs/pack"), pack::CONTENT_TYPE, &body)
+            .map_err(|err| err.context("uploading a pack"))?;
+        let bytes = blobs.iter().map(|(_, size)| size).sum();
+        bar.inc(bytes);
+        Ok(bytes)
+    });
+    let sent = parallel_map(&alone, PARALLEL, |(sha, _)| {
+        let (f, e) = source[sha.as_str()];
         let abs = f.abs.clone();
         let open = move || fs::File::open(&abs).map(|f| Box::new(f) as Box<dyn Read>);
         let path = ws_path(ws, &format!("/blobs/{}", e.sha256));
@@ -156,7 +193,12 @@ pub fn push(api: &Api, ws: &str, root: &Path, progress: &Progress) -> Result<Pus
         bar.inc(e.size);
         r.map(|_| e.size)
     });
-    let uploaded_bytes = sent.into_iter().collect::<Result<Vec<u64>>>()?.iter().sum();
+    let uploaded_bytes = packed
+        .into_iter()
+        .chain(sent)
+        .collect::<Result<Vec<u64>>>()?
+        .iter()
+        .sum();
     bar.finish();
     let (version, committed) = if entries == current.files {
         (current.version, false)
@@ -189,6 +231,30 @@ pub fn push(api: &Api, ws: &str, root: &Path, progress: &Progress) -> Result<Pus
         committed,
         entries,
     })
+}
+
+/// A pack of `blobs` read from their files. A file whose bytes no longer
+/// hash to what was hashed before is refused here, before it is sent.
+fn pack_body(
+    blobs: &[pack::BlobSize],
+    source: &HashMap<&str, (&tree::Found, &FileEntry)>,
+) -> Result<Vec<u8>> {
+    let mut body = Vec::with_capacity(pack::packed_bytes(blobs) as usize);
+    for (sha, size) in blobs {
+        let (f, _) = source[sha.as_str()];
+        let bytes = fs::read(&f.abs).map_err(|e| Failure::usage(format!("{}: {e}", f.path)))?;
+        let header = pack::record_header(sha, *size)
+            .filter(|_| hex::encode(Sha256::digest(&bytes)) == *sha)
+            .ok_or_else(|| {
+                Failure::usage(format!(
+                    "{}: the file changed while it was sent; push again",
+                    f.path
+                ))
+            })?;
+        body.extend_from_slice(&header);
+        body.extend_from_slice(&bytes);
+    }
+    Ok(body)
 }
 
 /// Brings a version into `dest`: writes only the files that differ,
@@ -319,8 +385,9 @@ pub fn pull_changes(
     })
 }
 
-/// Writes `files` into `dest` from the workspace's blobs, 8 at a time;
-/// returns the bytes written.
+/// Writes `files` into `dest` from the workspace's blobs: each blob once,
+/// in packs when the server takes them (a few in flight), the large ones
+/// streamed alone, 8 at a time. Returns the bytes written.
 fn download(
     api: &Api,
     ws: &str,
@@ -329,13 +396,75 @@ fn download(
     progress: &Progress,
 ) -> Result<u64> {
     let total: u64 = files.iter().map(|f| f.size).sum();
+    if files.is_empty() {
+        return Ok(0);
+    }
+    let limits = Limits::of(api)?;
+    let mut by_hash: HashMap<&str, Vec<&FileEntry>> = HashMap::new();
+    let mut sized = Vec::new();
+    for f in files {
+        let same = by_hash.entry(f.sha256.as_str()).or_default();
+        if same.is_empty() {
+            sized.push((f.sha256.clone(), f.size));
+        }
+        same.push(f);
+    }
     let bar = progress.bar("downloading", total, true);
-    let written = parallel_map(files, PARALLEL, |f| {
+    let (packs, alone) = limits.plan(sized);
+    let packed = parallel_map(&packs, PARALLEL_PACKS, |blobs| {
+        let hashes: Vec<&str> = blobs.iter().map(|(sha, _)| sha.as_str()).collect();
+        let mut body =
+            api.post_for_stream(&ws_path(ws, "/blobs/fetch"), &json!({ "sha256": hashes }))?;
+        // The unpacker checks every record against its hash.
+        let mut unpacker = pack::Unpacker::default();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut arrived = 0;
+        loop {
+            let n = body
+                .read(&mut buf)
+                .map_err(|e| Failure::network(format!("download cut short: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            let records = unpacker
+                .push(&buf[..n])
+                .map_err(|e| Failure::network(format!("a fetched pack: {e}")))?;
+            for (sha, bytes) in records {
+                for f in by_hash.get(sha.as_str()).into_iter().flatten() {
+                    place(dest, f, |file| {
+                        file.write_all(&bytes)
+                            .map_err(|e| Failure::usage(e.to_string()))
+                    })
+                    .map_err(|e| e.context(&f.path))?;
+                    bar.inc(f.size);
+                }
+                arrived += 1;
+            }
+        }
+        unpacker
+            .finish()
+            .map_err(|e| Failure::network(format!("a fetched pack: {e}")))?;
+        if arrived != blobs.len() {
+            return Err(Failure::network(format!(
+                "a fetched pack held {arrived} of {} blobs",
+                blobs.len()
+            )));
+        }
+        Ok(())
+    });
+    let big: Vec<&FileEntry> = alone
+        .iter()
+        .flat_map(|(sha, _)| by_hash.get(sha.as_str()).into_iter().flatten().copied())
+        .collect();
+    let written = parallel_map(&big, PARALLEL, |f| {
         let r = write_one(api, ws, dest, f).map_err(|e| e.context(&f.path));
         bar.inc(f.size);
         r
     });
-    written.into_iter().collect::<Result<Vec<()>>>()?;
+    packed
+        .into_iter()
+        .chain(written)
+        .collect::<Result<Vec<()>>>()?;
     bar.finish();
     Ok(total)
 }
@@ -385,24 +514,10 @@ fn local_entries(dest: &Path, remote: &Manifest) -> Result<Vec<FileEntry>> {
     entries.into_iter().collect()
 }
 
-/// Downloads one file to a temporary name beside its place, checks its
-/// hash, sets its mode, then renames it into place.
+/// Downloads one file, checking its hash as the bytes arrive.
 fn write_one(api: &Api, ws: &str, dest: &Path, f: &FileEntry) -> Result<()> {
-    let target = dest.join(&f.path);
-    let parent = make_parents(dest, &f.path)?;
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = parent.join(tree::pull_temp_name(&name, &random_suffix()));
-    let io = |e: std::io::Error| Failure::usage(e.to_string());
-    let result = (|| {
-        let body = api.get_stream(&ws_path(ws, &format!("/blobs/{}", f.sha256)))?;
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(io)?;
+    let body = api.get_stream(&ws_path(ws, &format!("/blobs/{}", f.sha256)))?;
+    place(dest, f, |file| {
         // No more than the manifest says (one byte over shows a mismatch).
         let mut body = body.take(f.size.saturating_add(1));
         let mut hasher = Sha256::new();
@@ -415,13 +530,37 @@ fn write_one(api: &Api, ws: &str, dest: &Path, f: &FileEntry) -> Result<()> {
                 break;
             }
             hasher.update(&buf[..n]);
-            file.write_all(&buf[..n]).map_err(io)?;
+            file.write_all(&buf[..n])
+                .map_err(|e| Failure::usage(e.to_string()))?;
         }
         if hex::encode(hasher.finalize()) != f.sha256 {
             return Err(Failure::network(
                 "the downloaded bytes do not match their hash",
             ));
         }
+        Ok(())
+    })
+}
+
+/// Writes one file under a temporary name beside its place (`fill` gives
+/// the bytes), sets its mode, then renames it into place, so an
+/// interrupted pull never leaves half a file.
+fn place(dest: &Path, f: &FileEntry, fill: impl FnOnce(&mut fs::File) -> Result<()>) -> Result<()> {
+    let target = dest.join(&f.path);
+    let parent = make_parents(dest, &f.path)?;
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = parent.join(tree::pull_temp_name(&name, &random_suffix()));
+    let io = |e: std::io::Error| Failure::usage(e.to_string());
+    let result = (|| {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io)?;
+        fill(&mut file)?;
         // Only the two manifest modes, whatever the server says.
         let mode = if f.mode & 0o111 != 0 {
             MODE_EXECUTABLE

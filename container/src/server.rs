@@ -124,7 +124,7 @@ async fn blobs_missing(
     })
 }
 
-/// Many blobs in one answer (`wire::pack` frames), for the DO to store:
+/// Many blobs in one answer (a `wire::pack`), for the DO to store:
 /// all of them are checked first, so a pack is whole or refused.
 async fn blobs_pack(State(state): State<AppState>, Json(list): Json<BlobList>) -> Response {
     use futures_util::StreamExt;
@@ -143,7 +143,7 @@ async fn blobs_pack(State(state): State<AppState>, Json(list): Json<BlobList>) -
                 ))
             }
         };
-        total += size + pack::frame_header(sha, size).len() as u64;
+        total += size + pack::HEADER_BYTES as u64;
         if size > pack::MAX_PACKED_BLOB_BYTES || total > pack::MAX_PACK_BYTES {
             return error(RunnerError::new(
                 RunnerErrorCode::BadBlob,
@@ -153,7 +153,9 @@ async fn blobs_pack(State(state): State<AppState>, Json(list): Json<BlobList>) -
         files.push((sha.clone(), size, path));
     }
     let frames = futures_util::stream::iter(files).then(|(sha, size, path)| async move {
-        let mut frame = pack::frame_header(&sha, size).into_bytes();
+        let header = pack::record_header(&sha, size)
+            .ok_or_else(|| std::io::Error::other(format!("{sha} is not a blob hash")))?;
+        let mut frame = header.to_vec();
         let bytes = tokio::fs::read(&path).await?;
         if bytes.len() as u64 != size {
             return Err(std::io::Error::other(format!("blob {sha} changed size")));
@@ -162,10 +164,10 @@ async fn blobs_pack(State(state): State<AppState>, Json(list): Json<BlobList>) -
         Ok::<_, std::io::Error>(bytes::Bytes::from(frame))
     });
     let body = Body::from_stream(frames);
-    ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response()
+    ([(header::CONTENT_TYPE, pack::CONTENT_TYPE)], body).into_response()
 }
 
-/// Stores every blob of a pack (`wire::pack` frames), each checked against
+/// Stores every blob of a pack (`wire::pack`), each checked against
 /// its name; answers how many were new.
 async fn blobs_unpack(State(state): State<AppState>, body: Body) -> Response {
     use futures_util::StreamExt;
@@ -187,7 +189,12 @@ async fn blobs_unpack(State(state): State<AppState>, body: Body) -> Response {
         }
         let blobs = match unpacker.push(&chunk) {
             Ok(blobs) => blobs,
-            Err(why) => return error(RunnerError::new(RunnerErrorCode::HashMismatch, why)),
+            Err(why) => {
+                return error(RunnerError::new(
+                    RunnerErrorCode::HashMismatch,
+                    why.to_string(),
+                ))
+            }
         };
         for (sha, bytes) in blobs {
             let one =
@@ -207,7 +214,7 @@ async fn blobs_unpack(State(state): State<AppState>, body: Body) -> Response {
         }
     }
     if let Err(why) = unpacker.finish() {
-        return error(RunnerError::new(RunnerErrorCode::BadBlob, why));
+        return error(RunnerError::new(RunnerErrorCode::BadBlob, why.to_string()));
     }
     Json(json!({"stored": stored})).into_response()
 }
@@ -499,6 +506,27 @@ mod tests {
         http_with(addr, method, path, body, RunnerConfig::TEST_SECRET).await
     }
 
+    /// A raw exchange with a binary body; the whole response as bytes.
+    async fn http_bytes(
+        addr: std::net::SocketAddr,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Vec<u8> {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{RUNNER_SECRET_HEADER}: {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
+            RunnerConfig::TEST_SECRET,
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(body).await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        response
+    }
+
     async fn http_with(
         addr: std::net::SocketAddr,
         method: &str,
@@ -523,28 +551,42 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let addr = serve(RunnerConfig::for_tests(dir.path())).await;
         let blobs = ["first blob\n", "", "second"];
-        let mut body = String::new();
-        let mut hashes = Vec::new();
-        for b in blobs {
-            let sha = hex::encode(Sha256::digest(b.as_bytes()));
-            body.push_str(&pack::frame_header(&sha, b.len() as u64));
-            body.push_str(b);
-            hashes.push(sha);
-        }
-        let stored = http(addr, "POST", "/blobs/unpack", &body).await;
+        let hashes: Vec<String> = blobs
+            .iter()
+            .map(|b| hex::encode(Sha256::digest(b.as_bytes())))
+            .collect();
+        let body = pack::encode(
+            hashes
+                .iter()
+                .map(String::as_str)
+                .zip(blobs.iter().map(|b| b.as_bytes())),
+        )
+        .unwrap();
+        let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
+        let stored =
+            text(http_bytes(addr, "POST", "/blobs/unpack", pack::CONTENT_TYPE, &body).await);
         assert!(stored.starts_with("HTTP/1.1 200"), "{stored}");
         assert!(stored.contains(r#"{"stored":3}"#), "{stored}");
         let list = serde_json::to_string(&BlobList {
             sha256: hashes.clone(),
         })
         .unwrap();
-        let packed = http(addr, "POST", "/blobs/pack", &list).await;
-        assert!(packed.starts_with("HTTP/1.1 200"), "{packed}");
-        // The frames come back as they went (chunked transfer around them).
+        let packed = http_bytes(
+            addr,
+            "POST",
+            "/blobs/pack",
+            "application/json",
+            list.as_bytes(),
+        )
+        .await;
+        assert!(packed.starts_with(b"HTTP/1.1 200"), "{}", text(packed));
+        // The records come back as they went (chunked transfer around them).
         for (sha, b) in hashes.iter().zip(blobs) {
+            let mut record = pack::record_header(sha, b.len() as u64).unwrap().to_vec();
+            record.extend_from_slice(b.as_bytes());
             assert!(
-                packed.contains(&format!("{}{b}", pack::frame_header(sha, b.len() as u64))),
-                "{packed}"
+                packed.windows(record.len()).any(|w| w == record),
+                "{sha} missing from the pack"
             );
         }
         let unknown = serde_json::to_string(&BlobList {
@@ -553,12 +595,15 @@ mod tests {
         .unwrap();
         let missing = http(addr, "POST", "/blobs/pack", &unknown).await;
         assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
-        // A frame whose bytes do not hash to its name is refused, not stored.
-        let lie = format!("{}tampered", pack::frame_header(&"1".repeat(64), 8));
-        let refused = http(addr, "POST", "/blobs/unpack", &lie).await;
+        // A record whose bytes do not hash to its name is refused, not stored.
+        let lie = pack::encode([("1".repeat(64).as_str(), b"tampered".as_slice())]).unwrap();
+        let refused =
+            text(http_bytes(addr, "POST", "/blobs/unpack", pack::CONTENT_TYPE, &lie).await);
         assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
-        let cut = format!("{}short", pack::frame_header(&hashes[0], 11));
-        let refused = http(addr, "POST", "/blobs/unpack", &cut).await;
+        let mut cut = pack::record_header(&hashes[0], 11).unwrap().to_vec();
+        cut.extend_from_slice(b"short");
+        let refused =
+            text(http_bytes(addr, "POST", "/blobs/unpack", pack::CONTENT_TYPE, &cut).await);
         assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
         assert!(!dir.path().join("blobs").join("11").exists());
     }

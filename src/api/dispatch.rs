@@ -29,6 +29,8 @@ pub struct Ctx<'a> {
     pub params: Params,
     pub now_ms: i64,
     pub request_id: &'a str,
+    /// The presented key's row, read with the rate counters (see `auth`).
+    pub key: Option<auth::KeyLookup>,
 }
 
 impl Ctx<'_> {
@@ -59,8 +61,12 @@ pub async fn handle(
     let cfg = Config::from_env(env);
     // Every request passes here: count it before anything else is done.
     let class = ratelimit::classify(&method, pattern);
-    let limit_headers = match ratelimit_d1::check(&req, env, &cfg, class, now_ms).await {
-        Ok(Some(verdict)) => {
+    let gate = match ratelimit_d1::check(&req, env, &cfg, class, now_ms).await {
+        Ok(gate) => gate,
+        Err(err) => return (pattern, Err(err), Vec::new()),
+    };
+    let limit_headers = match &gate.verdict {
+        Some(verdict) => {
             let headers = verdict.headers();
             if !verdict.allowed {
                 let err = ApiError::RateLimited {
@@ -70,8 +76,7 @@ pub async fn handle(
             }
             headers
         }
-        Ok(None) => Vec::new(),
-        Err(err) => return (pattern, Err(err), Vec::new()),
+        None => Vec::new(),
     };
     let (spec, params) = match resolution {
         Resolution::Found(spec, params) => (spec, params),
@@ -93,6 +98,7 @@ pub async fn handle(
         params,
         now_ms,
         request_id,
+        key: gate.key,
     };
     (
         spec.pattern,
@@ -124,6 +130,8 @@ async fn dispatch(route: Route, req: Request, ctx: Ctx<'_>) -> Result<Response, 
         Route::WorkspaceDelete => workspaces::delete(req, &ctx).await,
         Route::WorkspaceManifest => workspaces::manifest(req, &ctx).await,
         Route::WorkspaceBlobsMissing => workspaces::blobs_missing(req, &ctx).await,
+        Route::WorkspaceBlobsPack => workspaces::blobs_pack(req, &ctx).await,
+        Route::WorkspaceBlobsFetch => workspaces::blobs_fetch(req, &ctx).await,
         Route::WorkspaceBlobPut => workspaces::blob_put(req, &ctx).await,
         Route::WorkspaceBlobGet => workspaces::blob_get(req, &ctx).await,
         Route::WorkspaceCommit => workspaces::commit(req, &ctx).await,

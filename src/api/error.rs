@@ -5,6 +5,8 @@
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::wire::pack::PackError;
+
 /// `retry-after` (seconds) of a 503 `runner_unavailable`.
 pub const RUNNER_RETRY_AFTER_SECS: u64 = 5;
 
@@ -77,6 +79,15 @@ pub enum ApiError {
     },
     VersionNotFound,
     BlobNotFound,
+    /// Blobs asked for by `…/blobs/fetch` that the account never stored.
+    UnknownBlobs(Vec<String>),
+    /// A refused pack upload (cut short, or a record that does not match its hash).
+    Pack(crate::wire::pack::PackError),
+    /// A `…/blobs/fetch` whose blobs would not fit in one pack.
+    PackTooLarge {
+        asked_bytes: u64,
+        limit_bytes: u64,
+    },
 
     // --- runs ---
     BadRun(String),
@@ -111,6 +122,7 @@ impl ApiError {
             | KeyInQuery
             | HashMismatch { .. }
             | MissingBlobs(_)
+            | Pack(_)
             | BadRun(_)
             | BadSpec(_) => 400,
             Unauthorized | InvalidKey => 401,
@@ -118,7 +130,7 @@ impl ApiError {
             Forbidden(_) => 403,
             NotFound | KeyNotFound | TransactionNotFound | WorkspaceNotFound | RunNotFound
             | FileNotFound | CollaboratorNotFound | ObjectiveNotFound | ComputerNotFound
-            | VersionNotFound | BlobNotFound => 404,
+            | VersionNotFound | BlobNotFound | UnknownBlobs(_) => 404,
             MethodNotAllowed { .. } => 405,
             InFlight
             | KeyRevoked
@@ -129,6 +141,7 @@ impl ApiError {
             RunExpired => 410,
             BodyTooLarge { .. }
             | BlobTooLarge { .. }
+            | PackTooLarge { .. }
             | SpecTooLarge
             | ContentTooLarge
             | ComputerFull(_) => 413,
@@ -143,7 +156,7 @@ impl ApiError {
         use ApiError::*;
         match self {
             BadJson(_) => "bad_json",
-            BodyTooLarge { .. } | BlobTooLarge { .. } => "body_too_large",
+            BodyTooLarge { .. } | BlobTooLarge { .. } | PackTooLarge { .. } => "body_too_large",
             ValidationFailed(_) => "validation_failed",
             BadPath(_) => "bad_path",
             NotFound => "not_found",
@@ -167,7 +180,9 @@ impl ApiError {
             VersionConflict { .. } => "version_conflict",
             WorkspaceBusy => "workspace_busy",
             VersionNotFound => "version_not_found",
-            BlobNotFound => "blob_not_found",
+            BlobNotFound | UnknownBlobs(_) => "blob_not_found",
+            Pack(PackError::BadPack { .. } | PackError::RecordTooLarge { .. }) => "bad_pack",
+            Pack(PackError::HashMismatch { .. }) => "hash_mismatch",
             BadRun(_) => "bad_run",
             RunNotFound => "run_not_found",
             RunNotLive => "run_not_live",
@@ -238,6 +253,15 @@ impl ApiError {
             WorkspaceBusy => "another execute is running on this workspace".into(),
             VersionNotFound => "no such version of this workspace".into(),
             BlobNotFound => "no such blob in this account".into(),
+            UnknownBlobs(blobs) => format!("{} blobs are not stored in this account", blobs.len()),
+            Pack(err) => err.to_string(),
+            PackTooLarge {
+                asked_bytes,
+                limit_bytes,
+            } => format!(
+                "the blobs asked for take {asked_bytes} bytes as a pack, over the {limit_bytes} \
+                 one pack may hold; split the request by the manifest's sizes"
+            ),
             BadRun(why) => why.clone(),
             RunNotFound => "no such run".into(),
             RunNotLive => "the run is not live".into(),
@@ -264,7 +288,13 @@ impl ApiError {
                 current_balance,
                 total_spent,
             } => Some(json!({"currentBalance": current_balance, "totalSpent": total_spent})),
-            MissingBlobs(blobs) => Some(json!({ "missing": blobs })),
+            MissingBlobs(blobs) | UnknownBlobs(blobs) => Some(json!({ "missing": blobs })),
+            Pack(PackError::BadPack { record, .. } | PackError::RecordTooLarge { record, .. }) => {
+                Some(json!({ "record": record }))
+            }
+            Pack(PackError::HashMismatch {
+                record, expected, ..
+            }) => Some(json!({ "record": record, "sha256": expected })),
             VersionConflict { current } => Some(json!({ "currentVersion": current })),
             MethodNotAllowed { allowed } => Some(json!({ "allowed": allowed })),
             _ => None,

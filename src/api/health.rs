@@ -1,8 +1,9 @@
 //! `GET /health`, `GET /api/health`, `GET /openapi.json`.
 //!
-//! Health announces the limits clients split their uploads by. It names
-//! `maxPackBytes` only once the pack routes (`/blobs/pack`, `/blobs/fetch`)
-//! exist: clients take its presence to mean the server takes packs.
+//! Health announces the limits clients split their uploads by. Clients take
+//! the presence of `maxPackBytes` to mean the server takes packs
+//! (`…/blobs/pack`, `…/blobs/fetch`); an older server without it gets
+//! one request per blob.
 
 use serde_json::json;
 use worker::Response;
@@ -22,6 +23,7 @@ pub fn health(ctx: &Ctx<'_>) -> Result<Response, ApiError> {
             "timestamp": crate::common::time::rfc3339(ctx.now_ms),
             "limits": {
                 "maxBlobBytes": ctx.cfg.max_blob_bytes,
+                "maxPackBytes": crate::wire::pack::MAX_PACK_BYTES,
                 "maxJsonBytes": http::MAX_JSON_BYTES,
             },
         }),

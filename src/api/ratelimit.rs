@@ -151,6 +151,22 @@ pub fn hit(bucket: &str, window_start: i64) -> Stmt {
     }
 }
 
+/// The same increment for the bucket of the key whose hash is `?1`, made
+/// only when that key has its own limit (else no row is written or
+/// answered), so it can share the request's one batch with the key lookup.
+/// The bucket name is `key_bucket(id)`.
+pub const KEY_HIT: &str =
+    "INSERT INTO rate_limit_counters (bucket, window_start, hits) \
+     SELECT 'key:' || id, ?2, 1 FROM api_keys WHERE key_hash = ?1 AND rate_limit_requests IS NOT NULL \
+     ON CONFLICT (bucket, window_start) DO UPDATE SET hits = hits + 1 RETURNING hits";
+
+pub fn key_hit(key_hash: &str, window_start: i64) -> Stmt {
+    Stmt {
+        sql: KEY_HIT,
+        args: vec![Arg::Text(key_hash.into()), Arg::Int(window_start)],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +248,55 @@ mod tests {
                 ("ratelimit-reset", "60".to_string()),
             ]
         );
+    }
+
+    /// The counters' SQL on SQLite with the migrations' schema.
+    #[test]
+    fn key_hits_count_only_keys_with_a_limit_and_never_lose_one() {
+        let db = rusqlite::Connection::open_in_memory().unwrap();
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for file in files {
+            db.execute_batch(&std::fs::read_to_string(file).unwrap())
+                .unwrap();
+        }
+        db.execute_batch(
+            "INSERT INTO accounts (id, created_at, updated_at) VALUES ('acc', 0, 0); \
+             INSERT INTO api_keys (id, account_id, key_hash, key_prefix, name, key_type, permissions, \
+               rate_limit_requests, created_at, updated_at) \
+             VALUES ('k1', 'acc', 'h1', 'cb', 'n', 'standard', 'read', 5, 0, 0), \
+                    ('k2', 'acc', 'h2', 'cb', 'n', 'standard', 'read', NULL, 0, 0);",
+        )
+        .unwrap();
+        let key_hit = |hash: &str, window: i64| -> Vec<i64> {
+            let mut stmt = db.prepare(KEY_HIT).unwrap();
+            stmt.query_map(rusqlite::params![hash, window], |r| r.get(0))
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect()
+        };
+        assert_eq!(key_hit("h1", 0), vec![1]);
+        assert_eq!(key_hit("h1", 0), vec![2]);
+        assert_eq!(key_hit("h1", 1000), vec![1], "a new window starts at 1");
+        assert!(key_hit("h2", 0).is_empty(), "no limit: nothing counted");
+        assert!(key_hit("unknown", 0).is_empty());
+        let bucket: String = db
+            .query_row(
+                "SELECT bucket FROM rate_limit_counters WHERE window_start = 1000",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(bucket, key_bucket("k1"));
+        let mut stmt = db.prepare(HIT).unwrap();
+        let hits: i64 = stmt
+            .query_row(rusqlite::params![key_bucket("k1"), 0], |r| r.get(0))
+            .unwrap();
+        assert_eq!(hits, 3, "KEY_HIT and HIT count in the same bucket");
     }
 
     #[test]

@@ -1,43 +1,47 @@
-//! Rate limiting on D1, called once per request from `routes::handle`.
-//! One batch increments the IP buckets and looks up the presented key's own
-//! limit; a key with a limit costs one more atomic increment.
+//! The request's first D1 round trip, made once per request from
+//! `dispatch::handle`: one batch increments the client address's buckets,
+//! increments the presented key's own bucket when the key has a limit, and
+//! reads the key's row. Authenticating then reuses that row (`auth::KeyLookup`),
+//! so an authenticated route that needs nothing else from D1 costs exactly
+//! one round trip, and a revoked key still fails at once (the row is read
+//! fresh by every request; nothing is cached).
 
 use serde::Deserialize;
 use worker::{Env, Request};
 
-use crate::api::auth;
+use crate::api::auth::{self, KeyLookup, KeyRow};
 use crate::api::error::ApiError;
 use crate::api::ratelimit::{self, Count, RouteClass, Verdict};
 use crate::billing::ledger_d1::bind;
 use crate::common::sql::{Arg, Stmt};
-use crate::keys::api_key;
 use crate::platform::bindings;
 use crate::platform::config::Config;
-
-const KEY_LIMIT: &str =
-    "SELECT id, rate_limit_requests FROM api_keys WHERE key_hash = ?1 AND rate_limit_requests IS NOT NULL";
 
 #[derive(Deserialize)]
 struct Hits {
     hits: i64,
 }
 
-#[derive(Deserialize)]
-struct KeyLimit {
-    id: String,
-    rate_limit_requests: i64,
+/// What the gate found: the rate-limit verdict (`None` for exempt routes)
+/// and the presented key's row, when an API key was presented.
+pub struct Gate {
+    pub verdict: Option<Verdict>,
+    pub key: Option<KeyLookup>,
 }
 
-/// Counts this request; `None` for exempt routes.
+/// Counts this request and looks up its key in one batch.
 pub async fn check(
     req: &Request,
     env: &Env,
     cfg: &Config,
     class: RouteClass,
     now_ms: i64,
-) -> Result<Option<Verdict>, ApiError> {
+) -> Result<Gate, ApiError> {
     if class == RouteClass::Exempt {
-        return Ok(None);
+        return Ok(Gate {
+            verdict: None,
+            key: None,
+        });
     }
     let limits = cfg.rate_limits;
     let (window_start, reset_secs) = ratelimit::window(now_ms, limits.window_secs);
@@ -60,18 +64,12 @@ pub async fn check(
         ));
         bucket_limits.push(limits.runs);
     }
-    // A well-formed API key (not the admin key) may carry its own limit.
-    let presented = auth::presented_key(req).ok().flatten();
-    let is_admin = match (&presented, &cfg.admin_api_key) {
-        (Some(p), Some(admin)) => api_key::secrets_equal(p, admin),
-        _ => false,
-    };
-    let key_hash = presented
-        .filter(|k| !is_admin && api_key::parse(k).is_ok())
-        .map(|k| api_key::hash_key(&k, cfg.key_pepper.as_deref().map(str::as_bytes)));
+    let ip_buckets = plan.len();
+    let key_hash = auth::presented_key_hash(req, cfg);
     if let Some(hash) = &key_hash {
+        plan.push(ratelimit::key_hit(hash, window_start));
         plan.push(Stmt {
-            sql: KEY_LIMIT,
+            sql: auth::KEY_ROW,
             args: vec![Arg::Text(hash.clone())],
         });
     }
@@ -82,7 +80,7 @@ pub async fn check(
         .collect::<Result<Vec<_>, _>>()?;
     let results = db.batch(statements).await?;
     let mut counts = Vec::new();
-    for (result, limit) in results.iter().zip(&bucket_limits) {
+    for (result, limit) in results.iter().take(ip_buckets).zip(&bucket_limits) {
         let rows: Vec<Hits> = result.results()?;
         let hits = rows
             .first()
@@ -93,20 +91,33 @@ pub async fn check(
             hits,
         });
     }
-    if key_hash.is_some() {
-        let rows: Vec<KeyLimit> = results
-            .last()
-            .map(|r| r.results())
-            .transpose()?
-            .unwrap_or_default();
-        if let Some(key) = rows.first() {
-            let hit = ratelimit::hit(&ratelimit::key_bucket(&key.id), window_start);
-            let row: Option<Hits> = bind(&db, &hit)?.first(None).await?;
-            counts.push(Count {
-                limit: key.rate_limit_requests,
-                hits: row.map(|r| r.hits).unwrap_or(i64::MAX),
-            });
+    let key = match key_hash {
+        None => None,
+        Some(hash) => {
+            let key_hits: Vec<Hits> = match results.get(ip_buckets) {
+                Some(result) => result.results()?,
+                None => Vec::new(),
+            };
+            let rows: Vec<KeyRow> = match results.get(ip_buckets + 1) {
+                Some(result) => result.results()?,
+                None => Vec::new(),
+            };
+            let row = rows.into_iter().next();
+            // The key's own bucket was counted only if the key has a limit.
+            if let (Some(limit), Some(hits)) = (
+                row.as_ref().and_then(|r| r.rate_limit_requests),
+                key_hits.first(),
+            ) {
+                counts.push(Count {
+                    limit: limit as i64,
+                    hits: hits.hits,
+                });
+            }
+            Some(KeyLookup { hash, row })
         }
-    }
-    Ok(ratelimit::verdict(&counts, reset_secs))
+    };
+    Ok(Gate {
+        verdict: ratelimit::verdict(&counts, reset_secs),
+        key,
+    })
 }

@@ -32,6 +32,8 @@ pub enum Route {
     WorkspaceDelete,
     WorkspaceManifest,
     WorkspaceBlobsMissing,
+    WorkspaceBlobsPack,
+    WorkspaceBlobsFetch,
     WorkspaceBlobPut,
     WorkspaceBlobGet,
     WorkspaceCommit,
@@ -135,6 +137,16 @@ pub const ROUTES: &[RouteSpec] = &[
         "POST",
         "/workspaces/:id/blobs/missing",
         Route::WorkspaceBlobsMissing,
+    ),
+    row(
+        "POST",
+        "/workspaces/:id/blobs/pack",
+        Route::WorkspaceBlobsPack,
+    ),
+    row(
+        "POST",
+        "/workspaces/:id/blobs/fetch",
+        Route::WorkspaceBlobsFetch,
     ),
     row(
         "PUT",

@@ -53,7 +53,7 @@ async fn account_of(db: &D1Database, key_id: &str, now_ms: i64) -> Result<Budget
 }
 
 pub async fn account(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
-    let caller = auth::authenticate(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
+    let caller = auth::authenticate(&req, ctx).await?;
     let db = bindings::db(ctx.env)?;
     let row = account_of(&db, &caller.key_id, ctx.now_ms).await?;
     let vars = Config::from_env(ctx.env).billing;
@@ -103,7 +103,7 @@ fn entry_view(e: &Entry) -> Value {
 /// page (`nextCursor`). A cursor that is not one of the account's
 /// transactions answers 400.
 pub async fn transactions(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
-    let caller = auth::authenticate(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
+    let caller = auth::authenticate(&req, ctx).await?;
     let limit = paging::limit(http::query(&req, "limit")?.as_deref())
         .map_err(|e| ApiError::ValidationFailed(vec![e]))?;
     let db = bindings::db(ctx.env)?;
@@ -167,7 +167,7 @@ async fn load_entry(db: &D1Database, id: &str, account_id: &str) -> Result<Entry
 
 /// One transaction of the caller's account; another account's id is 404.
 pub async fn transaction(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
-    let caller = auth::authenticate(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
+    let caller = auth::authenticate(&req, ctx).await?;
     let db = bindings::db(ctx.env)?;
     let entry = load_entry(&db, ctx.param("id")?, &caller.account_id).await?;
     http::json(200, &entry_view(&entry))
@@ -200,7 +200,7 @@ fn usage_json(n: &[i64; 6]) -> Value {
 
 /// The account's usage by UTC day over `from..=to` (default: 30 days).
 pub async fn usage(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
-    let caller = auth::authenticate(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
+    let caller = auth::authenticate(&req, ctx).await?;
     let (from, to) = rules::usage_range(
         http::query(&req, "from")?.as_deref(),
         http::query(&req, "to")?.as_deref(),
@@ -316,7 +316,7 @@ fn validate_credit(body: &Value) -> Result<CreditBody, Vec<FieldError>> {
 /// that may not take the balance below what is held, hence never below 0).
 /// With `Idempotency-Key`, a retry replays the first answer.
 pub async fn admin_credits(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
-    auth::require_admin(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
+    auth::require_admin(&req, ctx).await?;
     let idem_key = idempotency_d1::header_key(&req)?;
     let bytes = http::read_body(&mut req, http::MAX_JSON_BYTES).await?;
     let body: Value = http::parse_json(&bytes)?;
@@ -392,7 +392,7 @@ async fn apply_credit(
 
 /// Sets or clears (null) the key's daily and monthly spending limits.
 pub async fn admin_limits(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
-    auth::require_admin(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
+    auth::require_admin(&req, ctx).await?;
     let body: Value = http::read_json(&mut req).await?;
     let patch = records::validate_limits(&body).map_err(ApiError::ValidationFailed)?;
     let db = bindings::db(ctx.env)?;

@@ -34,7 +34,7 @@ pub async fn handle(
     mut req: Request,
     ctx: &Ctx<'_>,
 ) -> Result<Response, ApiError> {
-    let caller = auth::authenticate(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
+    let caller = auth::authenticate(&req, ctx).await?;
     let permission = match op {
         ComputerRoute::Files
         | ComputerRoute::Read

@@ -25,7 +25,7 @@ use crate::runner::call::{Respond, RunnerCall};
 use crate::{common::ids, platform::http, workspaces::manifest};
 
 async fn caller(req: &Request, ctx: &Ctx<'_>) -> Result<Caller, ApiError> {
-    let caller = auth::authenticate(req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
+    let caller = auth::authenticate(req, ctx).await?;
     caller.require(Permission::Execute)?;
     Ok(caller)
 }
@@ -344,7 +344,7 @@ pub async fn cancel(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
 /// `GET /execute/:runId/events`: the execute's SSE stream after
 /// `Last-Event-ID`.
 pub async fn events(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
-    let caller = auth::authenticate(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
+    let caller = auth::authenticate(&req, ctx).await?;
     caller.require(Permission::Read)?;
     let run_id = ctx.param("runId")?;
     follow(ctx, &caller, run_id, http::last_event_id(&req)?).await
@@ -370,7 +370,7 @@ async fn follow(
 /// body and status as `POST /execute`), else 202 `{runId, status,
 /// workspaceId}`. `?wait=true` waits for the end.
 pub async fn get(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
-    let caller = auth::authenticate(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
+    let caller = auth::authenticate(&req, ctx).await?;
     caller.require(Permission::Read)?;
     let run_id = ctx.param("runId")?;
     let workspace_id = locate(ctx, &caller, run_id).await?;

@@ -44,7 +44,7 @@ fn new_secret(prefix: &str, ctx: &Ctx<'_>) -> Result<(String, String, String), A
 }
 
 pub async fn create(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
-    auth::require_admin(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
+    auth::require_admin(&req, ctx).await?;
     let body: NewKeyRequest = http::read_json(&mut req).await?;
     let new = api_key::validate_new_key(body, ctx.now_ms).map_err(ApiError::ValidationFailed)?;
     let db = bindings::db(ctx.env)?;
@@ -140,7 +140,7 @@ pub async fn load_key(db: &D1Database, id: &str) -> Result<KeyRow, ApiError> {
 }
 
 pub async fn list(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
-    auth::require_admin(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
+    auth::require_admin(&req, ctx).await?;
     let limit = paging::limit(http::query(&req, "limit")?.as_deref());
     let offset = paging::offset(http::query(&req, "offset")?.as_deref());
     let (limit, offset) = match (limit, offset) {
@@ -178,7 +178,7 @@ pub async fn list(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
 }
 
 pub async fn get(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
-    auth::require_admin(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
+    auth::require_admin(&req, ctx).await?;
     let db = bindings::db(ctx.env)?;
     let row = load_key(&db, ctx.param("id")?).await?;
     http::json(200, &row.view(ctx.now_ms))
@@ -214,7 +214,7 @@ pub async fn apply_patch(
 }
 
 pub async fn update(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
-    auth::require_admin(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
+    auth::require_admin(&req, ctx).await?;
     let body: Value = http::read_json(&mut req).await?;
     let patch = records::validate_patch(&body).map_err(ApiError::ValidationFailed)?;
     let db = bindings::db(ctx.env)?;
@@ -227,7 +227,7 @@ pub async fn update(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiErro
 /// Revokes at once: the next request with the key answers 401. Revoking a
 /// revoked key keeps its first revocation time.
 pub async fn revoke(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
-    auth::require_admin(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
+    auth::require_admin(&req, ctx).await?;
     let db = bindings::db(ctx.env)?;
     let id = ctx.param("id")?;
     load_key(&db, id).await?;
@@ -246,7 +246,7 @@ pub async fn revoke(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
 /// A new key with the same account, settings and this period's spend; the
 /// old one revoked in the same batch. 409 `key_revoked` for a revoked key.
 pub async fn rotate(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
-    auth::require_admin(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
+    auth::require_admin(&req, ctx).await?;
     let db = bindings::db(ctx.env)?;
     let old_id = ctx.param("id")?;
     let old = load_key(&db, old_id).await?;
@@ -323,7 +323,7 @@ pub const RECENT_USAGE: i64 = 20;
 /// Usage totals of one key, its spend this day and month, and its most
 /// recent executions.
 pub async fn usage(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
-    auth::require_admin(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
+    auth::require_admin(&req, ctx).await?;
     let db = bindings::db(ctx.env)?;
     let row = load_key(&db, ctx.param("id")?).await?;
     let totals = db

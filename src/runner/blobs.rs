@@ -81,7 +81,7 @@ pub(crate) async fn push_missing(
         .into_iter()
         .filter(|(sha, _)| missing.contains(sha))
         .collect();
-    let (packs, alone) = pack::plan(&sized);
+    let (packs, alone) = pack::plan(&sized, pack::MAX_PACK_BYTES);
     for blobs in packs {
         let mut body = Vec::new();
         // A few R2 reads at a time, framed in order.
@@ -98,7 +98,9 @@ pub(crate) async fn push_missing(
             });
             let read = futures_util::future::try_join_all(reads).await?;
             for ((sha, _), bytes) in batch.iter().zip(read) {
-                body.extend_from_slice(pack::frame_header(sha, bytes.len() as u64).as_bytes());
+                let header = pack::record_header(sha, bytes.len() as u64)
+                    .ok_or_else(|| format!("{sha} is not a blob hash"))?;
+                body.extend_from_slice(&header);
                 body.extend_from_slice(&bytes);
             }
         }
@@ -107,7 +109,7 @@ pub(crate) async fn push_missing(
             link,
             Method::Post,
             "/blobs/unpack",
-            Some((body.into(), "application/octet-stream")),
+            Some((body.into(), pack::CONTENT_TYPE)),
             120_000,
         )
         .await?;
@@ -154,7 +156,7 @@ pub(crate) async fn pull_missing(
         .into_iter()
         .filter(|(sha, _)| missing.contains(sha))
         .collect();
-    let (packs, alone) = pack::plan(&sized);
+    let (packs, alone) = pack::plan(&sized, pack::MAX_PACK_BYTES);
     let unavailable = |what: String| ApiError::RunnerUnavailable(what);
     for blobs in packs {
         let list = BlobList {
@@ -181,7 +183,10 @@ pub(crate) async fn pull_missing(
         let mut ready: Vec<(String, Vec<u8>)> = Vec::new();
         let mut ready_bytes = 0usize;
         while let Some(chunk) = stream.next().await {
-            for (sha, bytes) in unpacker.push(&chunk?).map_err(unavailable)? {
+            let records = unpacker
+                .push(&chunk?)
+                .map_err(|e| unavailable(e.to_string()))?;
+            for (sha, bytes) in records {
                 ready_bytes += bytes.len();
                 ready.push((sha, bytes));
             }
@@ -192,7 +197,7 @@ pub(crate) async fn pull_missing(
                 ready_bytes = 0;
             }
         }
-        unpacker.finish().map_err(unavailable)?;
+        unpacker.finish().map_err(|e| unavailable(e.to_string()))?;
         arrived += ready.len();
         store::put_checked_blobs(env, account, ready, now_ms).await?;
         if arrived != blobs.len() {

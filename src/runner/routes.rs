@@ -8,7 +8,7 @@ use crate::api::error::ApiError;
 use crate::{api::auth, platform::http, runner::durable};
 
 pub async fn runner_health(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
-    auth::require_admin(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
+    auth::require_admin(&req, ctx).await?;
     let body = durable::probe(ctx.env, "diagnostics", ctx.request_id).await?;
     http::json(200, &body)
 }

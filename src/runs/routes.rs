@@ -23,7 +23,7 @@ use crate::wire::RunStart;
 use crate::{common::ids, platform::http, runs::billing_d1, runs::spec};
 
 async fn caller(req: &Request, ctx: &Ctx<'_>, permission: Permission) -> Result<Caller, ApiError> {
-    let caller = auth::authenticate(req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
+    let caller = auth::authenticate(req, ctx).await?;
     caller.require(permission)?;
     Ok(caller)
 }

@@ -12,6 +12,7 @@ use crate::api::error::{ApiError, FieldError};
 use crate::keys::api_key::Permission;
 use crate::platform::bindings;
 use crate::platform::config::Config;
+use crate::wire::pack;
 use crate::workspaces::blob_parts::PART_BYTES;
 use crate::workspaces::manifest::{self, CommitRequest, FileEntry};
 use crate::workspaces::store::{self as store, WorkspaceRow};
@@ -30,7 +31,7 @@ async fn open<'c>(
     ctx: &'c Ctx<'_>,
     permission: Permission,
 ) -> Result<(Caller, &'c str), ApiError> {
-    let caller = auth::authenticate(req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
+    let caller = auth::authenticate(req, ctx).await?;
     caller.require(permission)?;
     let id = ctx.param("id")?;
     manifest::validate_workspace_id(id)?;
@@ -63,7 +64,7 @@ fn view(row: &WorkspaceRow) -> serde_json::Value {
 
 /// `GET /workspaces?limit&cursor`: the account's workspaces by id.
 pub async fn list(req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
-    let caller = auth::authenticate(&req, ctx.env, &ctx.cfg, ctx.now_ms).await?;
+    let caller = auth::authenticate(&req, ctx).await?;
     caller.require(Permission::Read)?;
     let limit = query_u64(&req, "limit")?.unwrap_or(LIST_DEFAULT as u64);
     if !(1..=LIST_MAX as u64).contains(&limit) {
@@ -127,6 +128,72 @@ pub async fn blobs_missing(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, 
     let db = bindings::db(ctx.env)?;
     let missing = store::missing_blobs(&db, &caller.account_id, &hashes).await?;
     http::json(200, &json!({ "missing": missing }))
+}
+
+/// `POST /workspaces/:id/blobs/pack` (a pack body, `wire::pack`) → 200
+/// `{stored, existing}`: every record hashed on the way in and written to
+/// R2 as it arrives; one request against the rate limits however many
+/// records it carries.
+pub async fn blobs_pack(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    let (caller, _) = open(&req, ctx, Permission::Write).await?;
+    let declared = req
+        .headers()
+        .get("content-length")?
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > pack::MAX_PACK_BYTES) {
+        return Err(ApiError::BodyTooLarge {
+            limit_bytes: pack::MAX_PACK_BYTES,
+        });
+    }
+    let body = req.stream()?;
+    let max_blob = ctx.cfg.max_blob_bytes;
+    let stored = store::put_pack(ctx.env, &caller.account_id, body, max_blob, ctx.now_ms).await?;
+    http::json(
+        200,
+        &json!({ "stored": stored.stored, "existing": stored.existing }),
+    )
+}
+
+/// `POST /workspaces/:id/blobs/fetch` `{sha256:[…]}` → a pack of those
+/// blobs (each once, in the order first asked), streamed from R2 a few
+/// reads ahead. Refused before any byte is sent: 404 `blob_not_found`
+/// listing unknown blobs, 413 when they would not fit in one pack.
+pub async fn blobs_fetch(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    let (caller, _) = open(&req, ctx, Permission::Read).await?;
+    let bytes = http::read_body(&mut req, manifest::MAX_COMMIT_BODY_BYTES).await?;
+    let body: MissingRequest = http::parse_json(&bytes)?;
+    let hashes = manifest::normalize_blob_query(body.sha256)?;
+    let db = bindings::db(ctx.env)?;
+    let sizes = store::blob_sizes(&db, &caller.account_id, &hashes).await?;
+    let unknown: Vec<String> = hashes
+        .iter()
+        .filter(|h| !sizes.contains_key(*h))
+        .cloned()
+        .collect();
+    if !unknown.is_empty() {
+        return Err(ApiError::UnknownBlobs(unknown));
+    }
+    let blobs: Vec<pack::BlobSize> = hashes
+        .into_iter()
+        .map(|h| {
+            let size = sizes.get(&h).copied().unwrap_or_default();
+            (h, size)
+        })
+        .collect();
+    let total = pack::packed_bytes(&blobs);
+    if total > pack::MAX_PACK_BYTES {
+        return Err(ApiError::PackTooLarge {
+            asked_bytes: total,
+            limit_bytes: pack::MAX_PACK_BYTES,
+        });
+    }
+    let stream = store::pack_stream(ctx.env.clone(), caller.account_id.clone(), blobs);
+    let headers = Headers::new();
+    headers.set("content-type", pack::CONTENT_TYPE)?;
+    headers.set("content-length", &total.to_string())?;
+    Ok(Response::from_stream(stream)?
+        .with_status(200)
+        .with_headers(headers))
 }
 
 /// `PUT /workspaces/:id/blobs/:sha256`: 201 stored, 200 already stored.

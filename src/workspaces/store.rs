@@ -18,6 +18,7 @@ use worker::{wasm_bindgen::JsValue, Bucket, ByteStream, D1Database, Env};
 use crate::api::error::{ApiError, FieldError};
 use crate::platform::bindings;
 use crate::platform::config::Config;
+use crate::wire::pack;
 use crate::workspaces::blob_parts::{PartSplitter, PART_BYTES};
 use crate::workspaces::manifest::{self, FileEntry, Manifest};
 
@@ -165,48 +166,69 @@ pub async fn missing_blobs(
         .collect())
 }
 
-async fn record_blob(
-    db: &D1Database,
-    account: &str,
-    sha: &str,
-    size: u64,
-    now_ms: i64,
-) -> Result<(), ApiError> {
-    db.prepare(
-        "INSERT INTO blobs (account_id, sha256, size, created_at) VALUES (?1, ?2, ?3, ?4) \
-         ON CONFLICT (account_id, sha256) DO NOTHING",
+/// Index rows one statement inserts: two parameters each (hash, size)
+/// plus the two they share (account, time), within D1's 100.
+const ROWS_PER_INSERT: usize = 49;
+
+/// The statement that indexes `rows` blobs of an account at once and
+/// answers the hashes that were new: `?1` account, `?2` time, then hash and
+/// size per row.
+fn index_insert_sql(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|i| format!("(?1, ?{}, ?{}, ?2)", 3 + 2 * i, 4 + 2 * i))
+        .collect();
+    format!(
+        "INSERT INTO blobs (account_id, sha256, size, created_at) VALUES {} \
+         ON CONFLICT (account_id, sha256) DO NOTHING RETURNING sha256",
+        values.join(", ")
     )
-    .bind(&[account.into(), sha.into(), num(size), num(now_ms as u64)])?
-    .run()
-    .await?;
-    Ok(())
 }
 
-/// R2 puts of one pack in flight at once.
+/// Indexes blobs now in R2, in one D1 round trip; returns the hashes the
+/// account did not have indexed before.
+async fn index_blobs(
+    db: &D1Database,
+    account: &str,
+    rows: &[(String, u64)],
+    now_ms: i64,
+) -> Result<Vec<String>, ApiError> {
+    #[derive(Deserialize)]
+    struct New {
+        sha256: String,
+    }
+    let mut statements = Vec::new();
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut args: Vec<JsValue> = vec![account.into(), num(now_ms as u64)];
+        for (sha, size) in chunk {
+            args.push(sha.as_str().into());
+            args.push(num(*size));
+        }
+        statements.push(db.prepare(index_insert_sql(chunk.len())).bind(&args)?);
+    }
+    let mut new = Vec::new();
+    if statements.is_empty() {
+        return Ok(new);
+    }
+    for result in db.batch(statements).await? {
+        new.extend(result.results::<New>()?.into_iter().map(|r| r.sha256));
+    }
+    Ok(new)
+}
+
+/// R2 puts in flight at once.
 const PARALLEL_PUTS: usize = 8;
 
-/// Stores blobs already checked against their names (a pack's) that the
-/// account lacked: each object in R2, then their index rows in one batch.
-pub async fn put_checked_blobs(
-    env: &Env,
+/// Writes blobs (already checked against their names) to R2, a few at a time.
+async fn put_objects(
+    bucket: &Bucket,
     account: &str,
     blobs: Vec<(String, Vec<u8>)>,
-    now_ms: i64,
 ) -> Result<(), ApiError> {
-    if blobs.is_empty() {
-        return Ok(());
-    }
-    let bucket = bindings::bucket(env)?;
-    let rows: Vec<(String, u64)> = blobs
-        .iter()
-        .map(|(sha, bytes)| (sha.clone(), bytes.len() as u64))
-        .collect();
-    // A few puts at a time: each is a round trip to R2.
     let mut blobs = blobs.into_iter();
     loop {
         let batch: Vec<(String, Vec<u8>)> = blobs.by_ref().take(PARALLEL_PUTS).collect();
         if batch.is_empty() {
-            break;
+            return Ok(());
         }
         let puts = batch.into_iter().map(|(sha, bytes)| {
             let put = bucket.put(manifest::blob_key(account, &sha), bytes);
@@ -214,24 +236,96 @@ pub async fn put_checked_blobs(
         });
         futures_util::future::try_join_all(puts).await?;
     }
-    let db = bindings::db(env)?;
-    let mut statements = Vec::with_capacity(rows.len());
-    for (sha, size) in &rows {
-        statements.push(
-            db.prepare(
-                "INSERT INTO blobs (account_id, sha256, size, created_at) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (account_id, sha256) DO NOTHING",
-            )
-            .bind(&[
-                account.into(),
-                sha.as_str().into(),
-                num(*size),
-                num(now_ms as u64),
-            ])?,
-        );
+}
+
+/// Stores blobs already checked against their names (a pack's): the
+/// objects in R2, then their index rows in one batch. Returns the hashes
+/// that were new to the account.
+pub async fn put_checked_blobs(
+    env: &Env,
+    account: &str,
+    blobs: Vec<(String, Vec<u8>)>,
+    now_ms: i64,
+) -> Result<Vec<String>, ApiError> {
+    if blobs.is_empty() {
+        return Ok(Vec::new());
     }
-    db.batch(statements).await?;
-    Ok(())
+    let rows: Vec<(String, u64)> = blobs
+        .iter()
+        .map(|(sha, bytes)| (sha.clone(), bytes.len() as u64))
+        .collect();
+    put_objects(&bindings::bucket(env)?, account, blobs).await?;
+    index_blobs(&bindings::db(env)?, account, &rows, now_ms).await
+}
+
+/// What a pack upload stored.
+pub struct PackStored {
+    /// New to the account.
+    pub stored: Vec<String>,
+    /// Already stored before (the bytes were checked all the same).
+    pub existing: Vec<String>,
+}
+
+/// Stores every record of a pack body (`wire::pack`) as it streams in:
+/// each record is hashed as its bytes arrive and written to R2 once whole
+/// and checked, a few writes at a time, so no more than a few records are
+/// held in memory; the index rows follow in one batch at the end. A
+/// refused record (`bad_pack`, `hash_mismatch`, over `max_blob_bytes`)
+/// fails the request, and nothing of it is stored; records before it may
+/// be in R2 but are not indexed, so `blobs/missing` still lists them.
+pub async fn put_pack(
+    env: &Env,
+    account: &str,
+    mut body: ByteStream,
+    max_blob_bytes: u64,
+    now_ms: i64,
+) -> Result<PackStored, ApiError> {
+    let bucket = bindings::bucket(env)?;
+    let mut unpacker = pack::Unpacker::new(max_blob_bytes.min(pack::MAX_PACK_BYTES));
+    let mut received = 0u64;
+    let mut ready: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut ready_bytes = 0usize;
+    let mut rows: Vec<(String, u64)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        received += chunk.len() as u64;
+        if received > pack::MAX_PACK_BYTES {
+            return Err(ApiError::BodyTooLarge {
+                limit_bytes: pack::MAX_PACK_BYTES,
+            });
+        }
+        let records = unpacker.push(&chunk).map_err(|err| match err {
+            pack::PackError::RecordTooLarge { limit, .. } => {
+                ApiError::BlobTooLarge { limit_bytes: limit }
+            }
+            other => ApiError::Pack(other),
+        })?;
+        for (sha, bytes) in records {
+            if !seen.insert(sha.clone()) {
+                continue; // the same blob twice in one pack
+            }
+            rows.push((sha.clone(), bytes.len() as u64));
+            ready_bytes += bytes.len();
+            ready.push((sha, bytes));
+        }
+        if ready.len() >= PARALLEL_PUTS || ready_bytes >= pack::MAX_PACKED_BLOB_BYTES as usize {
+            put_objects(&bucket, account, std::mem::take(&mut ready)).await?;
+            ready_bytes = 0;
+        }
+    }
+    unpacker.finish().map_err(ApiError::Pack)?;
+    put_objects(&bucket, account, ready).await?;
+    let new: std::collections::HashSet<String> =
+        index_blobs(&bindings::db(env)?, account, &rows, now_ms)
+            .await?
+            .into_iter()
+            .collect();
+    let (stored, existing) = rows
+        .into_iter()
+        .map(|(sha, _)| sha)
+        .partition(|sha| new.contains(sha));
+    Ok(PackStored { stored, existing })
 }
 
 /// Stores bytes already in memory as a blob; returns its hash and whether
@@ -253,7 +347,7 @@ pub async fn put_blob_bytes(
             .put(manifest::blob_key(account, &sha), bytes)
             .execute()
             .await?;
-        record_blob(&db, account, &sha, size, now_ms).await?;
+        index_blobs(&db, account, &[(sha.clone(), size)], now_ms).await?;
         return Ok((sha, true));
     }
     Ok((sha, false))
@@ -316,7 +410,7 @@ pub async fn put_blob_stream(
         upload.abort().await;
         return Err(err);
     }
-    record_blob(&db, account, expected_sha, size, now_ms).await?;
+    index_blobs(&db, account, &[(expected_sha.to_string(), size)], now_ms).await?;
     Ok((true, size))
 }
 
@@ -385,6 +479,43 @@ impl<'a> MultipartState<'a> {
             let _ = upload.abort().await;
         }
     }
+}
+
+/// R2 reads of a fetched pack in flight at once, ahead of the one being sent.
+const PARALLEL_GETS: usize = 8;
+
+/// The records of `blobs` as a pack body, read from R2 a few at a time and
+/// sent in order. A blob that vanished from R2 (or changed size) since
+/// its sizes were read ends the stream with an error: the client sees a
+/// cut pack, never a wrong one.
+pub fn pack_stream(
+    env: Env,
+    account: String,
+    blobs: Vec<pack::BlobSize>,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, worker::Error>> + 'static {
+    futures_util::stream::iter(blobs)
+        .map(move |(sha, size)| {
+            let env = env.clone();
+            let account = account.clone();
+            async move {
+                let object = get_blob(&env, &account, &sha)
+                    .await
+                    .map_err(|e| worker::Error::RustError(e.to_string()))?
+                    .ok_or_else(|| worker::Error::RustError(format!("blob {sha} is gone")))?;
+                let bytes = match object.body() {
+                    Some(body) => body.bytes().await?,
+                    None => Vec::new(),
+                };
+                let header = pack::record_header(&sha, size)
+                    .filter(|_| bytes.len() as u64 == size)
+                    .ok_or_else(|| worker::Error::RustError(format!("blob {sha} changed size")))?;
+                let mut record = Vec::with_capacity(header.len() + bytes.len());
+                record.extend_from_slice(&header);
+                record.extend_from_slice(&bytes);
+                Ok(record)
+            }
+        })
+        .buffered(PARALLEL_GETS)
 }
 
 /// The blob's R2 object (with body), if stored.

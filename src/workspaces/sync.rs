@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::json;
 
+use crate::wire::pack;
 use crate::workspaces::manifest::{self, FileEntry, Manifest, MODE_EXECUTABLE, MODE_FILE};
 
 /// One HTTP exchange with the Cloudbox API (auth added by the implementor).
@@ -47,6 +48,8 @@ pub struct PushReport {
 
 /// Threads for hashing and transfers.
 const PARALLEL: usize = 8;
+/// Packs in flight at once (each up to 32 MiB in memory).
+const PARALLEL_PACKS: usize = 4;
 
 fn check(status: u16, body: &[u8], want: &[u16], what: &str) -> Result<(), String> {
     if want.contains(&status) {
@@ -182,29 +185,71 @@ pub fn ask_missing(t: &dyn Transport, ws: &str, hashes: &[String]) -> Result<Vec
     serde_json::from_value(value["missing"].clone()).map_err(|e| format!("missing: {e}"))
 }
 
-/// Uploads the blobs of `files` whose hash is in `which` (each once);
-/// returns (blobs, bytes) sent.
+/// The pack limit the server announces in `/health` (`None`: an older
+/// server without the pack routes, or one that could not say).
+pub fn pack_limit(t: &dyn Transport) -> Option<u64> {
+    let health = call_json(t, "GET", "/health", None, &[200]).ok()?;
+    health["limits"]["maxPackBytes"]
+        .as_u64()
+        .map(|limit| limit.min(pack::MAX_PACK_BYTES))
+}
+
+/// Uploads the blobs of `files` whose hash is in `which` (each once):
+/// in packs when `pack_limit` is given (a few in flight), the rest one
+/// request each. Returns (blobs, bytes) sent.
 fn upload(
     t: &dyn Transport,
     ws: &str,
     files: &[LocalFile],
     which: &std::collections::HashSet<String>,
+    pack_limit: Option<u64>,
 ) -> Result<(usize, u64), String> {
     let mut seen = std::collections::HashSet::new();
     let todo: Vec<&LocalFile> = files
         .iter()
         .filter(|f| which.contains(&f.entry.sha256) && seen.insert(f.entry.sha256.clone()))
         .collect();
-    let results = parallel_map(&todo, PARALLEL, |f| {
-        let bytes = fs::read(&f.abs).map_err(|e| e.to_string())?;
-        let path = format!("/workspaces/{ws}/blobs/{}", f.entry.sha256);
+    let by_hash: std::collections::HashMap<&str, &LocalFile> =
+        todo.iter().map(|f| (f.entry.sha256.as_str(), *f)).collect();
+    let sized: Vec<pack::BlobSize> = todo
+        .iter()
+        .map(|f| (f.entry.sha256.clone(), f.entry.size))
+        .collect();
+    let (packs, alone) = match pack_limit {
+        Some(limit) => pack::plan(&sized, limit),
+        None => (Vec::new(), sized),
+    };
+    let packed = parallel_map(&packs, PARALLEL_PACKS, |blobs| {
+        let mut body = Vec::with_capacity(pack::packed_bytes(blobs) as usize);
+        for (sha, size) in blobs {
+            let file = by_hash
+                .get(sha.as_str())
+                .ok_or_else(|| format!("no file has blob {sha}"))?;
+            let bytes = fs::read(&file.abs).map_err(|e| e.to_string())?;
+            let header = pack::record_header(sha, *size)
+                .filter(|_| bytes.len() as u64 == *size)
+                .ok_or_else(|| format!("{}: changed while it was sent", file.entry.path))?;
+            body.extend_from_slice(&header);
+            body.extend_from_slice(&bytes);
+        }
+        let path = format!("/workspaces/{ws}/blobs/pack");
+        let (status, answer) = t.send("POST", &path, Some(pack::CONTENT_TYPE), Some(&body))?;
+        check(status, &answer, &[200], &format!("POST {path}"))?;
+        Ok::<u64, String>(blobs.iter().map(|(_, size)| size).sum())
+    });
+    let single = parallel_map(&alone, PARALLEL, |(sha, _)| {
+        let file = by_hash
+            .get(sha.as_str())
+            .ok_or_else(|| format!("no file has blob {sha}"))?;
+        let bytes = fs::read(&file.abs).map_err(|e| e.to_string())?;
+        let path = format!("/workspaces/{ws}/blobs/{sha}");
         let (status, body) =
             t.send("PUT", &path, Some("application/octet-stream"), Some(&bytes))?;
         check(status, &body, &[200, 201], &format!("PUT {path}"))?;
         Ok::<u64, String>(bytes.len() as u64)
     });
     let mut bytes = 0;
-    for r in results {
+    for r in packed.into_iter().chain(single) {
         bytes += r?;
     }
     Ok((todo.len(), bytes))
@@ -234,7 +279,12 @@ pub fn push(t: &dyn Transport, ws: &str, root: &Path) -> Result<PushReport, Stri
     let hashes = manifest::unique_blobs(&entries);
     let missing = ask_missing(t, ws, &hashes)?;
     let which = missing.iter().cloned().collect();
-    let (uploaded_blobs, uploaded_bytes) = upload(t, ws, &files, &which)?;
+    let limit = if missing.is_empty() {
+        None
+    } else {
+        pack_limit(t)
+    };
+    let (uploaded_blobs, uploaded_bytes) = upload(t, ws, &files, &which, limit)?;
     let (version, committed) = if entries == current.files {
         (current.version, false)
     } else {
@@ -249,13 +299,13 @@ pub fn push(t: &dyn Transport, ws: &str, root: &Path) -> Result<PushReport, Stri
     })
 }
 
-/// The naive baseline: upload every file, then commit.
+/// The naive baseline: upload every file, one request each, then commit.
 pub fn push_naive(t: &dyn Transport, ws: &str, root: &Path) -> Result<PushReport, String> {
     let files = scan_tree(root)?;
     let current = fetch_manifest(t, ws)?;
     let entries: Vec<FileEntry> = files.iter().map(|f| f.entry.clone()).collect();
     let all = entries.iter().map(|e| e.sha256.clone()).collect();
-    let (uploaded_blobs, uploaded_bytes) = upload(t, ws, &files, &all)?;
+    let (uploaded_blobs, uploaded_bytes) = upload(t, ws, &files, &all, None)?;
     let version = commit(t, ws, current.version, &entries)?;
     Ok(PushReport {
         version,
@@ -280,24 +330,72 @@ pub fn pull(
     };
     let value = call_json(t, "GET", &path, None, &[200])?;
     let manifest: Manifest = serde_json::from_value(value).map_err(|e| e.to_string())?;
-    let results = parallel_map(&manifest.files, PARALLEL, |f| {
+    for f in &manifest.files {
         crate::common::paths::validate_path(&f.path)?;
-        let url = format!("/workspaces/{ws}/blobs/{}", f.sha256);
-        let (status, bytes) = t.send("GET", &url, None, None)?;
-        check(status, &bytes, &[200], &format!("GET {url}"))?;
-        if manifest::sha256_hex(&bytes) != f.sha256 {
-            return Err(format!("{}: downloaded bytes do not match", f.path));
+    }
+    let write = |sha: &str, bytes: &[u8]| -> Result<(), String> {
+        for f in manifest.files.iter().filter(|f| f.sha256 == sha) {
+            let target = dest.join(&f.path);
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+            }
+            fs::write(&target, bytes).map_err(|e| e.to_string())?;
+            fs::set_permissions(&target, fs::Permissions::from_mode(f.mode))
+                .map_err(|e| e.to_string())?;
         }
-        let target = dest.join(&f.path);
-        if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+        Ok(())
+    };
+    let mut seen = std::collections::HashSet::new();
+    let sized: Vec<pack::BlobSize> = manifest
+        .files
+        .iter()
+        .filter(|f| seen.insert(f.sha256.clone()))
+        .map(|f| (f.sha256.clone(), f.size))
+        .collect();
+    let (packs, alone) = match pack_limit(t) {
+        Some(limit) => pack::plan(&sized, limit),
+        None => (Vec::new(), sized),
+    };
+    let packed = parallel_map(&packs, PARALLEL_PACKS, |blobs| {
+        let hashes: Vec<&str> = blobs.iter().map(|(sha, _)| sha.as_str()).collect();
+        let body = json!({ "sha256": hashes }).to_string();
+        let url = format!("/workspaces/{ws}/blobs/fetch");
+        let (status, answer) = t.send(
+            "POST",
+            &url,
+            Some("application/json"),
+            Some(body.as_bytes()),
+        )?;
+        check(status, &answer, &[200], &format!("POST {url}"))?;
+        // The unpacker checks every record against its hash.
+        let mut unpacker = pack::Unpacker::default();
+        let records = unpacker.push(&answer).map_err(|e| e.to_string())?;
+        unpacker.finish().map_err(|e| e.to_string())?;
+        if records.len() != blobs.len() {
+            return Err(format!(
+                "POST {url}: {} of {} blobs",
+                records.len(),
+                blobs.len()
+            ));
         }
-        fs::write(&target, &bytes).map_err(|e| e.to_string())?;
-        fs::set_permissions(&target, fs::Permissions::from_mode(f.mode))
-            .map_err(|e| e.to_string())?;
+        for (sha, bytes) in &records {
+            write(sha, bytes)?;
+        }
         Ok(())
     });
-    results.into_iter().collect::<Result<(), String>>()?;
+    let single = parallel_map(&alone, PARALLEL, |(sha, _)| {
+        let url = format!("/workspaces/{ws}/blobs/{sha}");
+        let (status, bytes) = t.send("GET", &url, None, None)?;
+        check(status, &bytes, &[200], &format!("GET {url}"))?;
+        if manifest::sha256_hex(&bytes) != *sha {
+            return Err(format!("{sha}: downloaded bytes do not match"));
+        }
+        write(sha, &bytes)
+    });
+    packed
+        .into_iter()
+        .chain(single)
+        .collect::<Result<(), String>>()?;
     Ok(manifest)
 }
 

@@ -742,6 +742,8 @@ pub fn mint_key(body: Value) -> Value {
 pub struct SyncClient {
     pub auth: String,
     pub agent: ureq::Agent,
+    /// Requests sent so far (what a sync costs against the rate limits).
+    pub requests: std::sync::atomic::AtomicUsize,
 }
 
 impl SyncClient {
@@ -753,7 +755,13 @@ impl SyncClient {
         SyncClient {
             auth: format!("Bearer {key}"),
             agent,
+            requests: Default::default(),
         }
+    }
+
+    /// Requests sent since the last call.
+    pub fn take_requests(&self) -> usize {
+        self.requests.swap(0, std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -765,6 +773,8 @@ impl cloudbox::workspaces::sync::Transport for SyncClient {
         content_type: Option<&str>,
         body: Option<&[u8]>,
     ) -> Result<(u16, Vec<u8>), String> {
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let url = format!("{}{}", current().base, path);
         let mut req = self
             .agent
