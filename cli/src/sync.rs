@@ -57,7 +57,7 @@ impl Limits {
     /// The blobs of `blobs` as packs and those that go one by one.
     fn plan(&self, blobs: Vec<pack::BlobSize>) -> (Vec<Vec<pack::BlobSize>>, Vec<pack::BlobSize>) {
         match self.max_pack_bytes {
-            Some(limit) => pack::plan(&blobs, limit),
+            Some(limit) => pack::plan(&blobs, pack::spread(&blobs, limit, PARALLEL_PACKS)),
             None => (Vec::new(), blobs),
         }
     }

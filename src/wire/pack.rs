@@ -66,6 +66,23 @@ pub fn plan(blobs: &[BlobSize], max_pack_bytes: u64) -> (Vec<Vec<BlobSize>>, Vec
     (packs, alone)
 }
 
+/// The pack size that spreads `blobs` over about `lanes` packs, so that
+/// that many requests can be in flight at once (the server hashes one pack
+/// while R2 stores another), within `max_pack_bytes` and no smaller than
+/// `MIN_SPREAD_BYTES` (below that, requests cost more than they overlap).
+pub fn spread(blobs: &[BlobSize], max_pack_bytes: u64, lanes: usize) -> u64 {
+    let packed: u64 = blobs
+        .iter()
+        .filter(|(_, size)| *size <= MAX_PACKED_BLOB_BYTES)
+        .map(|(_, size)| size + HEADER_BYTES as u64)
+        .sum();
+    let share = packed.div_ceil(lanes.max(1) as u64);
+    share.clamp(MIN_SPREAD_BYTES.min(max_pack_bytes), max_pack_bytes)
+}
+
+/// The smallest pack `spread` plans for.
+pub const MIN_SPREAD_BYTES: u64 = 4 * 1024 * 1024;
+
 /// Why a pack was refused, naming its record (0-based).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PackError {
@@ -354,6 +371,23 @@ mod tests {
         // A smaller server limit: a blob that fits no pack goes alone.
         let (packs, alone) = plan(&[(h(1), 100), (h(2), 10)], 100);
         assert_eq!((packs, alone), (vec![vec![(h(2), 10)]], vec![(h(1), 100)]));
+    }
+
+    #[test]
+    fn spread_shares_the_bytes_between_lanes_within_the_limits() {
+        let h = |i: u32| format!("{i:064}");
+        let blobs: Vec<BlobSize> = (0..500).map(|i| (h(i), 100_000)).collect();
+        let size = spread(&blobs, MAX_PACK_BYTES, 4);
+        assert_eq!(size, (500 * (100_000 + 40u64)).div_ceil(4));
+        let (packs, alone) = plan(&blobs, size);
+        assert!(alone.is_empty());
+        assert!((4..=5).contains(&packs.len()), "{}", packs.len());
+        // Small trees stay in one pack; huge ones use the server's limit.
+        assert_eq!(spread(&blobs[..10], MAX_PACK_BYTES, 4), MIN_SPREAD_BYTES);
+        let huge: Vec<BlobSize> = (0..5000).map(|i| (h(i), 1_000_000)).collect();
+        assert_eq!(spread(&huge, MAX_PACK_BYTES, 4), MAX_PACK_BYTES);
+        assert_eq!(spread(&blobs, 1000, 4), 1000);
+        assert_eq!(spread(&[], MAX_PACK_BYTES, 4), MIN_SPREAD_BYTES);
     }
 
     proptest! {

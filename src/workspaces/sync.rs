@@ -216,7 +216,7 @@ fn upload(
         .map(|f| (f.entry.sha256.clone(), f.entry.size))
         .collect();
     let (packs, alone) = match pack_limit {
-        Some(limit) => pack::plan(&sized, limit),
+        Some(limit) => pack::plan(&sized, pack::spread(&sized, limit, PARALLEL_PACKS)),
         None => (Vec::new(), sized),
     };
     let packed = parallel_map(&packs, PARALLEL_PACKS, |blobs| {
@@ -353,7 +353,7 @@ pub fn pull(
         .map(|f| (f.sha256.clone(), f.size))
         .collect();
     let (packs, alone) = match pack_limit(t) {
-        Some(limit) => pack::plan(&sized, limit),
+        Some(limit) => pack::plan(&sized, pack::spread(&sized, limit, PARALLEL_PACKS)),
         None => (Vec::new(), sized),
     };
     let packed = parallel_map(&packs, PARALLEL_PACKS, |blobs| {
