@@ -17,12 +17,12 @@ fn health_answers_the_contract_body_on_both_paths() {
         assert!(body["version"].as_str().is_some_and(|v| !v.is_empty()));
         assert!(body["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
         // The limits clients split uploads by: MAX_BLOB_BYTES (wrangler.toml)
-        // and the JSON body limit. No maxPackBytes until packs are served:
-        // clients read its presence as "this server takes packs".
+        // the JSON body limit, and the pack limit (clients read its presence
+        // as "this server takes packs").
         let limits = body["limits"].as_object().expect("limits");
         assert_eq!(limits.get("maxBlobBytes"), Some(&json!(104_857_600)));
         assert_eq!(limits.get("maxJsonBytes"), Some(&json!(1_048_576)));
-        assert!(!limits.contains_key("maxPackBytes"), "{body}");
+        assert_eq!(limits.get("maxPackBytes"), Some(&json!(33_554_432)));
     }
 }
 

@@ -10,7 +10,10 @@ use serde_json::Value;
 pub const CALL_URL: &str = "https://computer.do/call";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "camelCase")]
+// Externally tagged (`{"write": {…}}`, `"files"`): an internally tagged
+// enum is deserialized through serde's buffered `Content`, which costs the
+// wasm bundle tens of KiB for this and `RunnerCall`.
+#[serde(rename_all = "camelCase")]
 pub enum ComputerCall {
     /// Materializes the spec (once: a second create answers 200).
     Create(Create),
@@ -61,7 +64,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn calls_are_tagged_by_op() {
+    fn calls_are_tagged_by_name() {
         let call = ComputerCall::Write(Write {
             path: "a.txt".into(),
             content: "hi".into(),
@@ -69,11 +72,11 @@ mod tests {
         let json = serde_json::to_value(&call).unwrap();
         assert_eq!(
             json,
-            serde_json::json!({"op": "write", "path": "a.txt", "content": "hi"})
+            serde_json::json!({"write": {"path": "a.txt", "content": "hi"}})
         );
         assert_eq!(serde_json::from_value::<ComputerCall>(json).unwrap(), call);
         let files = serde_json::to_value(ComputerCall::Files).unwrap();
-        assert_eq!(files, serde_json::json!({"op": "files"}));
-        assert!(serde_json::from_str::<ComputerCall>(r#"{"op": "format"}"#).is_err());
+        assert_eq!(files, serde_json::json!("files"));
+        assert!(serde_json::from_str::<ComputerCall>(r#"{"format": {}}"#).is_err());
     }
 }

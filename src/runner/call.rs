@@ -12,7 +12,8 @@ use crate::wire::RunStart;
 pub const CALL_URL: &str = "https://runner.do/call";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase")]
+// Externally tagged (`{"runEvents": {…}}`, `"probe"`): see `ComputerCall`.
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum RunnerCall {
     /// Starts a container, checks the runner end to end, releases it.
     Probe,
@@ -187,7 +188,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn calls_are_tagged_by_op_with_camel_case_fields() {
+    fn calls_are_tagged_by_name_with_camel_case_fields() {
         let call = RunnerCall::RunEvents {
             run_id: "run_1".into(),
             after: 3,
@@ -195,17 +196,17 @@ mod tests {
         let json = serde_json::to_value(&call).unwrap();
         assert_eq!(
             json,
-            serde_json::json!({"op": "runEvents", "runId": "run_1", "after": 3})
+            serde_json::json!({"runEvents": {"runId": "run_1", "after": 3}})
         );
         let back: RunnerCall = serde_json::from_value(json).unwrap();
         assert_eq!(back, call);
         let probe = serde_json::to_value(RunnerCall::Probe).unwrap();
-        assert_eq!(probe, serde_json::json!({"op": "probe"}));
+        assert_eq!(probe, serde_json::json!("probe"));
     }
 
     #[test]
     fn an_unknown_op_is_refused() {
-        let bad = serde_json::from_str::<RunnerCall>(r#"{"op": "dropTables"}"#);
+        let bad = serde_json::from_str::<RunnerCall>(r#"{"dropTables": {}}"#);
         assert!(bad.is_err());
     }
 }
