@@ -53,7 +53,15 @@ bench_grade() {
   cargo run --profile bench-native --quiet --example bench_grade
 }
 
-all=(runs workspaces execute cli live grade)
+bench_computers() {
+  # The computer surface on the local stack: GET read (sequential and 8
+  # clients), receipt appends, and GET grade at 1 000 and 10 000 receipts
+  # (tests/bench_computers.rs, an ignored test binary).
+  bash scripts/setup.sh >/dev/null
+  cargo test --quiet --test bench_computers -- --ignored --nocapture --test-threads=1
+}
+
+all=(runs workspaces execute cli live grade computers)
 selected=("$@")
 [ ${#selected[@]} -eq 0 ] && selected=("${all[@]}")
 for name in "${selected[@]}"; do

@@ -649,3 +649,77 @@ fn a_brief_drafts_a_spec_that_validates_and_materializes() {
         assert_eq!(resp.json()["error"], "validation_failed");
     }
 }
+
+#[test]
+fn grades_stay_right_after_many_receipts_and_after_a_reset() {
+    let key = new_key();
+    let id = fresh(&key, "many");
+    let act = |action: &str, body: Value| {
+        let resp = post_json(&c(&id, action), Some(&key), &body);
+        assert_eq!(resp.status, 200, "{action}: {}", resp.text);
+    };
+    let score = || {
+        let resp = get(&c(&id, "grade"), Some(&key));
+        assert_eq!(resp.status, 200, "{}", resp.text);
+        resp.json()
+    };
+    let the_right_steps = || {
+        read(&key, &id, "README.md");
+        read(&key, &id, "incident/summary.md");
+        act("ask", json!({"who": "alice", "message": "db?"}));
+        read(&key, &id, "private/alice-notes.md");
+        act("write", json!({"path": "REPORT.md", "content": "restore"}));
+        act(
+            "submit",
+            json!({"objective": "fix", "decision": "restore-index"}),
+        );
+    };
+    // The incident read first, in a long log; then everything else.
+    read(&key, &id, "incident/summary.md");
+    for i in 0..300 {
+        match i % 3 {
+            0 => assert_eq!(read(&key, &id, "logs/api.log").status, 200),
+            1 => act(
+                "write",
+                json!({"path": format!("out/{}.txt", i % 10), "content": "x"}),
+            ),
+            _ => act("submit", json!({"objective": "fix", "decision": "wait"})),
+        }
+    }
+    the_right_steps();
+    let g = score();
+    assert_eq!(
+        g["detail"][0]["status"], "failed",
+        "README after the incident"
+    );
+    assert_eq!(
+        (g["score"].as_f64(), g["max"].as_f64()),
+        (Some(8.0), Some(10.0))
+    );
+    // The summary the DO kept grades like the whole log.
+    let rubric = cloudbox::computers::spec::parse(&spec()).unwrap().rubric;
+    let log = receipts(&key, &id);
+    assert_eq!(log.len(), 1 + 300 + 6 + 1);
+    let replayed = cloudbox::computers::grade::grade(&rubric, &log);
+    assert_eq!(
+        serde_json::to_value(&replayed).unwrap(),
+        g,
+        "DO summary vs replayed log"
+    );
+
+    // A reset forgets the summary with the log: nothing done, nothing passes.
+    act("reset", json!({}));
+    let empty = score();
+    assert_eq!(
+        (empty["score"].as_f64(), empty["passed"].as_u64()),
+        (Some(0.0), Some(0))
+    );
+    // The incident read before the reset no longer comes first.
+    the_right_steps();
+    let g = score();
+    assert_eq!(
+        (g["score"].as_f64(), g["max"].as_f64()),
+        (Some(10.0), Some(10.0))
+    );
+    assert_eq!(receipts(&key, &id).len(), 1 + 6 + 1);
+}

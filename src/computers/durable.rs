@@ -1,11 +1,13 @@
 //! The Computer Durable Object: one per computer. Its SQLite storage holds
 //! the spec, the materialized files, the agent's writes, which collaborators
-//! have revealed their private files, and the hash-chained receipt log. The
+//! have revealed their private files, the hash-chained receipt log, and
+//! the grading summary of that log (`grade_sql`), kept up to date by each
+//! append so that a grade does not read the log. The
 //! Worker (`computers::routes`) authenticates and validates, then sends it
 //! one `ComputerCall` (`computers::call`) carrying the caller's account; every
 //! call but `create` answers 404 `computer_not_found` to any other account.
 //!
-//! Rules live in pure modules (`spec`, `grade`, `receipts`,
+//! Rules live in pure modules (`spec`, `grade`, `grade_sql`, `receipts`,
 //! `generate`); this file only stores and sequences. Writes of one action are
 //! plain synchronous `sql.exec` calls with no `await` between them, so the
 //! runtime commits them together and no other request interleaves.
@@ -21,17 +23,20 @@ use crate::api::error::ApiError;
 use crate::common::{canonical, time};
 use crate::computers::call::{self, ComputerCall};
 use crate::computers::generate::{self, FileToWrite};
-use crate::computers::grade;
+use crate::computers::grade::{self, Fact, Summary, Wanted};
+use crate::computers::grade_sql::{self, FactRow};
 use crate::computers::receipts::{self, Receipt};
 use crate::computers::spec::{self, ComputerSpec, Criterion};
 use crate::platform::config::{Config, ModelConfig};
 use crate::platform::model;
 use crate::platform::{bindings, http};
+use crate::runner::storage;
 
 /// Criteria without a `mustEvent` judged by the model per grade, at most.
 const MAX_JUDGED: usize = 8;
-/// Receipts summarized for the judge (the most recent ones).
-const JUDGE_RECEIPTS: usize = 200;
+/// Receipts summarized for the judge: the most recent ones, so that its
+/// prompt (and the query behind it) does not grow with the log.
+const JUDGE_RECEIPTS: u32 = 200;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)",
@@ -54,7 +59,7 @@ pub struct Computer {
 impl DurableObject for Computer {
     fn new(state: State, env: Env) -> Self {
         let sql = state.storage().sql();
-        for statement in SCHEMA {
+        for statement in SCHEMA.iter().chain(grade_sql::SCHEMA) {
             if let Err(err) = sql.exec(statement, None) {
                 worker::console_error!("computer_do schema: {err}");
             }
@@ -101,6 +106,20 @@ struct ReceiptRow {
     payload: String,
     hash: String,
     prev_hash: String,
+}
+
+impl ReceiptRow {
+    fn into_receipt(self) -> Result<Receipt, ApiError> {
+        Ok(Receipt {
+            seq: self.seq as u64,
+            ts: self.ts,
+            ms: self.ms as i64,
+            kind: self.kind,
+            payload: serde_json::from_str(&self.payload)?,
+            hash: self.hash,
+            prev_hash: self.prev_hash,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -289,6 +308,8 @@ impl Computer {
             ("spec", canonical::to_string(&body.spec)),
             ("createdMs", now.to_string()),
             ("account", account.to_string()),
+            // The log is empty, and so is its summary: current from the start.
+            (grade_sql::VERSION_KEY, grade_sql::VERSION.to_string()),
         ] {
             self.sql.exec(
                 "INSERT INTO meta (k, v) VALUES (?, ?)",
@@ -509,23 +530,28 @@ impl Computer {
                 None,
             )?
             .to_array()?;
+        rows.into_iter().map(ReceiptRow::into_receipt).collect()
+    }
+
+    /// The last `limit` receipts other than grades, in order.
+    fn recent_receipts(&self, limit: u32) -> Result<Vec<Receipt>, ApiError> {
+        let rows: Vec<ReceiptRow> = self
+            .sql
+            .exec(
+                "SELECT seq, ms, ts, kind, payload, hash, prev_hash FROM receipts \
+                 WHERE kind <> 'grade' ORDER BY seq DESC LIMIT ?",
+                vec![i64::from(limit).into()],
+            )?
+            .to_array()?;
         rows.into_iter()
-            .map(|r| {
-                Ok(Receipt {
-                    seq: r.seq as u64,
-                    ts: r.ts,
-                    ms: r.ms as i64,
-                    kind: r.kind,
-                    payload: serde_json::from_str(&r.payload)?,
-                    hash: r.hash,
-                    prev_hash: r.prev_hash,
-                })
-            })
+            .rev()
+            .map(ReceiptRow::into_receipt)
             .collect()
     }
 
-    /// Appends one receipt after the last one (synchronously: no other
-    /// request can slip in between reading the head and writing).
+    /// Appends one receipt after the last one, and records what it tells
+    /// the grader in the summary (synchronously: no other request can slip
+    /// in between reading the head and writing either).
     fn append(&self, kind: &str, payload: Value) -> Result<Receipt, ApiError> {
         let head: Vec<ReceiptRow> = self
             .sql
@@ -550,12 +576,32 @@ impl Computer {
                 receipt.prev_hash.as_str().into(),
             ],
         )?;
+        if let Some(fact) = Fact::of(&receipt) {
+            storage::exec(&self.sql, &grade_sql::record(fact))?;
+        }
         Ok(receipt)
     }
 
+    /// The part of the grading summary that `rubric` looks up: a handful
+    /// of primary-key lookups, however long the log. A computer created
+    /// before the summary existed rebuilds it from its log first, once.
+    fn rubric_summary(&self, rubric: &[Criterion]) -> Result<Summary, ApiError> {
+        let version = self.meta(grade_sql::VERSION_KEY)?;
+        if !grade_sql::is_current(version.as_deref()) {
+            let whole = Summary::from_log(&self.receipts()?);
+            storage::exec_plan(&self.sql, &grade_sql::rebuild(&whole))?;
+        }
+        match grade_sql::lookup(&Wanted::of(rubric)) {
+            None => Ok(Summary::default()),
+            Some(lookup) => {
+                let rows: Vec<FactRow> = storage::rows(&self.sql, &lookup)?;
+                Ok(grade_sql::summary_of(&rows))
+            }
+        }
+    }
+
     async fn grade(&self, spec: &ComputerSpec) -> Result<Response, ApiError> {
-        let receipts = self.receipts()?;
-        let mut result = grade::grade(&spec.rubric, &receipts);
+        let mut result = grade::grade_summary(&spec.rubric, &self.rubric_summary(&spec.rubric)?);
         if let Some(cfg) = Config::from_env(&self.env).model {
             let unjudged: Vec<&Criterion> = spec
                 .rubric
@@ -564,7 +610,7 @@ impl Computer {
                 .take(MAX_JUDGED)
                 .collect();
             if !unjudged.is_empty() {
-                let actions = summarize(&receipts);
+                let actions = summarize(&self.recent_receipts(JUDGE_RECEIPTS)?);
                 for criterion in unjudged {
                     let prompt = generate::judge_prompt(&criterion.must, &actions);
                     let verdict = model::try_chat(Some(&cfg), &prompt, "judge")
@@ -613,6 +659,7 @@ impl Computer {
         for table in ["receipts", "writes", "reveals"] {
             self.sql.exec(&format!("DELETE FROM {table}"), None)?;
         }
+        storage::exec_plan(&self.sql, &grade_sql::clear())?;
         let cleared = cleared.first().map(|r| r.n as u64).unwrap_or(0);
         http::json(
             200,
@@ -638,12 +685,10 @@ async fn generate_file(
     }
 }
 
-/// One line per receipt (the most recent ones), for the judge.
+/// One line per receipt, for the judge.
 fn summarize(receipts: &[Receipt]) -> String {
-    let start = receipts.len().saturating_sub(JUDGE_RECEIPTS);
-    receipts[start..]
+    receipts
         .iter()
-        .filter(|r| r.kind != "grade")
         .map(|r| {
             let payload = canonical::to_string(&r.payload);
             let short: String = payload.chars().take(300).collect();

@@ -1,9 +1,10 @@
-//! Computers: the spec, text generation, the receipt log, grading, the
-//! routes and the Computer DO (`durable`).
+//! Computers: the spec, text generation, the receipt log, grading (and its
+//! summary's tables, `grade_sql`), the routes and the Computer DO (`durable`).
 
 pub mod call;
 pub mod generate;
 pub mod grade;
+pub mod grade_sql;
 pub mod receipts;
 pub mod spec;
 
