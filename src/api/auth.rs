@@ -6,9 +6,10 @@ use worker::Request;
 
 use crate::api::dispatch::Ctx;
 use crate::api::error::ApiError;
+use crate::api::target;
 use crate::keys::api_key::{self, KeyType, Permission};
-use crate::platform::bindings;
 use crate::platform::config::Config;
+use crate::platform::{bindings, http};
 
 /// Query parameters that look like a credential; a key there is refused,
 /// since URLs end up in logs and browser history.
@@ -37,8 +38,8 @@ impl Caller {
 }
 
 pub fn reject_key_in_query(req: &Request) -> Result<(), ApiError> {
-    let url = req.url()?;
-    let found = url.query_pairs().any(|(name, _)| {
+    let query = http::raw_query(req);
+    let found = target::pairs(&query).any(|(name, _)| {
         CREDENTIAL_QUERY_NAMES
             .iter()
             .any(|c| name.eq_ignore_ascii_case(c))

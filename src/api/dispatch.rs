@@ -18,6 +18,7 @@ use crate::api::ratelimit;
 use crate::api::ratelimit_d1;
 use crate::api::route::{self, Params, Resolution, Route};
 use crate::platform::config::Config;
+use crate::platform::http;
 
 /// Response headers `handle` adds besides the handler's (`ratelimit-*`).
 pub type ExtraHeaders = Vec<(&'static str, String)>;
@@ -50,7 +51,7 @@ pub async fn handle(
     request_id: &str,
     now_ms: i64,
 ) -> (&'static str, Result<Response, ApiError>, ExtraHeaders) {
-    let path = req.path();
+    let path = http::path(&req);
     let method = req.method().to_string();
     let resolution = route::resolve(&method, &path);
     let pattern = match &resolution {
@@ -107,58 +108,61 @@ pub async fn handle(
     )
 }
 
+/// Each handler's future is boxed: inlined, all of them made one state
+/// machine of 130 KB of wasm (and a request's future as large as the
+/// largest handler's).
 async fn dispatch(route: Route, req: Request, ctx: Ctx<'_>) -> Result<Response, ApiError> {
     match route {
         Route::Health | Route::ApiHealth => health::health(&ctx),
         Route::OpenApi => health::openapi(),
-        Route::AdminCreateKey => admin_keys::create(req, &ctx).await,
-        Route::AdminListKeys => admin_keys::list(req, &ctx).await,
-        Route::AdminGetKey => admin_keys::get(req, &ctx).await,
-        Route::AdminUpdateKey => admin_keys::update(req, &ctx).await,
-        Route::AdminRevokeKey => admin_keys::revoke(req, &ctx).await,
-        Route::AdminRotateKey => admin_keys::rotate(req, &ctx).await,
-        Route::AdminKeyUsage => admin_keys::usage(req, &ctx).await,
-        Route::BillingAccount => billing::account(req, &ctx).await,
-        Route::BillingTransactions => billing::transactions(req, &ctx).await,
-        Route::BillingTransaction => billing::transaction(req, &ctx).await,
-        Route::BillingUsage => billing::usage(req, &ctx).await,
-        Route::BillingAdminCredits => billing::admin_credits(req, &ctx).await,
-        Route::BillingAdminLimits => billing::admin_limits(req, &ctx).await,
-        Route::AdminRunnerHealth => diagnostics::runner_health(req, &ctx).await,
-        Route::WorkspaceList => workspaces::list(req, &ctx).await,
-        Route::WorkspaceGet => workspaces::get(req, &ctx).await,
-        Route::WorkspaceDelete => workspaces::delete(req, &ctx).await,
-        Route::WorkspaceManifest => workspaces::manifest(req, &ctx).await,
-        Route::WorkspaceBlobsMissing => workspaces::blobs_missing(req, &ctx).await,
-        Route::WorkspaceBlobsPack => workspaces::blobs_pack(req, &ctx).await,
-        Route::WorkspaceBlobsFetch => workspaces::blobs_fetch(req, &ctx).await,
-        Route::WorkspaceBlobPut => workspaces::blob_put(req, &ctx).await,
-        Route::WorkspaceBlobGet => workspaces::blob_get(req, &ctx).await,
-        Route::WorkspaceCommit => workspaces::commit(req, &ctx).await,
-        Route::WorkspaceFileGet => workspaces::file_get(req, &ctx).await,
-        Route::WorkspaceFilePut => workspaces::file_put(req, &ctx).await,
-        Route::WorkspaceFileDelete => workspaces::file_delete(req, &ctx).await,
-        Route::WorkspaceSessionReset => workspaces::session_reset(req, &ctx).await,
-        Route::Execute => execute::create(req, &ctx).await,
-        Route::ExecuteGet => execute::get(req, &ctx).await,
-        Route::ExecuteEvents => execute::events(req, &ctx).await,
-        Route::ExecuteCancel => execute::cancel(req, &ctx).await,
-        Route::RunCreate => runs::create(req, &ctx).await,
-        Route::RunList => runs::list(req, &ctx).await,
-        Route::RunGet => runs::get(req, &ctx).await,
-        Route::RunPublic => runs::public(req, &ctx).await,
-        Route::RunSetPublic => runs::set_public(req, &ctx).await,
-        Route::RunPage => runs::page(req, &ctx).await,
-        Route::RunEvents => runs::events(req, &ctx).await,
-        Route::RunVerify => runs::verify(req, &ctx).await,
-        Route::RunCancel => runs::cancel(req, &ctx).await,
-        Route::RunDelete => runs::delete(req, &ctx).await,
-        Route::RunExec => runs::exec(req, &ctx).await,
-        Route::RunRead => runs::read(req, &ctx).await,
-        Route::RunWrite => runs::write(req, &ctx).await,
-        Route::RunStop => runs::stop(req, &ctx).await,
-        Route::RunResume => runs::resume(req, &ctx).await,
-        Route::RunFork => runs::fork(req, &ctx).await,
-        Route::Computers(op) => computers::handle(op, req, &ctx).await,
+        Route::AdminCreateKey => Box::pin(admin_keys::create(req, &ctx)).await,
+        Route::AdminListKeys => Box::pin(admin_keys::list(req, &ctx)).await,
+        Route::AdminGetKey => Box::pin(admin_keys::get(req, &ctx)).await,
+        Route::AdminUpdateKey => Box::pin(admin_keys::update(req, &ctx)).await,
+        Route::AdminRevokeKey => Box::pin(admin_keys::revoke(req, &ctx)).await,
+        Route::AdminRotateKey => Box::pin(admin_keys::rotate(req, &ctx)).await,
+        Route::AdminKeyUsage => Box::pin(admin_keys::usage(req, &ctx)).await,
+        Route::BillingAccount => Box::pin(billing::account(req, &ctx)).await,
+        Route::BillingTransactions => Box::pin(billing::transactions(req, &ctx)).await,
+        Route::BillingTransaction => Box::pin(billing::transaction(req, &ctx)).await,
+        Route::BillingUsage => Box::pin(billing::usage(req, &ctx)).await,
+        Route::BillingAdminCredits => Box::pin(billing::admin_credits(req, &ctx)).await,
+        Route::BillingAdminLimits => Box::pin(billing::admin_limits(req, &ctx)).await,
+        Route::AdminRunnerHealth => Box::pin(diagnostics::runner_health(req, &ctx)).await,
+        Route::WorkspaceList => Box::pin(workspaces::list(req, &ctx)).await,
+        Route::WorkspaceGet => Box::pin(workspaces::get(req, &ctx)).await,
+        Route::WorkspaceDelete => Box::pin(workspaces::delete(req, &ctx)).await,
+        Route::WorkspaceManifest => Box::pin(workspaces::manifest(req, &ctx)).await,
+        Route::WorkspaceBlobsMissing => Box::pin(workspaces::blobs_missing(req, &ctx)).await,
+        Route::WorkspaceBlobsPack => Box::pin(workspaces::blobs_pack(req, &ctx)).await,
+        Route::WorkspaceBlobsFetch => Box::pin(workspaces::blobs_fetch(req, &ctx)).await,
+        Route::WorkspaceBlobPut => Box::pin(workspaces::blob_put(req, &ctx)).await,
+        Route::WorkspaceBlobGet => Box::pin(workspaces::blob_get(req, &ctx)).await,
+        Route::WorkspaceCommit => Box::pin(workspaces::commit(req, &ctx)).await,
+        Route::WorkspaceFileGet => Box::pin(workspaces::file_get(req, &ctx)).await,
+        Route::WorkspaceFilePut => Box::pin(workspaces::file_put(req, &ctx)).await,
+        Route::WorkspaceFileDelete => Box::pin(workspaces::file_delete(req, &ctx)).await,
+        Route::WorkspaceSessionReset => Box::pin(workspaces::session_reset(req, &ctx)).await,
+        Route::Execute => Box::pin(execute::create(req, &ctx)).await,
+        Route::ExecuteGet => Box::pin(execute::get(req, &ctx)).await,
+        Route::ExecuteEvents => Box::pin(execute::events(req, &ctx)).await,
+        Route::ExecuteCancel => Box::pin(execute::cancel(req, &ctx)).await,
+        Route::RunCreate => Box::pin(runs::create(req, &ctx)).await,
+        Route::RunList => Box::pin(runs::list(req, &ctx)).await,
+        Route::RunGet => Box::pin(runs::get(req, &ctx)).await,
+        Route::RunPublic => Box::pin(runs::public(req, &ctx)).await,
+        Route::RunSetPublic => Box::pin(runs::set_public(req, &ctx)).await,
+        Route::RunPage => Box::pin(runs::page(req, &ctx)).await,
+        Route::RunEvents => Box::pin(runs::events(req, &ctx)).await,
+        Route::RunVerify => Box::pin(runs::verify(req, &ctx)).await,
+        Route::RunCancel => Box::pin(runs::cancel(req, &ctx)).await,
+        Route::RunDelete => Box::pin(runs::delete(req, &ctx)).await,
+        Route::RunExec => Box::pin(runs::exec(req, &ctx)).await,
+        Route::RunRead => Box::pin(runs::read(req, &ctx)).await,
+        Route::RunWrite => Box::pin(runs::write(req, &ctx)).await,
+        Route::RunStop => Box::pin(runs::stop(req, &ctx)).await,
+        Route::RunResume => Box::pin(runs::resume(req, &ctx)).await,
+        Route::RunFork => Box::pin(runs::fork(req, &ctx)).await,
+        Route::Computers(op) => Box::pin(computers::handle(op, req, &ctx)).await,
     }
 }

@@ -7,6 +7,7 @@ pub mod idempotency;
 pub mod openapi;
 pub mod ratelimit;
 pub mod route;
+pub mod target;
 
 #[cfg(feature = "worker-runtime")]
 pub(crate) mod auth;

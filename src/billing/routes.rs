@@ -331,7 +331,7 @@ pub async fn admin_credits(mut req: Request, ctx: &Ctx<'_>) -> Result<Response, 
                 scope: "billing.credits",
                 key: idem,
             };
-            let fp = idempotency::fingerprint("POST", &req.path(), &bytes);
+            let fp = idempotency::fingerprint("POST", &http::path(&req), &bytes);
             let form = idempotency::Form::Json;
             match idempotency_d1::begin(&db, slot, &fp, form, ctx.now_ms, CREDIT_STALE_MS).await? {
                 Begin::Replay(resp) => return Ok(resp),

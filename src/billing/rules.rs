@@ -64,10 +64,8 @@ pub fn periods(now_ms: i64) -> (String, String) {
 
 /// The UTC date (`YYYY-MM-DD`) of a moment, for usage by day.
 pub fn day_of(now_ms: i64) -> String {
-    DateTime::from_timestamp_millis(now_ms)
-        .unwrap_or_default()
-        .format("%Y-%m-%d")
-        .to_string()
+    let t = DateTime::from_timestamp_millis(now_ms).unwrap_or_default();
+    format!("{:04}-{:02}-{:02}", t.year(), t.month(), t.day())
 }
 
 /// What the budget rules look at, for one key of one account, now.
@@ -283,7 +281,7 @@ pub fn usage_range(
     use chrono::NaiveDate;
     let parse = |field: &str, s: &str| -> Result<NaiveDate, FieldError> {
         let s = s.trim();
-        NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        s.parse::<NaiveDate>()
             .or_else(|_| chrono::DateTime::parse_from_rfc3339(s).map(|t| t.naive_utc().date()))
             .map_err(|_| FieldError::new(field, "a date YYYY-MM-DD or an RFC 3339 time"))
     };

@@ -12,6 +12,9 @@
 //! plain synchronous `sql.exec` calls with no `await` between them, so the
 //! runtime commits them together and no other request interleaves.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use serde::Deserialize;
 use serde_json::{json, Value};
 use worker::{
@@ -54,6 +57,19 @@ const SCHEMA: &[&str] = &[
 pub struct Computer {
     env: Env,
     sql: SqlStorage,
+    /// The owner, id and parsed spec, read from storage once per instance:
+    /// they never change after `create`, and every call checks them.
+    owned: RefCell<Option<Rc<Owned>>>,
+    /// The last receipt's (hash, seq, ms), kept by `append` and cleared by
+    /// `reset`, so that an append does not first read the log's head.
+    head: RefCell<Option<(String, u64, i64)>>,
+}
+
+/// Who a computer belongs to, and what it is.
+struct Owned {
+    account: String,
+    id: String,
+    spec: ComputerSpec,
 }
 
 impl DurableObject for Computer {
@@ -64,7 +80,12 @@ impl DurableObject for Computer {
                 worker::console_error!("computer_do schema: {err}");
             }
         }
-        Self { env, sql }
+        Self {
+            env,
+            sql,
+            owned: RefCell::new(None),
+            head: RefCell::new(None),
+        }
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
@@ -141,7 +162,7 @@ fn opt(value: &Option<String>) -> SqlStorageValue {
 
 impl Computer {
     async fn handle(&self, req: &mut Request) -> Result<Response, ApiError> {
-        if req.method() != Method::Post || req.path() != "/call" {
+        if req.method() != Method::Post || http::path(req) != "/call" {
             return Err(ApiError::NotFound);
         }
         let account = bindings::account_of(req)?;
@@ -150,18 +171,19 @@ impl Computer {
         if let ComputerCall::Create(body) = call {
             return self.create(&account, body).await;
         }
-        let (id, spec) = self.owned_spec(&account)?;
+        let owned = self.owned(&account)?;
+        let (id, spec) = (&owned.id, &owned.spec);
         match call {
             ComputerCall::Create(_) => Err(ApiError::Internal("create handled above".into())),
             ComputerCall::Files => self.files(),
             ComputerCall::Read(body) => self.read(body),
             ComputerCall::Write(body) => self.write(body),
-            ComputerCall::Ask(body) => self.ask(&spec, body).await,
-            ComputerCall::Submit(body) => self.submit(&spec, body),
+            ComputerCall::Ask(body) => self.ask(spec, body).await,
+            ComputerCall::Submit(body) => self.submit(spec, body),
             ComputerCall::Receipts => http::json(200, &json!({ "receipts": self.receipts()? })),
-            ComputerCall::Grade => self.grade(&spec).await,
-            ComputerCall::Spec => self.spec_view(&id),
-            ComputerCall::Reset => self.reset(&id),
+            ComputerCall::Grade => self.grade(spec).await,
+            ComputerCall::Spec => self.spec_view(id),
+            ComputerCall::Reset => self.reset(id),
         }
     }
 
@@ -175,19 +197,34 @@ impl Computer {
 
     /// The computer's id and spec, if it exists and belongs to `account`;
     /// otherwise 404 as if it did not exist.
-    fn owned_spec(&self, account: &str) -> Result<(String, ComputerSpec), ApiError> {
-        match self.meta("account")? {
-            Some(owner) if owner == account => {}
-            _ => return Err(ApiError::ComputerNotFound),
+    fn owned(&self, account: &str) -> Result<Rc<Owned>, ApiError> {
+        let cached = self.owned.borrow().clone();
+        let owned = match cached {
+            Some(owned) => owned,
+            None => {
+                let Some(owner) = self.meta("account")? else {
+                    return Err(ApiError::ComputerNotFound);
+                };
+                let id = self.meta("id")?.unwrap_or_default();
+                let text = self
+                    .meta("spec")?
+                    .ok_or_else(|| ApiError::Internal("computer without a spec".into()))?;
+                let value: Value = serde_json::from_str(&text)?;
+                let spec = spec::parse(&value)
+                    .map_err(|e| ApiError::Internal(format!("stored spec: {e}")))?;
+                let owned = Rc::new(Owned {
+                    account: owner,
+                    id,
+                    spec,
+                });
+                *self.owned.borrow_mut() = Some(owned.clone());
+                owned
+            }
+        };
+        if owned.account != account {
+            return Err(ApiError::ComputerNotFound);
         }
-        let id = self.meta("id")?.unwrap_or_default();
-        let text = self
-            .meta("spec")?
-            .ok_or_else(|| ApiError::Internal("computer without a spec".into()))?;
-        let value: Value = serde_json::from_str(&text)?;
-        let spec =
-            spec::parse(&value).map_err(|e| ApiError::Internal(format!("stored spec: {e}")))?;
-        Ok((id, spec))
+        Ok(owned)
     }
 
     fn created_response(id: &str, status: u16) -> Result<Response, ApiError> {
@@ -553,16 +590,25 @@ impl Computer {
     /// the grader in the summary (synchronously: no other request can slip
     /// in between reading the head and writing either).
     fn append(&self, kind: &str, payload: Value) -> Result<Receipt, ApiError> {
-        let head: Vec<ReceiptRow> = self
-            .sql
-            .exec(
-                "SELECT seq, ms, ts, kind, payload, hash, prev_hash FROM receipts ORDER BY seq DESC LIMIT 1",
-                None,
-            )?
-            .to_array()?;
+        let cached = self.head.borrow().clone();
+        let head = match cached {
+            Some(head) => Some(head),
+            None => {
+                let rows: Vec<ReceiptRow> = self
+                    .sql
+                    .exec(
+                        "SELECT seq, ms, ts, kind, payload, hash, prev_hash FROM receipts ORDER BY seq DESC LIMIT 1",
+                        None,
+                    )?
+                    .to_array()?;
+                rows.into_iter()
+                    .next()
+                    .map(|r| (r.hash, r.seq as u64, r.ms as i64))
+            }
+        };
         let prev = head
-            .first()
-            .map(|r| (r.hash.as_str(), r.seq as u64, r.ms as i64));
+            .as_ref()
+            .map(|(hash, seq, ms)| (hash.as_str(), *seq, *ms));
         let receipt = receipts::next_receipt(prev, time::now_ms(), kind, payload);
         self.sql.exec(
             "INSERT INTO receipts (seq, ms, ts, kind, payload, hash, prev_hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -576,6 +622,7 @@ impl Computer {
                 receipt.prev_hash.as_str().into(),
             ],
         )?;
+        *self.head.borrow_mut() = Some((receipt.hash.clone(), receipt.seq, receipt.ms));
         if let Some(fact) = Fact::of(&receipt) {
             storage::exec(&self.sql, &grade_sql::record(fact))?;
         }
@@ -660,6 +707,7 @@ impl Computer {
             self.sql.exec(&format!("DELETE FROM {table}"), None)?;
         }
         storage::exec_plan(&self.sql, &grade_sql::clear())?;
+        *self.head.borrow_mut() = None;
         let cleared = cleared.first().map(|r| r.n as u64).unwrap_or(0);
         http::json(
             200,

@@ -5,6 +5,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use worker::{Headers, Request, Response};
 
 use crate::api::error::{ApiError, FieldError};
+use crate::api::target;
 
 /// JSON request bodies above this answer 413 `body_too_large`.
 pub const MAX_JSON_BYTES: u64 = 1024 * 1024;
@@ -39,13 +40,19 @@ pub fn parse_json_value(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| ApiError::BadJson(e.to_string()))
 }
 
+/// The request's path, percent-encoded as routes match it.
+pub fn path(req: &Request) -> String {
+    target::split(&req.inner().url()).0.to_string()
+}
+
+/// The request's raw query string (without `?`).
+pub fn raw_query(req: &Request) -> String {
+    target::split(&req.inner().url()).1.to_string()
+}
+
 /// The first value of the query parameter `name`, percent-decoded.
 pub fn query(req: &Request, name: &str) -> Result<Option<String>, ApiError> {
-    Ok(req
-        .url()?
-        .query_pairs()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned()))
+    Ok(target::value(&raw_query(req), name))
 }
 
 /// The last event an SSE client has: `Last-Event-ID` (what EventSource

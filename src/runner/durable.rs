@@ -112,7 +112,7 @@ impl CloudboxRunner {
     /// One call from the Worker: to the run this DO holds, to the
     /// workspace's executes, or a probe.
     async fn handle(&self, req: &mut Request) -> Result<Response, ApiError> {
-        if req.method() != Method::Post || req.path() != "/call" {
+        if req.method() != Method::Post || http::path(req) != "/call" {
             return Err(ApiError::NotFound);
         }
         let account = bindings::account_of(req)?;
