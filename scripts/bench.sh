@@ -61,7 +61,29 @@ bench_computers() {
   cargo test --quiet --test bench_computers -- --ignored --nocapture --test-threads=1
 }
 
-all=(runs workspaces execute cli live grade computers)
+bench_routes() {
+  # Per-route latency of the hot routes against the stack's own floor
+  # (GET /health), round-robin on one keep-alive client, with each route's
+  # D1 round trips by design (tests/bench_routes.rs, an ignored test binary).
+  bash scripts/setup.sh >/dev/null
+  cargo test --quiet --test bench_routes -- --ignored --nocapture --test-threads=1
+}
+
+bench_bundle() {
+  # The deployable bundle (JS + wasm, gzip) against its budget, from the
+  # same dry run the tests make.
+  bash scripts/setup.sh >/dev/null
+  bash scripts/build-worker.sh
+  local out
+  out=$(mktemp -d)
+  CLOUDBOX_SKIP_BUILD=1 scripts/wrangler deploy --dry-run --containers-rollout=none --outdir "$out" >"$out.log" 2>&1 \
+    || { cat "$out.log"; exit 1; }
+  grep -o 'Total Upload: .*' "$out.log" || true
+  bash scripts/bundle-size.sh "$out"
+  rm -rf "$out" "$out.log"
+}
+
+all=(runs workspaces execute cli live grade computers routes bundle)
 selected=("$@")
 [ ${#selected[@]} -eq 0 ] && selected=("${all[@]}")
 for name in "${selected[@]}"; do
