@@ -11,7 +11,7 @@ use crate::platform::config::Config;
 use crate::runner::link::{send, send_body, Link};
 use crate::wire::{pack, BlobList, RunnerError};
 use crate::workspaces::store;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 
 /// A runner's refusal as one line (its message, or the start of its body).
 pub(crate) async fn refusal(mut resp: Response) -> String {
@@ -23,9 +23,6 @@ pub(crate) async fn refusal(mut resp: Response) -> String {
         None => format!("{status} {}", text.chars().take(500).collect::<String>()),
     }
 }
-
-/// R2 reads of one pack in flight at once.
-const PARALLEL_GETS: usize = 8;
 
 /// Each hash once, with its size.
 fn distinct(wanted: &[(String, u64)]) -> Vec<(String, u64)> {
@@ -83,28 +80,19 @@ pub(crate) async fn push_missing(
         .collect();
     let (packs, alone) = pack::plan(&sized, pack::MAX_PACK_BYTES);
     for blobs in packs {
-        let mut body = Vec::new();
-        // A few R2 reads at a time, framed in order.
-        for batch in blobs.chunks(PARALLEL_GETS) {
-            let reads = batch.iter().map(|(sha, _)| async move {
-                let object = store::get_blob(env, account, sha)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .ok_or_else(|| format!("blob {sha} is missing from storage"))?;
-                match object.body() {
-                    Some(b) => b.bytes().await.map_err(|e| e.to_string()),
-                    None => Ok(Vec::new()),
-                }
-            });
-            let read = futures_util::future::try_join_all(reads).await?;
-            for ((sha, _), bytes) in batch.iter().zip(read) {
-                let header = pack::record_header(sha, bytes.len() as u64)
-                    .ok_or_else(|| format!("{sha} is not a blob hash"))?;
-                body.extend_from_slice(&header);
-                body.extend_from_slice(&bytes);
-            }
+        // The same records `…/blobs/fetch` streams: a few R2 reads ahead.
+        let records: Vec<Vec<u8>> = store::pack_stream(env.clone(), account.to_string(), blobs)
+            .try_collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        let total: usize = records.iter().map(Vec::len).sum();
+        let body = worker::js_sys::Uint8Array::new_with_length(total as u32);
+        let mut at = 0u32;
+        for record in &records {
+            let end = at + record.len() as u32;
+            body.subarray(at, end).copy_from(record);
+            at = end;
         }
-        let body = worker::js_sys::Uint8Array::from(body.as_slice());
         let resp = send_body(
             link,
             Method::Post,
