@@ -195,23 +195,10 @@ fn reads_and_grades(
     (reads, grades)
 }
 
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 #[test]
 #[ignore = "benchmark: run with scripts/bench.sh"]
 fn bench_computers() {
-    let runs: usize = std::env::var("BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(15)
-        .max(1);
+    let runs: usize = measured_runs(15);
     stack();
     let load_before = load_average();
     let key = mint_key(json!({"name": "bench"}))["key"]

@@ -24,11 +24,7 @@ use sha2::Digest;
 #[test]
 #[ignore = "benchmark: run with scripts/bench.sh execute"]
 fn bench_execute() {
-    let runs: usize = std::env::var("BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10)
-        .max(1);
+    let runs: usize = measured_runs(10);
     let model = ModelServer::start_on(&containers().bridge_ip);
     let _stack = stack_with_vars(&[
         ("AGENT_MODEL_BASE_URL", model.base_url.as_str()),

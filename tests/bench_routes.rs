@@ -53,23 +53,10 @@ fn call(agent: &ureq::Agent, key: &str, route: &Route) -> Duration {
     took
 }
 
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 #[test]
 #[ignore = "benchmark: run with scripts/bench.sh"]
 fn bench_routes() {
-    let rounds: usize = std::env::var("BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200)
-        .max(5);
+    let rounds: usize = measured_runs(200).max(5);
     stack();
     let load_before = load_average();
     let key = mint_key(json!({"name": "bench routes"}))["key"]

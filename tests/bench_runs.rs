@@ -37,11 +37,7 @@ fn median_f(mut xs: Vec<f64>) -> f64 {
 #[test]
 #[ignore = "benchmark: run with scripts/bench.sh"]
 fn bench_runs() {
-    let runs: usize = std::env::var("BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10)
-        .max(1);
+    let runs: usize = measured_runs(10);
     let stack = stack();
     let key = mint_key(json!({"name": "bench"}))["key"]
         .as_str()

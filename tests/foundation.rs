@@ -56,6 +56,20 @@ fn wrong_method_is_a_json_405_with_allow() {
 }
 
 #[test]
+fn a_method_the_service_does_not_know_is_405_not_a_get() {
+    // workers-rs maps methods it has no variant for to GET; the router
+    // must see the method as sent.
+    for method in ["QUERY", "PROPFIND"] {
+        let resp = send(method, "/health", &[], None);
+        assert_eq!(resp.status, 405, "{method}: {}", resp.text);
+        assert_eq!(resp.json()["error"], "method_not_allowed");
+        assert_eq!(resp.header("allow"), Some("GET"));
+    }
+    let resp = send("QUERY", "/no/such/route", &[], None);
+    assert_eq!(resp.status, 404, "{}", resp.text);
+}
+
+#[test]
 fn malformed_json_is_400_bad_json() {
     let auth = format!("Bearer {ADMIN_KEY}");
     for body in [&b"{\"name\":"[..], b"", b"not json"] {

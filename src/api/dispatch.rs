@@ -52,7 +52,7 @@ pub async fn handle(
     now_ms: i64,
 ) -> (&'static str, Result<Response, ApiError>, ExtraHeaders) {
     let path = http::path(&req);
-    let method = req.method().to_string();
+    let method = http::method(&req);
     let resolution = route::resolve(&method, &path);
     let pattern = match &resolution {
         Resolution::Found(spec, _) => spec.pattern,

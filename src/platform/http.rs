@@ -40,6 +40,12 @@ pub fn parse_json_value(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| ApiError::BadJson(e.to_string()))
 }
 
+/// The request's method as the client sent it (workers-rs's `Method` turns
+/// any method it has no variant for into `GET`).
+pub fn method(req: &Request) -> String {
+    req.inner().method()
+}
+
 /// The request's path, percent-encoded as routes match it.
 pub fn path(req: &Request) -> String {
     target::split(&req.inner().url()).0.to_string()

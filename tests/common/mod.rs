@@ -801,6 +801,26 @@ impl cloudbox::workspaces::sync::Transport for SyncClient {
     }
 }
 
+/// Benchmarks: `BENCH_RUNS` (how many measured runs), else `default`; at
+/// least 1.
+pub fn measured_runs(default: usize) -> usize {
+    std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+        .max(1)
+}
+
+/// Benchmarks: the machine's 1, 5 and 15 minute load averages.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Benchmarks: the median of `xs`.
 pub fn median(mut xs: Vec<Duration>) -> Duration {
     xs.sort();
