@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use worker::{wasm_bindgen::JsValue, Bucket, ByteStream, D1Database, Env};
 
@@ -224,11 +224,18 @@ async fn put_objects(
     account: &str,
     blobs: Vec<(String, Vec<u8>)>,
 ) -> Result<(), ApiError> {
-    futures_util::stream::iter(blobs)
-        .map(|(sha, bytes)| put_object(bucket, account, sha, bytes))
-        .buffer_unordered(PARALLEL_PUTS)
-        .try_for_each(|_| futures_util::future::ready(Ok(())))
-        .await
+    let mut blobs = blobs.into_iter();
+    loop {
+        let batch: Vec<(String, Vec<u8>)> = blobs.by_ref().take(PARALLEL_PUTS).collect();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let puts = batch.into_iter().map(|(sha, bytes)| {
+            let put = bucket.put(manifest::blob_key(account, &sha), bytes);
+            async move { put.execute().await }
+        });
+        futures_util::future::try_join_all(puts).await?;
+    }
 }
 
 /// Stores blobs already checked against their names (a pack's): the
@@ -273,61 +280,14 @@ pub async fn put_pack(
     max_blob_bytes: u64,
     now_ms: i64,
 ) -> Result<PackStored, ApiError> {
-    use futures_util::future::{select, Either};
-    use futures_util::stream::FuturesUnordered;
-
     let bucket = bindings::bucket(env)?;
     let mut unpacker = pack::Unpacker::new(max_blob_bytes.min(pack::MAX_PACK_BYTES));
     let mut received = 0u64;
+    let mut ready: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut ready_bytes = 0usize;
     let mut rows: Vec<(String, u64)> = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    // Records checked and waiting for a put, and the puts in flight: the
-    // body is read while R2 writes, with at most `PARALLEL_PUTS` writes and
-    // `MAX_PACKED_BLOB_BYTES` of records in flight (a lone larger record
-    // goes alone), and no reading while a record waits for room.
-    let mut waiting: std::collections::VecDeque<(String, Vec<u8>)> = Default::default();
-    let mut puts = FuturesUnordered::new();
-    let mut bytes_in_flight = 0usize;
-    let mut body_done = false;
-    loop {
-        while let Some((_, bytes)) = waiting.front() {
-            let fits = puts.is_empty()
-                || (puts.len() < PARALLEL_PUTS
-                    && bytes_in_flight + bytes.len() <= pack::MAX_PACKED_BLOB_BYTES as usize);
-            if !fits {
-                break;
-            }
-            let Some((sha, bytes)) = waiting.pop_front() else {
-                break;
-            };
-            bytes_in_flight += bytes.len();
-            puts.push(put_object(&bucket, account, sha, bytes));
-        }
-        let read = !body_done && waiting.is_empty();
-        let chunk = match (read, puts.is_empty()) {
-            (false, true) => break,
-            (true, true) => body.next().await,
-            (false, false) => {
-                if let Some(done) = puts.next().await {
-                    bytes_in_flight -= done?;
-                }
-                continue;
-            }
-            (true, false) => match select(body.next(), puts.next()).await {
-                Either::Left((chunk, _)) => chunk,
-                Either::Right((done, _)) => {
-                    if let Some(done) = done {
-                        bytes_in_flight -= done?;
-                    }
-                    continue;
-                }
-            },
-        };
-        let Some(chunk) = chunk else {
-            body_done = true;
-            unpacker.finish().map_err(ApiError::Pack)?;
-            continue;
-        };
+    while let Some(chunk) = body.next().await {
         let chunk = chunk?;
         received += chunk.len() as u64;
         if received > pack::MAX_PACK_BYTES {
@@ -346,9 +306,16 @@ pub async fn put_pack(
                 continue; // the same blob twice in one pack
             }
             rows.push((sha.clone(), bytes.len() as u64));
-            waiting.push_back((sha, bytes));
+            ready_bytes += bytes.len();
+            ready.push((sha, bytes));
+        }
+        if ready.len() >= PARALLEL_PUTS || ready_bytes >= pack::MAX_PACKED_BLOB_BYTES as usize {
+            put_objects(&bucket, account, std::mem::take(&mut ready)).await?;
+            ready_bytes = 0;
         }
     }
+    unpacker.finish().map_err(ApiError::Pack)?;
+    put_objects(&bucket, account, ready).await?;
     let new: std::collections::HashSet<String> =
         index_blobs(&bindings::db(env)?, account, &rows, now_ms)
             .await?
@@ -359,21 +326,6 @@ pub async fn put_pack(
         .map(|(sha, _)| sha)
         .partition(|sha| new.contains(sha));
     Ok(PackStored { stored, existing })
-}
-
-/// Writes one checked blob to R2; its size once stored.
-async fn put_object(
-    bucket: &Bucket,
-    account: &str,
-    sha: String,
-    bytes: Vec<u8>,
-) -> Result<usize, ApiError> {
-    let size = bytes.len();
-    bucket
-        .put(manifest::blob_key(account, &sha), bytes)
-        .execute()
-        .await?;
-    Ok(size)
 }
 
 /// Stores bytes already in memory as a blob; returns its hash and whether
