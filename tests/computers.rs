@@ -60,6 +60,19 @@ fn receipts(key: &str, id: &str) -> Vec<Receipt> {
     serde_json::from_value(resp.json()["receipts"].clone()).expect("receipts")
 }
 
+/// The log after the `init` receipt it starts with (seq 1): what the
+/// agent's actions left.
+fn actions(key: &str, id: &str) -> Vec<Receipt> {
+    let mut log = receipts(key, id);
+    assert_eq!(
+        log.first().map(|r| (r.kind.as_str(), r.seq)),
+        Some(("init", 1)),
+        "the log starts with init"
+    );
+    log.remove(0);
+    log
+}
+
 fn file_paths(key: &str, id: &str) -> Vec<String> {
     let resp = get(&c(id, "files"), Some(key));
     assert_eq!(resp.status, 200, "{}", resp.text);
@@ -206,7 +219,7 @@ fn invalid_specs_answer_precise_errors() {
 fn actions_produce_chained_receipts_in_order() {
     let key = new_key();
     let id = fresh(&key, "receipts");
-    assert!(receipts(&key, &id).is_empty());
+    assert!(actions(&key, &id).is_empty());
     assert_eq!(read(&key, &id, "README.md").status, 200);
     let w = post_json(
         &c(&id, "write"),
@@ -232,10 +245,13 @@ fn actions_produce_chained_receipts_in_order() {
 
     let log = receipts(&key, &id);
     let kinds: Vec<&str> = log.iter().map(|r| r.kind.as_str()).collect();
-    assert_eq!(kinds, vec!["read", "write", "ask", "submit", "grade"]);
+    assert_eq!(
+        kinds,
+        vec!["init", "read", "write", "ask", "submit", "grade"]
+    );
     assert_eq!(
         log.iter().map(|r| r.seq).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5]
+        vec![1, 2, 3, 4, 5, 6]
     );
     assert!(
         log.windows(2).all(|w| w[0].ms <= w[1].ms),
@@ -243,11 +259,17 @@ fn actions_produce_chained_receipts_in_order() {
     );
     assert!(log.windows(2).all(|w| w[0].ts <= w[1].ts));
     assert_eq!(verify_chain(&log), Ok(()));
-    assert_eq!(log[0].payload, json!({"path": "README.md"}));
-    assert_eq!(log[1].payload["bytes"], 6);
-    assert_eq!(log[2].payload["who"], "bob");
-    assert_eq!(log[3].payload["decision"], "wait");
-    assert_eq!(log[3].payload["paths"], json!(["REPORT.md"]));
+    // What the materialization made: 3 files and 1 private file, one of
+    // them (no content, no model configured) from the template.
+    assert_eq!(
+        log[0].payload,
+        json!({"files": 3, "privateFiles": 1, "sources": {"spec": 3, "template": 1}})
+    );
+    assert_eq!(log[1].payload, json!({"path": "README.md"}));
+    assert_eq!(log[2].payload["bytes"], 6);
+    assert_eq!(log[3].payload["who"], "bob");
+    assert_eq!(log[4].payload["decision"], "wait");
+    assert_eq!(log[4].payload["paths"], json!(["REPORT.md"]));
     // Writes are listed and readable as the agent's own.
     assert!(file_paths(&key, &id).contains(&"REPORT.md".to_string()));
     let back = read(&key, &id, "REPORT.md").json();
@@ -268,7 +290,7 @@ fn private_files_are_hidden_until_their_owner_is_asked() {
     assert_eq!(hidden.json()["error"], "file_not_found");
     let unknown = read(&key, &id, "nope.md");
     assert_eq!(unknown.json()["error"], "file_not_found");
-    assert!(receipts(&key, &id).is_empty(), "404 reads leave no receipt");
+    assert!(actions(&key, &id).is_empty(), "404 reads leave no receipt");
 
     // Asking someone else reveals nothing.
     let bob = post_json(
@@ -322,7 +344,10 @@ fn private_files_are_hidden_until_their_owner_is_asked() {
     );
     let reset = post_json(&c(&id, "reset"), Some(&key), &json!({}));
     assert_eq!(reset.status, 200, "{}", reset.text);
-    assert!(receipts(&key, &id).is_empty());
+    assert!(
+        actions(&key, &id).is_empty(),
+        "the new log is its init alone"
+    );
     assert_eq!(read(&key, &id, secret).status, 404);
     assert_eq!(read(&key, &id, "x.md").status, 404);
     assert!(!file_paths(&key, &id).contains(&"x.md".to_string()));
@@ -390,7 +415,7 @@ fn a_computer_holds_at_most_500_agent_files() {
     assert_eq!(read(&key, &id, "out/7.txt").json()["content"], "seven");
     // 500 writes, the rewrite and the read left receipts; the refused
     // write and the failed read did not.
-    assert_eq!(receipts(&key, &id).len(), 502);
+    assert_eq!(actions(&key, &id).len(), 502);
 }
 
 #[test]
@@ -427,7 +452,7 @@ fn write_limits_and_bad_inputs() {
         "validation_failed"
     );
     // Only the successful write left a receipt.
-    assert_eq!(receipts(&key, &id).len(), 1);
+    assert_eq!(actions(&key, &id).len(), 1);
 }
 
 #[test]
@@ -444,7 +469,7 @@ fn unknown_collaborators_and_objectives_are_404() {
     let submit = post_json(&c(&id, "submit"), Some(&key), &json!({"objective": "nope"}));
     assert_eq!(submit.status, 404);
     assert_eq!(submit.json()["error"], "objective_not_found");
-    assert!(receipts(&key, &id).is_empty());
+    assert!(actions(&key, &id).is_empty());
     let none = get(
         "/api/c/cb_00000000000000000000000000000000/files",
         Some(&key),
@@ -560,7 +585,7 @@ fn computers_belong_to_their_account() {
         assert_eq!(resp.status, 404, "{action}: {}", resp.text);
     }
     assert!(
-        receipts(&owner_key, &id).is_empty(),
+        actions(&owner_key, &id).is_empty(),
         "the stranger left no trace"
     );
     // The same spec from another account is another computer.
@@ -699,7 +724,11 @@ fn grades_stay_right_after_many_receipts_and_after_a_reset() {
     // The summary the DO kept grades like the whole log.
     let rubric = cloudbox::computers::spec::parse(&spec()).unwrap().rubric;
     let log = receipts(&key, &id);
-    assert_eq!(log.len(), 1 + 300 + 6 + 1);
+    assert_eq!(
+        log.len(),
+        1 + 1 + 300 + 6 + 1,
+        "init, the incident, 300, the steps, a grade"
+    );
     let replayed = cloudbox::computers::grade::grade(&rubric, &log);
     assert_eq!(
         serde_json::to_value(&replayed).unwrap(),
@@ -721,5 +750,5 @@ fn grades_stay_right_after_many_receipts_and_after_a_reset() {
         (g["score"].as_f64(), g["max"].as_f64()),
         (Some(10.0), Some(10.0))
     );
-    assert_eq!(receipts(&key, &id).len(), 1 + 6 + 1);
+    assert_eq!(actions(&key, &id).len(), 1 + 6 + 1);
 }

@@ -121,7 +121,7 @@ fn generated_files_and_replies_come_from_the_model() {
         "{system}"
     );
     let receipts = get(&format!("/api/c/{id}/receipts"), Some(&key)).json();
-    assert_eq!(receipts["receipts"][2]["payload"]["source"], "model");
+    assert_eq!(receipts["receipts"][3]["payload"]["source"], "model");
 }
 
 #[test]
@@ -161,7 +161,7 @@ fn a_slow_model_times_out_and_the_fallback_answers() {
         "the ask waited for the slow model ({waited:?})"
     );
     let receipts = get(&format!("/api/c/{id}/receipts"), Some(&key)).json();
-    assert_eq!(receipts["receipts"][0]["payload"]["source"], "template");
+    assert_eq!(receipts["receipts"][1]["payload"]["source"], "template");
 }
 
 #[test]

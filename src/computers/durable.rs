@@ -300,6 +300,20 @@ impl Computer {
             return Self::created_response(&body.id, 200);
         }
         let now = time::now_ms();
+        // What the log's first receipt says of the materialization.
+        let mut sources = std::collections::BTreeMap::<&str, u64>::new();
+        for source in materialized
+            .iter()
+            .map(|(_, _, s)| *s)
+            .chain(private.iter().map(|(_, _, _, s)| *s))
+        {
+            *sources.entry(source).or_default() += 1;
+        }
+        let init = json!({
+            "files": parsed.filesystem.len(),
+            "privateFiles": private.len(),
+            "sources": sources,
+        });
         for (ord, file) in parsed.filesystem.iter().enumerate() {
             let (content, source) = materialized
                 .iter()
@@ -345,6 +359,8 @@ impl Computer {
             ("spec", canonical::to_string(&body.spec)),
             ("createdMs", now.to_string()),
             ("account", account.to_string()),
+            // A reset starts the new log with the same receipt.
+            ("init", canonical::to_string(&init)),
             // The log is empty, and so is its summary: current from the start.
             (grade_sql::VERSION_KEY, grade_sql::VERSION.to_string()),
         ] {
@@ -353,6 +369,7 @@ impl Computer {
                 vec![k.into(), v.into()],
             )?;
         }
+        self.append("init", init)?;
         Self::created_response(&body.id, 201)
     }
 
@@ -708,6 +725,9 @@ impl Computer {
         }
         storage::exec_plan(&self.sql, &grade_sql::clear())?;
         *self.head.borrow_mut() = None;
+        if let Some(init) = self.meta("init")? {
+            self.append("init", serde_json::from_str(&init)?)?;
+        }
         let cleared = cleared.first().map(|r| r.n as u64).unwrap_or(0);
         http::json(
             200,
