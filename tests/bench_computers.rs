@@ -14,7 +14,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -27,56 +26,6 @@ const READS_PER_CLIENT: usize = 50;
 const APPENDS: usize = 300;
 /// Clients that fill the log between the measured points.
 const FILLERS: usize = 4;
-
-/// One keep-alive connection: its own agent (ureq keeps one idle
-/// connection per host and agent, so clients that share an agent reconnect).
-struct Client {
-    agent: ureq::Agent,
-    auth: String,
-}
-
-impl Client {
-    fn new(key: &str) -> Self {
-        Client {
-            agent: ureq::AgentBuilder::new()
-                .timeout(Duration::from_secs(120))
-                .build(),
-            auth: format!("Bearer {key}"),
-        }
-    }
-
-    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
-        let url = format!("{}{path}", current().base);
-        let req = self
-            .agent
-            .request(method, &url)
-            .set("authorization", &self.auth);
-        let result = match body {
-            Some(b) => req
-                .set("content-type", "application/json")
-                .send_string(&b.to_string()),
-            None => req.call(),
-        };
-        let resp = match result {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!("{method} {path}: {e}"),
-        };
-        let status = resp.status();
-        let mut text = String::new();
-        resp.into_reader().read_to_string(&mut text).expect("body");
-        (status, text)
-    }
-
-    /// Calls and checks for 200; the time it took, body read.
-    fn timed(&self, method: &str, path: &str, body: Option<&Value>) -> (Duration, String) {
-        let t = Instant::now();
-        let (status, text) = self.call(method, path, body);
-        let took = t.elapsed();
-        assert_eq!(status, 200, "{method} {path}: {text}");
-        (took, text)
-    }
-}
 
 fn spec() -> Value {
     json!({
@@ -134,7 +83,7 @@ fn filler(i: usize) -> (&'static str, String, Option<Value>) {
 }
 
 /// Adds receipts with `FILLERS` clients until the log holds `until`.
-fn fill(clients: &[Client], id: &str, receipts: &AtomicUsize, until: usize) {
+fn fill(clients: &[BenchClient], id: &str, receipts: &AtomicUsize, until: usize) {
     let start = receipts.load(Ordering::SeqCst);
     let next = AtomicUsize::new(start);
     std::thread::scope(|s| {
@@ -176,7 +125,7 @@ fn per_second(n: usize, took: Duration) -> f64 {
 /// `runs` reads and `runs` grades, interleaved so that both see the same
 /// machine (a shared one drifts); each grade is checked for the full score.
 fn reads_and_grades(
-    client: &Client,
+    client: &BenchClient,
     id: &str,
     receipts: &AtomicUsize,
     runs: usize,
@@ -205,7 +154,7 @@ fn bench_computers() {
         .as_str()
         .unwrap()
         .to_string();
-    let clients: Vec<Client> = (0..CLIENTS).map(|_| Client::new(&key)).collect();
+    let clients: Vec<BenchClient> = (0..CLIENTS).map(|_| BenchClient::new(Some(&key))).collect();
     let one = &clients[0];
     let resp = post_json("/api/computers", Some(&key), &spec());
     assert_eq!(resp.status, 201, "{}", resp.text);

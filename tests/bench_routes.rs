@@ -11,8 +11,7 @@
 
 mod common;
 
-use std::io::Read;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cloudbox::workspaces::sync;
 use common::*;
@@ -25,32 +24,6 @@ struct Route {
     path: String,
     body: Option<Value>,
     auth: bool,
-}
-
-fn call(agent: &ureq::Agent, key: &str, route: &Route) -> Duration {
-    let url = format!("{}{}", current().base, route.path);
-    let mut req = agent.request(route.method, &url);
-    if route.auth {
-        req = req.set("authorization", &format!("Bearer {key}"));
-    }
-    let t = Instant::now();
-    let result = match &route.body {
-        Some(b) => req
-            .set("content-type", "application/json")
-            .send_string(&b.to_string()),
-        None => req.call(),
-    };
-    let resp = match result {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{} {}: {e}", route.method, route.path),
-    };
-    let status = resp.status();
-    let mut text = String::new();
-    resp.into_reader().read_to_string(&mut text).expect("body");
-    let took = t.elapsed();
-    assert_eq!(status, 200, "{} {}: {text}", route.method, route.path);
-    took
 }
 
 #[test]
@@ -157,16 +130,18 @@ fn bench_routes() {
         ),
     ];
 
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(60))
-        .build();
+    let (authed, anonymous) = (BenchClient::new(Some(&key)), BenchClient::new(None));
+    let call = |r: &Route| {
+        let client = if r.auth { &authed } else { &anonymous };
+        client.timed(r.method, &r.path, r.body.as_ref()).0
+    };
     for r in &routes {
-        call(&agent, &key, r); // warm: connection, isolate, DO
+        call(r); // warm: connection, isolate, DO
     }
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); routes.len()];
     for _ in 0..rounds {
         for (r, t) in routes.iter().zip(times.iter_mut()) {
-            t.push(call(&agent, &key, r));
+            t.push(call(r));
         }
     }
     let medians: Vec<f64> = times.into_iter().map(|t| ms(median(t))).collect();

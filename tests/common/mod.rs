@@ -801,6 +801,62 @@ impl cloudbox::workspaces::sync::Transport for SyncClient {
     }
 }
 
+/// Benchmarks: one keep-alive connection, with its own agent (ureq keeps
+/// one idle connection per host and agent, so clients that share an agent
+/// reconnect); authenticated with `key` when given.
+pub struct BenchClient {
+    agent: ureq::Agent,
+    auth: Option<String>,
+}
+
+impl BenchClient {
+    pub fn new(key: Option<&str>) -> Self {
+        BenchClient {
+            agent: ureq::AgentBuilder::new()
+                .timeout(std::time::Duration::from_secs(120))
+                .build(),
+            auth: key.map(|k| format!("Bearer {k}")),
+        }
+    }
+
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
+        let url = format!("{}{path}", current().base);
+        let mut req = self.agent.request(method, &url);
+        if let Some(auth) = &self.auth {
+            req = req.set("authorization", auth);
+        }
+        let result = match body {
+            Some(b) => req
+                .set("content-type", "application/json")
+                .send_string(&b.to_string()),
+            None => req.call(),
+        };
+        let resp = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let status = resp.status();
+        let mut text = String::new();
+        resp.into_reader().read_to_string(&mut text).expect("body");
+        (status, text)
+    }
+
+    /// Calls and checks for 200; the time it took, body read.
+    pub fn timed(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (std::time::Duration, String) {
+        let t = std::time::Instant::now();
+        let (status, text) = self.call(method, path, body);
+        let took = t.elapsed();
+        assert_eq!(status, 200, "{method} {path}: {text}");
+        (took, text)
+    }
+}
+
 /// Benchmarks: `BENCH_RUNS` (how many measured runs), else `default`; at
 /// least 1.
 pub fn measured_runs(default: usize) -> usize {
