@@ -1211,6 +1211,6 @@ fn a_computer_from_the_command_line_is_graded_from_its_receipts() {
         .collect();
     assert_eq!(
         kinds,
-        ["read", "read", "ask", "write", "submit", "grade", "grade"]
+        ["init", "read", "read", "ask", "write", "submit", "grade", "grade"]
     );
 }
