@@ -45,15 +45,16 @@ impl Ctx<'_> {
 
 /// Handles one request. Returns the route pattern (for the log line), the
 /// handler's result and the `ratelimit-*` headers for the response.
+/// `method` is the request's as sent (`http::method`), read once by the entry.
 pub async fn handle(
     req: Request,
+    method: &str,
     env: &Env,
     request_id: &str,
     now_ms: i64,
 ) -> (&'static str, Result<Response, ApiError>, ExtraHeaders) {
     let path = http::path(&req);
-    let method = http::method(&req);
-    let resolution = route::resolve(&method, &path);
+    let resolution = route::resolve(method, &path);
     let pattern = match &resolution {
         Resolution::Found(spec, _) => spec.pattern,
         Resolution::MethodNotAllowed(_) => "(method not allowed)",
@@ -61,7 +62,7 @@ pub async fn handle(
     };
     let cfg = Config::from_env(env);
     // Every request passes here: count it before anything else is done.
-    let class = ratelimit::classify(&method, pattern);
+    let class = ratelimit::classify(method, pattern);
     let gate = match ratelimit_d1::check(&req, env, &cfg, class, now_ms).await {
         Ok(gate) => gate,
         Err(err) => return (pattern, Err(err), Vec::new()),

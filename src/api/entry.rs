@@ -12,7 +12,8 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
     let started_ms = Date::now().as_millis() as i64;
     let request_id = ids::new_id("req_").unwrap_or_else(|_| format!("req_{started_ms}"));
     let method = http::method(&req);
-    let (route, result, extra_headers) = dispatch::handle(req, &env, &request_id, started_ms).await;
+    let (route, result, extra_headers) =
+        dispatch::handle(req, &method, &env, &request_id, started_ms).await;
     let mut internal = None;
     let resp = match result {
         Ok(resp) => resp,
